@@ -1,0 +1,59 @@
+"""The error vocabulary shared by every layer: each error carries the code a client sees."""
+
+from __future__ import annotations
+
+EX_CONFIG = 78  # sysexits.h: the configuration is wrong, retrying will not help
+
+
+class AgentError(Exception):
+    """An error a client can be told about; `code` goes on the wire unchanged."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(AgentError):
+    code = "bad_request"
+
+
+class TooLarge(AgentError):
+    code = "too_large"
+
+
+class UnknownModel(AgentError):
+    code = "unknown_model"
+
+
+class Timeout(AgentError):
+    code = "timeout"
+
+
+class Overloaded(AgentError):
+    code = "overloaded"
+
+
+class InvalidOutput(AgentError):
+    code = "invalid_output"
+
+
+class CloudUnavailable(AgentError):
+    code = "cloud_unavailable"
+
+
+class Internal(AgentError):
+    code = "internal"
+
+
+class ConfigError(Exception):
+    """Configuration or artifact problems; `problems` lists every one, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class ArtifactError(Exception):
+    """An artifact on disk is missing, malformed or does not match its manifest."""

@@ -1,0 +1,172 @@
+"""The artifact contract: what the trainer writes and the agent reads, defined once.
+
+An artifact is a folder holding `manifest.json`, optionally `manifest.sig` (HMAC-SHA256 of the
+manifest bytes under a fleet key), and the files the manifest lists with their sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+SCHEMA_VERSION = 1
+
+Task = Literal["classify", "extract", "classify+extract"]
+RuntimeKind = Literal["onnx", "gguf"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class FileEntry(_Strict):
+    """One file of the artifact; `role` says what the runtime does with it."""
+
+    path: str
+    role: Literal["model", "tokenizer", "config", "report", "plot", "other"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Thresholds(_Strict):
+    """Confidence under `escalate` means "not sure": the router may ask the cloud."""
+
+    escalate: float = Field(default=0.0, ge=0.0, le=1.0)
+    target_accuracy: float | None = None
+
+
+class OnnxIO(_Strict):
+    """Names of the graph's inputs and outputs, so the runtime needs no guessing."""
+
+    inputs: list[str] = ["input_ids", "attention_mask"]
+    intent_logits: str | None = "intent_logits"
+    tag_logits: str | None = "tag_logits"
+
+
+class Prompt(_Strict):
+    """For causal LMs: the exact template and stops used in training, so serving cannot drift."""
+
+    template: str
+    stop: list[str] = []
+    eos: str | None = None
+    add_bos: bool = True
+
+
+class Manifest(_Strict):
+    """Everything a device needs to serve a model, and the evidence of how good it is."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    version: str = Field(min_length=1, max_length=64)
+    task: Task
+    runtime: RuntimeKind
+    files: list[FileEntry] = Field(min_length=1)
+    labels: list[str] = []
+    entity_types: list[str] = []
+    tags: list[str] = Field(default=[], description="BIO tag set, index = output column")
+    max_input_tokens: int = Field(default=128, ge=8)
+    max_input_chars: int = Field(default=2000, ge=1)
+    temperature: float = Field(default=1.0, gt=0.0, description="logits are divided by it")
+    thresholds: Thresholds = Thresholds()
+    tokenizer: dict[str, Any] = {}
+    onnx: OnnxIO | None = None
+    prompt: Prompt | None = None
+    fields_schema: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    base_model: str | None = None
+    data: dict[str, Any] = {}
+    created: str | None = None
+
+    def file(self, role: str) -> FileEntry:
+        """The first file with this role; an ArtifactError names the artifact when there is none."""
+        for entry in self.files:
+            if entry.role == role:
+                return entry
+        raise ArtifactError(f"artifact {self.name}: manifest lists no {role} file")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(folder: Path, relpath: str, role: str) -> FileEntry:
+    """Describe a file already inside the artifact folder."""
+    path = folder / relpath
+    return FileEntry(path=relpath, role=role, sha256=sha256_file(path), size=path.stat().st_size)  # type: ignore[arg-type]
+
+
+def write(folder: Path, manifest: Manifest, key: bytes | None = None) -> Path:
+    """Write manifest.json (and manifest.sig when a key is given) into the artifact folder."""
+    raw = (manifest.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
+    (folder / MANIFEST).write_bytes(raw)
+    if key:
+        (folder / SIGNATURE).write_text(sign(raw, key) + "\n")
+    return folder / MANIFEST
+
+
+def sign(raw: bytes, key: bytes) -> str:
+    return hmac.new(key, raw, hashlib.sha256).hexdigest()
+
+
+def read(folder: Path) -> Manifest:
+    """Parse the manifest without touching the model files."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no manifest.json (is this an artifact folder?)")
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{path}: invalid manifest: {where}: {first['msg']}") from None
+
+
+def load(folder: Path, key: bytes | None = None) -> Manifest:
+    """Read and verify an artifact: signature (when a key is set) and every file's sha256."""
+    manifest = read(folder)
+    if key:
+        verify_signature(folder, key)
+    for problem in verify_files(folder, manifest):
+        raise ArtifactError(problem)
+    return manifest
+
+
+def verify_signature(folder: Path, key: bytes) -> None:
+    sig_path = folder / SIGNATURE
+    if not sig_path.is_file():
+        raise ArtifactError(f"{sig_path}: missing signature (a signing key is configured)")
+    expected = sign((folder / MANIFEST).read_bytes(), key)
+    if not hmac.compare_digest(expected, sig_path.read_text().strip()):
+        raise ArtifactError(f"{sig_path}: signature does not match manifest.json")
+
+
+def verify_files(folder: Path, manifest: Manifest) -> list[str]:
+    """Every mismatch, one line each, naming the file."""
+    problems = []
+    for entry in manifest.files:
+        path = folder / entry.path
+        if not path.resolve().is_relative_to(folder.resolve()):
+            problems.append(f"{path}: file path escapes the artifact folder")
+        elif not path.is_file():
+            problems.append(f"{path}: missing (listed in manifest)")
+        elif path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            problems.append(f"{path}: sha256 does not match the manifest (corrupted or replaced)")
+    return problems
+
+
+def dumps(manifest: Manifest) -> str:
+    """A compact JSON rendering for logs and status."""
+    return json.dumps({"name": manifest.name, "version": manifest.version, "task": manifest.task})

@@ -1,0 +1,154 @@
+"""The served models: each loaded once, each with one worker thread that takes requests in batches.
+
+One thread per model keeps a small board's cores from thrashing; batching whatever queued up
+while the previous pass ran gives throughput under load without adding latency when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.config import ModelEntry, ModelsFile
+from edge_agent.errors import AgentError, ArtifactError, ConfigError, Internal, Timeout, TooLarge
+from edge_agent.manifest import Manifest
+from edge_agent.manifest import load as load_manifest
+from edge_agent.runtimes import Prediction, Runtime
+
+Loader = Callable[[Path, Manifest, int], Runtime]
+
+
+def default_loader(folder: Path, manifest: Manifest, threads: int) -> Runtime:
+    """Pick the runtime the manifest names; its heavy import happens only here."""
+    if manifest.runtime == "onnx":
+        from edge_agent.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(folder, manifest, threads)
+    raise ArtifactError(f"artifact {manifest.name}: runtime {manifest.runtime!r} is not available here")
+
+
+@dataclass
+class _Job:
+    text: str
+    deadline: float
+    future: asyncio.Future[Prediction]
+
+
+@dataclass
+class Served:
+    """A loaded model and what limits it."""
+
+    entry: ModelEntry
+    manifest: Manifest
+    runtime: Runtime
+    batch_max: int
+    queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+
+    @property
+    def threshold(self) -> float:
+        if self.entry.threshold is not None:
+            return self.entry.threshold
+        return self.manifest.thresholds.escalate
+
+    def check_input(self, text: str) -> None:
+        limit = self.entry.max_input_chars
+        if limit is not None and len(text) > limit:
+            raise TooLarge(f"text has {len(text)} characters; model {self.entry.name} takes {limit}")
+        self.runtime.check_input(text)
+
+    async def predict(self, text: str, deadline: float) -> Prediction:
+        """Queue the text for the worker; Timeout when the deadline (monotonic) passes first."""
+        self.check_input(text)
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_Job(text, deadline, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise Timeout(f"no answer from model {self.entry.name} within the deadline") from None
+
+    async def work(self) -> None:
+        """Forever: take what is queued (up to batch_max), drop expired jobs, run one pass."""
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            while len(jobs) < self.batch_max and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+            now = time.monotonic()
+            live = [j for j in jobs if not j.future.done() and j.deadline > now]
+            if live:
+                results = await loop.run_in_executor(self.executor, self._run, [j.text for j in live])
+                for job, result in zip(live, results, strict=True):
+                    _settle(job.future, result)
+
+    def _run(self, texts: list[str]) -> list[Prediction | AgentError]:
+        """One pass; when a batch fails, each text is retried alone so one bad text fails alone."""
+        try:
+            return list(self.runtime.predict(texts, self.entry.top_k))
+        except Exception as exc:
+            if len(texts) > 1:
+                return [self._run([t])[0] for t in texts]
+            return [exc if isinstance(exc, AgentError) else Internal(f"{type(exc).__name__}: {exc}")]
+
+
+def _settle(future: asyncio.Future[Prediction], result: Prediction | AgentError) -> None:
+    if future.done():
+        return
+    if isinstance(result, AgentError):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class ModelPool:
+    """Every model of models.yaml, loaded and verified at start-up."""
+
+    def __init__(self, served: dict[str, Served]) -> None:
+        self.served = served
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def load(
+        cls,
+        models: ModelsFile,
+        threads: int,
+        batch_max: int,
+        key: bytes | None = None,
+        loader: Loader = default_loader,
+    ) -> ModelPool:
+        """Load every model; a ConfigError lists every artifact that cannot be served."""
+        served, problems = {}, []
+        for entry in models.models:
+            try:
+                manifest = load_manifest(entry.path, key)
+                runtime = loader(entry.path, manifest, entry.threads or threads)
+            except ArtifactError as exc:
+                problems.append(f"model {entry.name}: {exc}")
+                continue
+            served[entry.name] = Served(entry, manifest, runtime, batch_max)
+        if problems:
+            for model in served.values():
+                model.runtime.close()
+            raise ConfigError(problems)
+        return cls(served)
+
+    def get(self, name: str) -> Served | None:
+        return self.served.get(name)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(m.work(), name=f"model-{n}") for n, m in self.served.items()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for model in self.served.values():
+            model.executor.shutdown(wait=True)
+            model.runtime.close()
+
+    def versions(self) -> dict[str, str]:
+        return {name: m.manifest.version for name, m in self.served.items()}

@@ -1,0 +1,224 @@
+"""MQTT only: connect, last will, reconnect with backoff, subscribe, bounded in-flight work, replies.
+
+paho-mqtt's network thread receives; the asyncio loop handles. A message is acknowledged only
+after the broker has acknowledged its reply (PUBACK), so a crash loses no accepted request: the
+broker redelivers it to our persistent session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_agent.config import AgentSettings
+from edge_agent.messages import Inbound, Outbound
+
+log = structlog.get_logger("edge_agent.transport")
+
+Handle = Callable[[Inbound], Awaitable[Outbound | None]]
+Refuse = Callable[[Inbound], Outbound | None]
+UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK codes: 3.1.1 "unacceptable protocol", 5 "unsupported version"
+
+
+class Transport:
+    """One MQTT session for the agent's whole life; bytes in, bytes out."""
+
+    def __init__(
+        self, settings: AgentSettings, subscriptions: list[str], handle: Handle, refuse: Refuse
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = subscriptions
+        self.handle = handle
+        self.refuse = refuse
+        self.status_topic = f"{settings.topic_prefix}/status"
+        self.status: Callable[[], dict[str, Any]] = lambda: {}
+        self.ready = asyncio.Event()
+        self.protocol = mqtt.MQTTv311 if settings.mqtt.protocol == "3.1.1" else mqtt.MQTTv5
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[int, int]] = {}  # reply mid -> (request mid, qos)
+        self._early: set[int] = set()  # reply mids acknowledged before we registered them
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.client = self._make_client()
+
+    # -- connection -------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.settings.mqtt
+        v5 = self.protocol == mqtt.MQTTv5
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.settings.client_id,
+            protocol=self.protocol,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=True,
+        )
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        client.max_queued_messages_set(0)
+        client.will_set(self.status_topic, json.dumps({"status": "offline"}), qos=1, retain=True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, self._password())
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _password(self) -> str | None:
+        cfg = self.settings.mqtt
+        if cfg.password_file:
+            return cfg.password_file.read_text().strip()
+        return cfg.password.get_secret_value() if cfg.password else None
+
+    def _connect(self) -> None:
+        cfg = self.settings.mqtt
+        props = None
+        if self.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = cfg.session_expiry_s
+        self.client.connect_async(
+            cfg.host,
+            cfg.port,
+            cfg.keepalive_s,
+            clean_start=False if self.protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.warning("mqtt_connect_refused", reason=str(rc))
+            if self.settings.mqtt.protocol == "auto" and rc.value in UNSUPPORTED_PROTOCOL:
+                self._call(self._fall_back)
+            return
+        log.info("mqtt_connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port)
+        if self.protocol == mqtt.MQTTv5:
+            opts = SubscribeOptions(qos=1, noLocal=True)  # our own results never loop back
+            client.subscribe([(topic, opts) for topic in self.subscriptions])
+        else:
+            client.subscribe([(topic, 1) for topic in self.subscriptions])
+
+    def _fall_back(self) -> None:
+        log.warning("mqtt_fallback", protocol="3.1.1")
+        self.client.loop_stop()
+        self.protocol = mqtt.MQTTv311
+        self.client = self._make_client()
+        self._connect()
+
+    def _on_subscribe(self, client: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        failed = [str(c) for c in codes if c.is_failure]
+        if failed:
+            log.error("mqtt_subscribe_refused", reasons=failed)
+        self.publish_status()
+        self._call(self.ready.set)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        log.warning("mqtt_disconnected", reason=str(rc))
+        self._call(self.ready.clear)
+
+    def _call(self, fn: Callable[[], Any]) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn)
+
+    # -- messages ---------------------------------------------------------------------
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        correlation = getattr(props, "CorrelationData", None)
+        inbound = Inbound(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation=bytes(correlation) if correlation is not None else None,
+            received=time.monotonic(),
+        )
+        self._call(lambda: self._dispatch(inbound, message.mid, message.qos))
+
+    def _dispatch(self, inbound: Inbound, mid: int, qos: int) -> None:
+        if len(self._inflight) >= self.settings.max_inflight:
+            self._send(self.refuse(inbound), mid, qos)
+            return
+        task = asyncio.create_task(self._process(inbound, mid, qos))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _process(self, inbound: Inbound, mid: int, qos: int) -> None:
+        try:
+            out = await self.handle(inbound)
+        except Exception:  # the handler answers errors itself; this is the last guard
+            log.exception("handler_crashed", topic=inbound.topic)
+            out = None
+        self._send(out, mid, qos)
+
+    def _send(self, out: Outbound | None, mid: int, qos: int) -> None:
+        """Publish the reply at QoS 1; ack the request when the broker has the reply."""
+        if out is None:
+            self.client.ack(mid, qos)
+            return
+        props = None
+        if out.correlation is not None and self.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = out.correlation
+        info = self.client.publish(out.topic, out.payload, qos=1, properties=props)
+        with self._lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                done = True
+            else:
+                self._pending[info.mid] = (mid, qos)
+                done = False
+        if done:
+            self.client.ack(mid, qos)
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            request = self._pending.pop(mid, None)
+            if request is None:
+                self._early.add(mid)
+                if len(self._early) > 10000:  # status publishes etc. never register
+                    self._early.clear()
+        if request is not None:
+            client.ack(*request)
+
+    def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
+        body = {"status": state, **(self.status() if state == "online" else {})}
+        return self.client.publish(self.status_topic, json.dumps(body), qos=1, retain=True)
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, grace_s: float = 10.0) -> None:
+        """Serve until `stop` is set, then finish in-flight work and say offline."""
+        self._loop = asyncio.get_running_loop()
+        self._connect()
+        try:
+            await stop.wait()
+        finally:
+            await self._drain(grace_s)
+
+    async def _drain(self, grace_s: float) -> None:
+        self.client.unsubscribe(self.subscriptions)
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=grace_s)
+        info = self.publish_status("offline")
+        if self.client.is_connected():
+            await asyncio.to_thread(info.wait_for_publish, 2.0)
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,1 @@
+"""edge-trainer: labelled JSONL -> fine-tuned, exported, evaluated, published artifacts."""

@@ -1,0 +1,181 @@
+"""Stage `finetune`: train one encoder with two heads (intent, BIO tags) jointly on the encoded data.
+
+The recipe (why each knob): mean pooling matches how all-MiniLM-L6-v2 was pretrained; heads learn at a
+higher rate than the encoder and lower layers move less (layer-wise decay) so pretrained features survive;
+linear warmup then decay; label smoothing keeps intent confidences from saturating, which the
+escalation threshold needs. Batches are grouped by length so padding costs little on a CPU.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from trainer import data, encoder, model, stage
+from trainer.data import Labels
+
+IGNORE = -100
+
+
+@dataclass
+class Recipe:
+    """Hyperparameters; every field is a CLI option of `finetune` and `build`."""
+
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 2e-3
+    layer_decay: float = 0.9
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    label_smoothing: float = 0.1
+    tag_weight: float = 1.0
+    pooling: str = "mean"
+    dropout: float = 0.1
+    seed: int = 0
+    max_steps: int = 0  # 0 = run all epochs; > 0 caps the number of optimizer steps
+
+
+def run(data_dir: Path, out: Path, base: Path | None = None, recipe: Recipe | None = None) -> Path:
+    """Fine-tune `base` on `data_dir` (output of `data`) and save the joint model into `out`."""
+    recipe = recipe or Recipe()
+    base = encoder.resolve(base)
+    stage.read(data_dir, "data")
+    labels = Labels.load(data_dir)
+    train, dev = data.load_split(data_dir, "train"), data.load_split(data_dir, "dev")
+    _seed(recipe.seed)
+    net = model.from_base(base, len(labels.intents), len(labels.tags), recipe.pooling, recipe.dropout)
+    started = time.monotonic()
+    history = _train(net, train, dev, recipe)
+    model.save(net, out)
+    for name in (data.LABELS, encoder.TOKENIZER):
+        shutil.copy(data_dir / name, out / name)
+    stage.write(out, "finetune", {"recipe": asdict(recipe), "base": str(base),
+                                  "base_model": encoder.describe(base)},
+                {"data": data_dir / "train.jsonl"},
+                {"history": history, "seconds": round(time.monotonic() - started, 1)})
+    return out
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _train(net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[str, Any]],
+           recipe: Recipe) -> list[dict[str, float]]:
+    pad = int(getattr(net.encoder.config, "pad_token_id", 0) or 0)
+    per_epoch = (len(train) + recipe.batch_size - 1) // recipe.batch_size
+    total = recipe.max_steps or per_epoch * recipe.epochs
+    optimizer = torch.optim.AdamW(param_groups(net, recipe), weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear(total, int(total * recipe.warmup)))
+    intent_loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    history, step, epoch = [], 0, 0
+    while step < total:
+        epoch += 1
+        net.train()
+        bar = tqdm(batches(train, recipe.batch_size, shuffle=True), desc=f"finetune epoch {epoch}",
+                   total=per_epoch, leave=False, unit="batch")
+        for batch in bar:
+            ids, mask, intents, tag_ids = collate(batch, pad)
+            intent_logits, tag_logits = net(ids, mask)
+            loss = intent_loss(intent_logits, intents) + recipe.tag_weight * tag_loss(
+                tag_logits.flatten(0, 1), tag_ids.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step >= total:
+                break
+        history.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 4), **dev_scores(net, dev, pad)})
+        tqdm.write(f"finetune: epoch {epoch} step {step}: {history[-1]}")
+    return history
+
+
+def param_groups(net: model.JointModel, recipe: Recipe) -> list[dict[str, Any]]:
+    """Heads at `head_lr`; encoder layer l at lr * decay^(top - l), embeddings lowest."""
+    top = int(net.encoder.config.num_hidden_layers) + 1
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in net.named_parameters():
+        if not name.startswith("encoder."):
+            rate = recipe.head_lr
+        else:
+            rate = recipe.lr * recipe.layer_decay ** (top - _depth(name, top))
+        groups.setdefault(rate, []).append(param)
+    return [{"params": params, "lr": rate} for rate, params in groups.items()]
+
+
+def _depth(name: str, top: int) -> int:
+    """0 for embeddings, i + 1 for transformer layer i, `top` for anything above the layers."""
+    if ".embeddings." in name:
+        return 0
+    found = re.search(r"\.layers?\.(\d+)\.", name)
+    return int(found.group(1)) + 1 if found else top
+
+
+def _linear(total: int, warmup: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def batches(examples: list[dict[str, Any]], size: int, shuffle: bool) -> list[list[dict[str, Any]]]:
+    """Length-grouped batches: shuffled pools of 50 batches, sorted by length inside each pool."""
+    order = list(range(len(examples)))
+    if shuffle:
+        random.shuffle(order)
+    pool = size * 50
+    out = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i:i + pool], key=lambda j: len(examples[j]["ids"]))
+        out.extend([examples[j] for j in chunk[k:k + size]] for k in range(0, len(chunk), size))
+    if shuffle:
+        random.shuffle(out)
+    return out
+
+
+def collate(batch: list[dict[str, Any]], pad: int) -> tuple[torch.Tensor, ...]:
+    """Pad to the longest in the batch; padded tag positions are ignored by the loss."""
+    width = max(len(ex["ids"]) for ex in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    tag_ids = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex["ids"])
+        ids[row, :n] = torch.tensor(ex["ids"])
+        mask[row, :n] = 1
+        tag_ids[row, :n] = torch.tensor(ex["tags"])
+    intents = torch.tensor([ex["intent"] for ex in batch], dtype=torch.long)
+    return ids, mask, intents, tag_ids
+
+
+@torch.no_grad()
+def dev_scores(net: model.JointModel, dev: list[dict[str, Any]], pad: int) -> dict[str, float]:
+    """Intent accuracy and token tag accuracy on dev, in PyTorch (a quick signal per epoch)."""
+    net.eval()
+    right = tags_right = tags_total = 0
+    for batch in batches(dev, 64, shuffle=False):
+        ids, mask, intents, tag_ids = collate(batch, pad)
+        intent_logits, tag_logits = net(ids, mask)
+        right += int((intent_logits.argmax(-1) == intents).sum())
+        keep = tag_ids != IGNORE
+        tags_right += int((tag_logits.argmax(-1) == tag_ids)[keep].sum())
+        tags_total += int(keep.sum())
+    return {"dev_intent_acc": round(right / max(1, len(dev)), 4),
+            "dev_tag_acc": round(tags_right / max(1, tags_total), 4)}

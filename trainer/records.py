@@ -1,0 +1,106 @@
+"""Labelled JSONL in, validated records out; every problem is a DataError naming file and line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import DataError
+
+
+@dataclass(frozen=True)
+class Entity:
+    type: str
+    value: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Record:
+    text: str
+    intent: str
+    entities: tuple[Entity, ...] = field(default=())
+    line: int = 0
+
+
+def read(path: Path) -> list[Record]:
+    """All records of a JSONL file; blank lines are skipped, an empty file is an error."""
+    if not path.is_file():
+        raise DataError(path, None, "no such file")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        try:
+            for number, raw in enumerate(fh, start=1):
+                if raw.strip():
+                    records.append(_parse(path, number, raw))
+        except UnicodeDecodeError as exc:
+            raise DataError(path, None, f"not UTF-8 ({exc.reason})") from None
+    if not records:
+        raise DataError(path, 1, "file is empty (no JSON records)")
+    return records
+
+
+def _parse(path: Path, line: int, raw: str) -> Record:
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, line, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, line, "expected a JSON object")
+    text = _field(path, line, obj, "text", str)
+    intent = _field(path, line, obj, "intent", str)
+    if not text.strip() or not intent.strip():
+        raise DataError(path, line, "`text` and `intent` must not be empty")
+    entities = obj.get("entities", [])
+    if not isinstance(entities, list):
+        raise DataError(path, line, "`entities` must be a list")
+    parsed = tuple(_entity(path, line, text, e) for e in entities)
+    _check_overlaps(path, line, parsed)
+    return Record(text=text, intent=intent, entities=parsed, line=line)
+
+
+def _field(path: Path, line: int, obj: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in obj:
+        raise DataError(path, line, f"missing field `{name}`")
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(path, line, f"`{name}` must be a {kind.__name__}")
+    return value
+
+
+def _entity(path: Path, line: int, text: str, obj: Any) -> Entity:
+    if not isinstance(obj, dict):
+        raise DataError(path, line, "each entity must be an object with type, value, start, end")
+    entity = Entity(
+        type=_field(path, line, obj, "type", str),
+        value=_field(path, line, obj, "value", str),
+        start=_field(path, line, obj, "start", int),
+        end=_field(path, line, obj, "end", int),
+    )
+    if not 0 <= entity.start < entity.end <= len(text):
+        raise DataError(path, line, f"entity {entity.type!r}: offsets {entity.start}..{entity.end} "
+                                    f"outside the text (length {len(text)})")
+    if text[entity.start:entity.end] != entity.value:
+        raise DataError(path, line, f"entity {entity.type!r}: text[{entity.start}:{entity.end}] is "
+                                    f"{text[entity.start:entity.end]!r}, not the value {entity.value!r}")
+    return entity
+
+
+def _check_overlaps(path: Path, line: int, entities: tuple[Entity, ...]) -> None:
+    spans = sorted(entities, key=lambda e: e.start)
+    for left, right in zip(spans, spans[1:]):
+        if right.start < left.end:
+            raise DataError(path, line, f"entities {left.type!r} and {right.type!r} overlap")
+
+
+def check_known(path: Path, records: list[Record], intents: set[str], types: set[str], train: Path) -> None:
+    """Reject labels the model could never predict: seen in dev/test but not in train."""
+    for rec in records:
+        if rec.intent not in intents:
+            raise DataError(path, rec.line, f"intent {rec.intent!r} does not occur in {train}")
+        for ent in rec.entities:
+            if ent.type not in types:
+                raise DataError(path, rec.line, f"entity type {ent.type!r} does not occur in {train}")
