@@ -51,6 +51,7 @@ class Transport:
         self._pending: dict[int, tuple[int, int]] = {}  # reply mid -> (request mid, qos)
         self._early: set[int] = set()  # reply mids acknowledged before we registered them
         self._inflight: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.client = self._make_client()
 
     # -- connection -------------------------------------------------------------------
@@ -154,6 +155,8 @@ class Transport:
         self._call(lambda: self._dispatch(inbound, message.mid, message.qos))
 
     def _dispatch(self, inbound: Inbound, mid: int, qos: int) -> None:
+        if self._closing:  # not acked: the broker keeps it for our next session
+            return
         if len(self._inflight) >= self.settings.max_inflight:
             self._send(self.refuse(inbound), mid, qos)
             return
@@ -214,7 +217,7 @@ class Transport:
             await self._drain(grace_s)
 
     async def _drain(self, grace_s: float) -> None:
-        self.client.unsubscribe(self.subscriptions)
+        self._closing = True  # stay subscribed: the persistent session queues what comes next
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=grace_s)
         info = self.publish_status("offline")

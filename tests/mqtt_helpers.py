@@ -1,0 +1,145 @@
+"""Test-side MQTT peers: a real mosquitto process and a small synchronous client around paho."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts TCP connections on the port (a readiness probe, not a sleep)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@dataclass
+class Broker:
+    """A mosquitto process on loopback that a test can stop and start again on the same port."""
+
+    port: int
+    conf: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def make_broker(tmp: Path) -> Broker:
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 10000\nlog_type error\n"
+    )
+    return Broker(port, conf)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    correlation: bytes | None
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Client:
+    """A test MQTT client: subscribe, publish, and wait for messages on a queue."""
+
+    def __init__(self, port: int, v5: bool = True, client_id: str = "") -> None:
+        self.v5 = v5
+        proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self._acks: queue.Queue[int] = queue.Queue()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._acks.put(1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        corr = getattr(props, "CorrelationData", None)
+        self.messages.put(Received(msg.topic, bytes(msg.payload), corr, bool(msg.retain)))
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, qos=1)
+        self._acks.get(timeout=10)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        props = None
+        if self.v5 and (response_topic or correlation):
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation:
+                props.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+
+    def get(self, timeout: float = 20.0, topic: str | None = None) -> Received:
+        """The next message (on `topic`, when given); TimeoutError when none comes in time."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no message on {topic or 'any topic'} within {timeout}s")
+            try:
+                msg = self.messages.get(timeout=left)
+            except queue.Empty:
+                continue
+            if topic is None or msg.topic == topic:
+                return msg
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextlib.contextmanager
+def client(port: int, v5: bool = True) -> Iterator[Client]:
+    c = Client(port, v5)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,52 @@
+"""A device install must stay small: no torch, transformers, peft or optimum, at import or install."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+HEAVY = {"torch", "transformers", "peft", "optimum", "accelerate", "bitsandbytes"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;(]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def closure(dist: str, extras: set[str]) -> set[str]:
+    """Every distribution `pip install dist[extras]` pulls, read from installed metadata."""
+    seen: set[str] = set()
+    todo = [(dist, extras)]
+    while todo:
+        name, wanted = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in metadata.requires(name) or []:
+            marker = req.split(";", 1)[1] if ";" in req else ""
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", marker)
+            if extra and extra.group(1) not in wanted:
+                continue
+            if "python_version" in marker or "sys_platform" in marker or "platform_" in marker:
+                continue  # not worth evaluating here; none of those pull heavy packages
+            todo.append((_name(req), set()))
+    return seen
+
+
+def test_onnx_extra_pulls_nothing_heavy() -> None:
+    pulled = closure("edge-agent", {"onnx"})
+    assert {"onnxruntime", "tokenizers", "paho-mqtt"} <= pulled
+    assert not pulled & HEAVY, pulled & HEAVY
+
+
+def test_importing_every_module_loads_no_heavy_package() -> None:
+    code = (
+        "import pkgutil, importlib, sys, edge_agent\n"
+        "mods = [m.name for m in pkgutil.walk_packages(edge_agent.__path__, 'edge_agent.')]\n"
+        "[importlib.import_module(m) for m in mods if m != 'edge_agent.__main__']\n"
+        f"bad = sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules)\n"
+        "assert not bad, bad\n"
+        "assert len(mods) > 10, mods\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
