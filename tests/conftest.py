@@ -36,9 +36,7 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_artifact(tmp_path_factory.mktemp("artifacts") / "tiny")
 
 
-def write_models(
-    folder: Path, models: list[dict[str, Any]], bindings: list[dict[str, Any]] | None = None
-) -> Path:
+def write_models(folder: Path, models: list[dict[str, Any]], bindings: list[dict[str, Any]] | None = None) -> Path:
     path = folder / "models.yaml"
     path.write_text(yaml.safe_dump({"models": models, "bindings": bindings or []}))
     return path

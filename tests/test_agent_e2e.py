@@ -35,14 +35,10 @@ def check_reply(body: dict[str, Any], artifact: Path) -> None:
     assert body["latency_ms"] >= 0 and isinstance(body["entities"], list)
 
 
-def test_v5_reply_on_response_topic_with_correlation(
-    broker: Broker, agent: Agent, tiny_artifact: Path
-) -> None:
+def test_v5_reply_on_response_topic_with_correlation(broker: Broker, agent: Agent, tiny_artifact: Path) -> None:
     with client(broker.port) as c:
         c.subscribe("me/replies")
-        c.publish(
-            f"{agent.prefix}/req/tiny", '{"text": "turn off the lights", "id": "r1"}', "me/replies", b"\x01c"
-        )
+        c.publish(f"{agent.prefix}/req/tiny", '{"text": "turn off the lights", "id": "r1"}', "me/replies", b"\x01c")
         msg = c.get(topic="me/replies")
     assert msg.correlation == b"\x01c"
     body = msg.json()
@@ -54,9 +50,7 @@ def test_v311_reply_to_and_default_topic(broker: Broker, agent: Agent, tiny_arti
     with client(broker.port, v5=False) as c:
         c.subscribe("old/inbox")
         c.subscribe(f"{agent.prefix}/res/tiny")
-        c.publish(
-            f"{agent.prefix}/req/tiny", json.dumps({"text": "lights on", "id": 5, "reply_to": "old/inbox"})
-        )
+        c.publish(f"{agent.prefix}/req/tiny", json.dumps({"text": "lights on", "id": 5, "reply_to": "old/inbox"}))
         check_reply(c.get(topic="old/inbox").json(), tiny_artifact)
         c.publish(f"{agent.prefix}/req/tiny", json.dumps({"text": "lights on", "id": 6}))
         body = c.get(topic=f"{agent.prefix}/res/tiny").json()
@@ -161,9 +155,7 @@ def test_corrupted_artifact_is_refused(tiny_artifact: Path, tmp_path: Path) -> N
     model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
     models = write_models(tmp_path, [{"name": "tiny", "path": str(copy)}])
     result = run_cli("check", "--models", str(models))
-    assert (
-        result.returncode == 78 and "sha256 does not match" in result.stderr and model.name in result.stderr
-    )
+    assert result.returncode == 78 and "sha256 does not match" in result.stderr and model.name in result.stderr
 
 
 def test_classify_cli(tiny_artifact: Path, tmp_path: Path) -> None:

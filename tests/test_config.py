@@ -49,9 +49,7 @@ def test_models_file_problems_all_reported(tmp_path: Path) -> None:
         load_models(path)
     text = "\n".join(info.value.problems)
     assert "invalid topic filter" in text and "{bad}" in text
-    path.write_text(
-        "models:\n  - {name: a, path: x}\n  - {name: a, path: y}\nbindings:\n  - {topic: s, model: b}\n"
-    )
+    path.write_text("models:\n  - {name: a, path: x}\n  - {name: a, path: y}\nbindings:\n  - {topic: s, model: b}\n")
     with pytest.raises(ConfigError) as info:
         load_models(path)
     assert len(info.value.problems) == 2

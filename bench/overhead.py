@@ -1,0 +1,165 @@
+"""What the agent costs beyond the model: MQTT round trip minus in-process model time, start-up, RSS.
+
+Run by hand:  .venv/bin/python bench/overhead.py [--artifact artifacts/iot-intents] [-n 2000]
+Goals (issue 3): overhead <= 1 ms p50 and <= 5 ms p99; start-up <= 1.5 s; RSS <= 150 MB with int8 MiniLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.manifest import load  # noqa: E402
+from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
+from tests.mqtt_helpers import Client, make_broker  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
+
+
+def texts(n: int) -> list[str]:
+    if DATA.is_file():
+        pool = [json.loads(line)["text"] for line in DATA.read_text().splitlines()]
+    else:
+        pool = ["turn off the kitchen lights", "is the coffee ready", "vacuum the hall at noon"]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def model_times(artifact: Path, batch: list[str], threads: int) -> dict[str, float]:
+    """In-process predict() time per distinct text (best of 3), in ms."""
+    rt = OnnxRuntime(artifact, load(artifact), threads)
+    out = {}
+    for text in dict.fromkeys(batch):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            rt.predict([text])
+            best = min(best, time.perf_counter() - t0)
+        out[text] = best * 1000
+    return out
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def start_agent(models: Path, port: int, tmp: Path, threads: int) -> tuple[subprocess.Popen[bytes], float]:
+    watcher = Client(port)
+    watcher.subscribe("edge-agent/bench/status")
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "edge_agent", "run", "--models", str(models), "--port", str(port)]
+    cmd += ["--device-id", "bench", "--log-level", "warning"]
+    env = {**os.environ, "EDGE_AGENT_THREADS": str(threads)}
+    proc = subprocess.Popen(cmd, stderr=(tmp / "agent.log").open("wb"), env=env, cwd=ROOT)
+    while watcher.get(timeout=60, topic="edge-agent/bench/status").json().get("status") != "online":
+        pass
+    startup = time.monotonic() - t0
+    watcher.close()
+    return proc, startup
+
+
+def round_trips(port: int, batch: list[str]) -> list[tuple[str, float]]:
+    c = Client(port)
+    c.subscribe("bench/reply")
+    out = []
+    for i, text in enumerate(batch):
+        t0 = time.perf_counter()
+        c.publish("edge-agent/bench/req/m", json.dumps({"text": text, "id": i}), "bench/reply")
+        reply = c.get(timeout=10, topic="bench/reply").json()
+        out.append((text, (time.perf_counter() - t0) * 1000))
+        assert reply["id"] == i and "label" in reply, reply
+    c.close()
+    return out
+
+
+def throughput(port: int, batch: list[str]) -> float:
+    c = Client(port)
+    c.subscribe("bench/burst")
+    t0 = time.perf_counter()
+    for i, text in enumerate(batch):  # pipelined: no wait for each PUBACK
+        payload = json.dumps({"text": text, "id": i, "reply_to": "bench/burst"})
+        c.client.publish("edge-agent/bench/req/m", payload, qos=1)
+    for _ in batch:
+        c.get(timeout=30, topic="bench/burst")
+    elapsed = time.perf_counter() - t0
+    c.close()
+    return len(batch) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "iot-intents")
+    parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    batch = texts(args.n)
+    model_ms = model_times(args.artifact, batch, args.threads)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        broker = make_broker(tmp)
+        broker.start()
+        models = tmp / "models.yaml"
+        models.write_text(yaml.safe_dump({"models": [{"name": "m", "path": str(args.artifact.resolve())}]}))
+        proc, startup = start_agent(models, broker.port, tmp, args.threads)
+        rss_ready, _ = rss_mb(proc.pid)
+        rtts = round_trips(broker.port, batch)
+        qps = throughput(broker.port, batch[:1000])
+        rss_now, rss_peak = rss_mb(proc.pid)
+        proc.terminate()
+        proc.wait(20)
+        broker.stop()
+    overhead = np.array([rtt - model_ms[text] for text, rtt in rtts])
+    rtt = np.array([r for _, r in rtts])
+    model = np.array([model_ms[t] for t, _ in rtts])
+    report(args, startup, rss_ready, rss_now, rss_peak, rtt, model, overhead, qps)
+
+
+def report(
+    args: argparse.Namespace,
+    startup: float,
+    rss_ready: float,
+    rss_now: float,
+    rss_peak: float,
+    rtt: np.ndarray,
+    model: np.ndarray,
+    overhead: np.ndarray,
+    qps: float,
+) -> None:
+    def pct(a: np.ndarray, q: float) -> float:
+        return float(np.percentile(a, q))
+
+    print(
+        f"# bench/overhead.py  {time.strftime('%Y-%m-%d')}  {platform.machine()} {os.cpu_count()} cores  "
+        f"python {platform.python_version()}  artifact {args.artifact.name}  n={len(rtt)}"
+    )
+    print("| measure | p50 | p99 | goal |")
+    print("|---|---:|---:|---|")
+    print(f"| round trip via mosquitto (ms) | {pct(rtt, 50):.3f} | {pct(rtt, 99):.3f} | |")
+    print(f"| in-process model time (ms) | {pct(model, 50):.3f} | {pct(model, 99):.3f} | |")
+    print(f"| **overhead** (ms) | {pct(overhead, 50):.3f} | {pct(overhead, 99):.3f} | <= 1 / <= 5 |")
+    print()
+    print("| measure | value | goal |")
+    print("|---|---:|---|")
+    print(f"| start-up: process start -> retained online (s) | {startup:.2f} | <= 1.5 |")
+    print(f"| RSS when online (MB) | {rss_ready:.0f} | |")
+    print(f"| RSS after {len(rtt)} + 1000 requests (MB) / peak | {rss_now:.0f} / {rss_peak:.0f} | <= 150 |")
+    print(f"| pipelined throughput, 1000 requests (req/s) | {qps:.0f} | |")
+    print(f"| mean overhead (ms) | {statistics.fmean(overhead.tolist()):.3f} | |")
+
+
+if __name__ == "__main__":
+    main()
