@@ -9,10 +9,17 @@ from typing import Any
 import structlog
 
 from edge_agent import __version__, systemd
-from edge_agent.config import AgentSettings, ModelsFile
+from edge_agent.config import AgentSettings, ModelEntry, ModelsFile
+from edge_agent.errors import ArtifactError, ConfigError
+from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler
+from edge_agent.manifest import Manifest
+from edge_agent.manifest import read as read_manifest
+from edge_agent.runtimes.cloud import CloudClient
 from edge_agent.runtimes.pool import ModelPool
+from edge_agent.spool import Spool
 from edge_agent.transport import Transport
+from edge_agent.waitlist import Waitlist
 
 log = structlog.get_logger("edge_agent.app")
 
@@ -22,29 +29,90 @@ def load_pool(settings: AgentSettings, models: ModelsFile) -> ModelPool:
     return ModelPool.load(models, settings.threads, settings.batch_max, settings.signing_key())
 
 
-async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool) -> None:
+Missing = dict[str, tuple[ModelEntry, Manifest]]
+
+
+def load_served(settings: AgentSettings, models: ModelsFile) -> tuple[ModelPool, Missing]:
+    """The pool, plus models only the cloud can answer here.
+
+    With a cloud configured, an artifact that cannot load (corrupted, runtime not installed) does
+    not stop the agent when its manifest still reads and its route allows the cloud: its requests
+    escalate as `model_missing`. Anything else is a ConfigError listing every problem.
+    """
+    if settings.cloud is None:
+        return load_pool(settings, models), {}
+    served, missing, problems = {}, {}, []
+    for entry in models.models:
+        try:
+            served.update(load_pool(settings, ModelsFile(models=[entry])).served)
+        except ConfigError as exc:
+            manifest = _manifest_only(entry)
+            if manifest is None or entry.route == "local":
+                problems.extend(exc.problems)
+                continue
+            log.error("model_missing_locally", model=entry.name, problems=exc.problems)
+            missing[entry.name] = (entry, manifest)
+    if problems:
+        for model in served.values():
+            model.runtime.close()
+        raise ConfigError(problems)
+    return ModelPool(served), missing
+
+
+def _manifest_only(entry: ModelEntry) -> Manifest | None:
+    try:
+        return read_manifest(entry.path)
+    except ArtifactError:
+        return None
+
+
+async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, missing: Missing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight work and publish `offline`."""
-    handler = Handler(settings, models, pool)
-    transport = Transport(settings, handler.subscriptions(), handler.handle, handler.overloaded)
-    transport.status = lambda: status(settings, pool)
+    cloud = CloudClient(settings.cloud) if settings.cloud else None
+    escalator = Escalator(settings, models, cloud)
+    spool = Spool(settings.state_dir / "spool.sqlite")
+    handler = Handler(settings, models, pool, escalator, spool, missing)
+    transport = Transport(settings, handler.subscriptions(), handler.handle, handler.overloaded, spool)
+    transport.status = lambda: status(settings, pool, escalator, spool, missing)
+    escalator.on_change = transport.publish_status
+    waitlist = Waitlist(spool, handler.retry, handler.expired, transport.deliver, escalator.breaker.retry_in)
+    handler.on_wait = waitlist.wake.set
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     pool.start()
-    side = [asyncio.create_task(_announce(transport)), asyncio.create_task(systemd.watchdog())]
+    side = [_announce(transport), systemd.watchdog(), waitlist.run()]
+    tasks = [asyncio.create_task(coro) for coro in side]
     try:
         await transport.run(stop)
     finally:
-        for task in side:
+        for task in tasks:
             task.cancel()
         await pool.stop()
+        await escalator.drain()
+        if cloud is not None:
+            await cloud.aclose()
+        spool.close()
         systemd.notify("STOPPING=1")
         log.info("stopped")
 
 
-def status(settings: AgentSettings, pool: ModelPool) -> dict[str, Any]:
-    return {"device_id": settings.device_id, "agent": __version__, "models": pool.versions()}
+def status(
+    settings: AgentSettings,
+    pool: ModelPool,
+    escalator: Escalator | None = None,
+    spool: Spool | None = None,
+    missing: Missing | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"device_id": settings.device_id, "agent": __version__, "models": pool.versions()}
+    if missing:
+        body["cloud_only"] = {name: manifest.version for name, (_, manifest) in missing.items()}
+    if escalator is not None:
+        body["router"] = escalator.snapshot()
+    if spool is not None:
+        body["spool"] = spool.counts()
+    return body
 
 
 async def _announce(transport: Transport) -> None:

@@ -1,4 +1,4 @@
-"""`edge-agent run | check | classify | models list`: one readable line and a non-zero exit on errors."""
+"""`edge-agent run | check | classify | models list | feedback export`: one line and a non-zero exit on errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.config import AgentSettings, ModelsFile, load_models, load_settings
+from edge_agent.config import AgentSettings, ModelsFile, cloud_problems, load_models, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
 from edge_agent.manifest import load as load_manifest
 from edge_agent.messages import reply
@@ -20,12 +20,8 @@ EX_DATAERR = 65
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, help="settings file (YAML or TOML); env EDGE_AGENT_* overrides it"
-    )
-    parser.add_argument(
-        "--models", type=Path, dest="models_file", help="models.yaml (default: ./models.yaml)"
-    )
+    parser.add_argument("--config", type=Path, help="settings file (YAML or TOML); env EDGE_AGENT_* overrides it")
+    parser.add_argument("--models", type=Path, dest="models_file", help="models.yaml (default: ./models.yaml)")
     parser.add_argument("--host", help="MQTT broker host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="MQTT broker port (default 1883)")
     parser.add_argument("--device-id", help="device id in topics (default: hostname)")
@@ -33,9 +29,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-agent", description="Small models next to IoT sensors, on MQTT."
-    )
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Small models next to IoT sensors, on MQTT.")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _common(sub.add_parser("run", help="serve the models of models.yaml over MQTT"))
@@ -47,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="inspect served models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     _common(models_sub.add_parser("list", help="name, version, task, runtime, threshold and health"))
+    feedback = sub.add_parser("feedback", help="escalations kept as training data")
+    feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
+    export = feedback_sub.add_parser("export", help="write the trainer's JSONL (cloud label as teacher)")
+    _common(export)
+    export.add_argument("--model", help="one model (default: all)")
+    export.add_argument("--out", type=Path, help="output file (default: stdout)")
     return parser
 
 
@@ -81,6 +81,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             load_manifest(entry.path, key)
         except ArtifactError as exc:
             problems.append(f"model {entry.name}: {exc}")
+    if models is not None:
+        problems.extend(cloud_problems(settings, models))
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
@@ -92,12 +94,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent import logs
-    from edge_agent.app import load_pool, serve
+    from edge_agent.app import load_served, serve
 
     settings, models = _load(args)
     logs.configure(settings.log_level)
-    pool = load_pool(settings, models)
-    asyncio.run(serve(settings, models, pool))
+    problems = cloud_problems(settings, models)
+    if problems:
+        raise ConfigError(problems)
+    pool, missing = load_served(settings, models)
+    asyncio.run(serve(settings, models, pool, missing))
     return 0
 
 
@@ -138,11 +143,30 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from edge_agent.feedback import FeedbackLog
+
+    settings = _settings(args)
+    log = FeedbackLog(settings.state_dir / "feedback", settings.feedback_max_rows)
+    out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+    count = 0
+    try:
+        for line in log.rows(args.model):
+            out.write(line)
+            count += 1
+    finally:
+        if args.out:
+            out.close()
+    print(f"{count} row(s)", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "classify": cmd_classify,
     "models": cmd_models_list,
+    "feedback": cmd_feedback_export,
 }
 
 

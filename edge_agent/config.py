@@ -5,6 +5,8 @@ Loading collects every problem before failing, so an operator fixes a config in 
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +46,52 @@ class MqttSettings(BaseModel):
     reconnect_max_s: int = Field(default=30, ge=1)
 
 
+class Budget(BaseModel):
+    """How many cloud calls may be made; None: no limit on that window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_hour: int | None = Field(default=None, ge=0)
+    per_day: int | None = Field(default=None, ge=0)
+
+
+class CloudSettings(BaseModel):
+    """An OpenAI-compatible endpoint for escalations. The key comes from env or a file, never inline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://", description="up to /v1, e.g. http://127.0.0.1:8080/v1")
+    model: str = Field(min_length=1, description="model name the server expects")
+    api_key_env: str | None = Field(default=None, description="env var holding the API key")
+    api_key_file: Path | None = Field(default=None, description="file holding the API key")
+    timeout_s: float = Field(default=10.0, gt=0, description="per attempt; the request deadline cuts it shorter")
+    retries: int = Field(default=2, ge=0, description="extra attempts on 429 and 5xx only")
+    backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles, with jitter")
+    response_format: Literal["json_schema", "json_object", "prompt"] = Field(
+        default="json_schema",
+        description="json_schema: OpenAI structured outputs; json_object: with `schema` (llama.cpp); "
+        "prompt: instructions only. Answers are validated in every mode.",
+    )
+    budget: Budget = Budget()
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="open time before a probe")
+    wait_ttl_s: float = Field(default=3600.0, gt=0, description="how long route=cloud requests wait for it")
+    wait_max: int = Field(default=1000, ge=0, description="route=cloud requests that may wait at once")
+
+    def api_key(self) -> str | None:
+        """The key, or None when none is configured; OSError/KeyError name what is missing."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        if self.api_key_env is not None:
+            return os.environ[self.api_key_env]
+        return None
+
+
+def _default_state_dir() -> Path:
+    """systemd's StateDirectory= when set (first entry), else ./var."""
+    return Path(os.environ.get("STATE_DIRECTORY", "var").split(":")[0])
+
+
 class AgentSettings(BaseSettings):
     """Process-wide settings; `EDGE_AGENT_MQTT__HOST` sets `mqtt.host`."""
 
@@ -57,8 +105,16 @@ class AgentSettings(BaseSettings):
     max_inflight: int = Field(default=64, ge=1, description="accepted, unfinished messages")
     deadline_ms: int = Field(default=5000, ge=1, description="default when a request sets none")
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads per model")
-    batch_max: int = Field(default=16, ge=1, description="requests one model pass may take")
+    batch_max: int = Field(
+        default=1,
+        ge=1,
+        description="requests one model pass may take; >1 trades determinism for throughput "
+        "(dynamic int8 scales activations over the whole batch)",
+    )
     signing_key_file: Path | None = None
+    cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
+    state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
+    feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device_id")
@@ -92,6 +148,25 @@ class ModelEntry(BaseModel):
     threshold: float | None = Field(default=None, ge=0, le=1, description="overrides the manifest's")
     deadline_ms: int | None = Field(default=None, ge=1)
     threads: int | None = Field(default=None, ge=1)
+    route: Literal["auto", "local", "cloud"] = Field(
+        default="auto", description="default for requests that name none; local: never leaves the device"
+    )
+    collect_feedback: bool = Field(default=True, description="keep escalations as training data")
+    redact: list[str] = Field(default=[], description="regexes masked in stored feedback text")
+    budget: Budget = Budget()
+    speculative_margin: float = Field(
+        default=0.0, ge=0, le=1, description="call the cloud with local while recent confidence < threshold+margin"
+    )
+
+    @field_validator("redact")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact pattern {pattern!r}: {exc}") from None
+        return value
 
 
 class Binding(BaseModel):
@@ -225,3 +300,23 @@ def _cross_check(models: ModelsFile, path: Path) -> list[str]:
         if binding.model not in names:
             problems.append(f"{path}: bindings.{i}: model {binding.model!r} is not declared under models")
     return problems
+
+
+def cloud_problems(settings: AgentSettings, models: ModelsFile) -> list[str]:
+    """What stops escalation from working as configured, one line each (the key is never shown)."""
+    cloud = settings.cloud
+    if cloud is None:
+        return [
+            f"model {m.name}: route is 'cloud' but no cloud endpoint is configured (settings: cloud)"
+            for m in models.models
+            if m.route == "cloud"
+        ]
+    try:
+        key = cloud.api_key()
+    except KeyError:
+        return [f"cloud: api_key_env {cloud.api_key_env} is not set"]
+    except OSError as exc:
+        return [f"cloud: api_key_file {cloud.api_key_file}: cannot read: {exc.strerror}"]
+    if key == "":
+        return ["cloud: the API key is empty"]
+    return []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,12 +54,40 @@ class OnnxIO(_Strict):
 
 
 class Prompt(_Strict):
-    """For causal LMs: the exact template and stops used in training, so serving cannot drift."""
+    """For causal LMs: the exact template and stops used in training, so serving cannot drift.
 
-    template: str
+    Token ids, in training and serving alike: [BOS if add_bos] + ids(before) + plain(text) + ids(after);
+    the answer is plain(answer) + ids(end). `ids` splits a piece at the `specials` strings, each of
+    which is one token, and tokenizes the runs between them as plain text, without BOS; `plain` never
+    parses control tokens, so a request cannot smuggle one in.
+    """
+
+    template: str = Field(pattern=r"\{text\}", description="holds `{text}` where the request goes")
     stop: list[str] = []
     eos: str | None = None
     add_bos: bool = True
+    specials: list[str] = Field(default=[], description="control tokens the template and end use")
+
+    def parts(self) -> tuple[str, str]:
+        """The template before and after the request text."""
+        before, _, after = self.template.partition("{text}")
+        return before, after
+
+    @property
+    def end(self) -> str:
+        """What closes an answer: the first stop string (a chat template's end of turn), else EOS."""
+        if self.stop:
+            return self.stop[0]
+        if self.eos is None:
+            raise ArtifactError("prompt has neither a stop string nor an EOS token")
+        return self.eos
+
+    def split(self, piece: str) -> list[tuple[str, bool]]:
+        """A template piece as (run, is_special) in order; empty runs dropped."""
+        if not self.specials:
+            return [(piece, False)] if piece else []
+        pattern = "(" + "|".join(re.escape(s) for s in sorted(self.specials, key=len, reverse=True)) + ")"
+        return [(run, run in self.specials) for run in re.split(pattern, piece) if run]
 
 
 class Manifest(_Strict):

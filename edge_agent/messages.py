@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from edge_agent.errors import AgentError, BadRequest, TooLarge
 from edge_agent.runtimes import Prediction
 
 RequestId = str | int | None
+Route = Literal["auto", "local", "cloud"]
+ROUTES: tuple[str, ...] = get_args(Route)
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Request:
     id: RequestId = None
     deadline_ms: int | None = None
     reply_to: str | None = None
+    route: Route | None = None
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,15 @@ def parse_object(data: dict[str, Any]) -> Request:
     if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int)):
         raise BadRequest("field 'id' must be a string or an integer")
     deadline = data.get("deadline_ms")
-    if deadline is not None and (
-        isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0
-    ):
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0):
         raise BadRequest("field 'deadline_ms' must be a positive integer")
     reply_to = data.get("reply_to")
     if reply_to is not None and (not isinstance(reply_to, str) or not valid_topic(reply_to)):
         raise BadRequest("field 'reply_to' must be a topic without wildcards")
-    return Request(text=text, id=rid, deadline_ms=deadline, reply_to=reply_to)
+    route = data.get("route")
+    if route is not None and route not in ROUTES:
+        raise BadRequest(f"field 'route' must be one of {', '.join(ROUTES)}")
+    return Request(text=text, id=rid, deadline_ms=deadline, reply_to=reply_to, route=route)
 
 
 def reply(
@@ -131,7 +135,8 @@ def reply(
         "source": source,
         "latency_ms": round(latency_ms, 3),
     }
-    if prediction.fields is not None:
+    if prediction.fields is not None:  # an extraction: say so, so clients need not guess from keys
+        body["task"] = "extract"
         body["fields"] = prediction.fields
     return body
 

@@ -1,8 +1,10 @@
 """MQTT only: connect, last will, reconnect with backoff, subscribe, bounded in-flight work, replies.
 
-paho-mqtt's network thread receives; the asyncio loop handles. A message is acknowledged only
-after the broker has acknowledged its reply (PUBACK), so a crash loses no accepted request: the
-broker redelivers it to our persistent session.
+paho-mqtt's network thread receives; the asyncio loop handles. With a spool, a reply is written
+there before its request is acknowledged and leaves it when the broker acknowledges the reply
+(PUBACK); spooled replies are published again at start-up, so neither a broker outage nor a
+restart loses one. Without a spool, the request is acknowledged only after its reply's PUBACK and
+the broker redelivers it to our persistent session after a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import AgentSettings
 from edge_agent.messages import Inbound, Outbound
+from edge_agent.spool import Spool
 
 log = structlog.get_logger("edge_agent.transport")
 
@@ -36,9 +39,15 @@ class Transport:
     """One MQTT session for the agent's whole life; bytes in, bytes out."""
 
     def __init__(
-        self, settings: AgentSettings, subscriptions: list[str], handle: Handle, refuse: Refuse
+        self,
+        settings: AgentSettings,
+        subscriptions: list[str],
+        handle: Handle,
+        refuse: Refuse,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
+        self.spool = spool
         self.subscriptions = subscriptions
         self.handle = handle
         self.refuse = refuse
@@ -48,7 +57,8 @@ class Transport:
         self.protocol = mqtt.MQTTv311 if settings.mqtt.protocol == "3.1.1" else mqtt.MQTTv5
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[int, int]] = {}  # reply mid -> (request mid, qos)
+        self._pending: dict[int, Callable[[], Any]] = {}  # reply mid -> what its PUBACK completes
+        self._outbox: set[int] = set()  # spool rows handed to the current client
         self._early: set[int] = set()  # reply mids acknowledged before we registered them
         self._inflight: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -124,14 +134,21 @@ class Transport:
         self.client.loop_stop()
         self.protocol = mqtt.MQTTv311
         self.client = self._make_client()
+        with self._lock:
+            self._pending.clear()
+            self._outbox.clear()
         self._connect()
 
     def _on_subscribe(self, client: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         failed = [str(c) for c in codes if c.is_failure]
         if failed:
             log.error("mqtt_subscribe_refused", reasons=failed)
+        self._call(self._on_ready)
+
+    def _on_ready(self) -> None:
         self.publish_status()
-        self._call(self.ready.set)
+        self._replay()
+        self.ready.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         log.warning("mqtt_disconnected", reason=str(rc))
@@ -173,34 +190,60 @@ class Transport:
         self._send(out, mid, qos)
 
     def _send(self, out: Outbound | None, mid: int, qos: int) -> None:
-        """Publish the reply at QoS 1; ack the request when the broker has the reply."""
+        """Publish the reply at QoS 1; ack the request once the reply is spooled, or else on its PUBACK."""
         if out is None:
             self.client.ack(mid, qos)
-            return
+        elif self.spool is None:
+            client = self.client
+            self._publish(out, lambda: client.ack(mid, qos))
+        else:
+            self.deliver(out)
+            self.client.ack(mid, qos)
+
+    def deliver(self, out: Outbound) -> None:
+        """Spool a reply, then publish it; it leaves the spool when the broker has it. Loop thread only."""
+        assert self.spool is not None
+        self._publish_row(self.spool.put_reply(out), out)
+
+    def _publish_row(self, rid: int, out: Outbound) -> None:
+        self._outbox.add(rid)
+        self._publish(out, lambda: self._call(lambda: self._sent(rid)))
+
+    def _sent(self, rid: int) -> None:
+        assert self.spool is not None
+        self._outbox.discard(rid)
+        self.spool.reply_sent(rid)
+
+    def _replay(self) -> None:
+        """Publish spooled replies this client does not hold (from before a restart), oldest first."""
+        for rid, out in self.spool.replies() if self.spool else []:
+            if rid not in self._outbox:
+                self._publish_row(rid, out)
+
+    def _publish(self, out: Outbound, on_puback: Callable[[], Any]) -> None:
         props = None
         if out.correlation is not None and self.protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = out.correlation
         info = self.client.publish(out.topic, out.payload, qos=1, properties=props)
         with self._lock:
-            if info.mid in self._early:
+            done = info.mid in self._early
+            if done:
                 self._early.discard(info.mid)
-                done = True
             else:
-                self._pending[info.mid] = (mid, qos)
-                done = False
+                self._pending[info.mid] = on_puback
         if done:
-            self.client.ack(mid, qos)
+            on_puback()
 
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         with self._lock:
-            request = self._pending.pop(mid, None)
-            if request is None:
+            action = self._pending.pop(mid, None)
+            if action is None:
                 self._early.add(mid)
                 if len(self._early) > 10000:  # status publishes etc. never register
                     self._early.clear()
-        if request is not None:
-            client.ack(*request)
+        if action is not None:
+            action()
 
     def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
         body = {"status": state, **(self.status() if state == "online" else {})}

@@ -79,7 +79,8 @@ def start_agent(
         str(broker.port),
     ]
     cmd += ["--device-id", device_id, "--log-level", "debug"]
-    proc = subprocess.Popen(cmd, stderr=log.open("wb"), env={**os.environ, **(env or {})}, cwd=ROOT)
+    state = {"EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}")}  # a restart finds its spool again
+    proc = subprocess.Popen(cmd, stderr=log.open("wb"), env={**os.environ, **state, **(env or {})}, cwd=ROOT)
     try:
         while True:
             msg = watcher.get(timeout=30, topic=f"{prefix}/status")

@@ -47,18 +47,26 @@ def run(train: Path, dev: Path, out: Path, base: Path | None = None, max_tokens:
     out.mkdir(parents=True, exist_ok=True)
     labels.save(out)
     tokenizer.save(str(out / encoder.TOKENIZER))
-    counts = {name: _write_split(out / f"{name}.jsonl", recs, tokenizer, labels)
-              for name, recs in (("train", train_recs), ("dev", dev_recs))}
-    stage.write(out, "data", {"max_tokens": max_tokens, "base": str(base)}, {"train": train, "dev": dev},
-                {"counts": counts, "labels": len(labels.intents), "entity_types": len(labels.entity_types)})
+    counts = {
+        name: _write_split(out / f"{name}.jsonl", recs, tokenizer, labels)
+        for name, recs in (("train", train_recs), ("dev", dev_recs))
+    }
+    stage.write(
+        out,
+        "data",
+        {"max_tokens": max_tokens, "base": str(base)},
+        {"train": train, "dev": dev},
+        {"counts": counts, "labels": len(labels.intents), "entity_types": len(labels.entity_types)},
+    )
     return out
 
 
 def label_maps(recs: list[Record], max_tokens: int) -> Labels:
     """Sorted names, so the same data always gives the same columns."""
     types = sorted({e.type for r in recs for e in r.entities})
-    return Labels(intents=sorted({r.intent for r in recs}), entity_types=types,
-                  tags=tags.tag_set(types), max_tokens=max_tokens)
+    return Labels(
+        intents=sorted({r.intent for r in recs}), entity_types=types, tags=tags.tag_set(types), max_tokens=max_tokens
+    )
 
 
 def encode(rec: Record, tokenizer: Tokenizer, labels: Labels) -> dict[str, Any]:
@@ -79,8 +87,10 @@ def _write_split(path: Path, recs: list[Record], tokenizer: Tokenizer, labels: L
             fh.write(json.dumps(example) + "\n")
             kept += 1
     if too_long:
-        print(f"warning: {path.name}: {too_long} examples longer than {labels.max_tokens} tokens left out",
-              file=sys.stderr)
+        print(
+            f"warning: {path.name}: {too_long} examples longer than {labels.max_tokens} tokens left out",
+            file=sys.stderr,
+        )
     return {"examples": kept, "too_long": too_long}
 
 

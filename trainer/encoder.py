@@ -60,8 +60,14 @@ def make_tiny(folder: Path, hidden: int = 32, layers: int = 2, heads: int = 2, s
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     BertModel(config).save_pretrained(folder)
     shutil.copy(default_base() / TOKENIZER, folder / TOKENIZER)

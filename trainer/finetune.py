@@ -1,9 +1,6 @@
 """Stage `finetune`: train one encoder with two heads (intent, BIO tags) jointly on the encoded data.
 
-The recipe (why each knob): mean pooling matches how all-MiniLM-L6-v2 was pretrained; heads learn at a
-higher rate than the encoder and lower layers move less (layer-wise decay) so pretrained features survive;
-linear warmup then decay; label smoothing keeps intent confidences from saturating, which the
-escalation threshold needs. Batches are grouped by length so padding costs little on a CPU.
+The recipe is in `recipe.py`. Batches are grouped by length so padding costs little on a CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +19,9 @@ from tqdm import tqdm
 
 from trainer import data, encoder, model, stage
 from trainer.data import Labels
+from trainer.recipe import Recipe
 
 IGNORE = -100
-
-
-@dataclass
-class Recipe:
-    """Hyperparameters; every field is a CLI option of `finetune` and `build`."""
-
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-4
-    head_lr: float = 2e-3
-    layer_decay: float = 0.9
-    weight_decay: float = 0.01
-    warmup: float = 0.06
-    label_smoothing: float = 0.1
-    tag_weight: float = 1.0
-    pooling: str = "mean"
-    dropout: float = 0.1
-    seed: int = 0
-    max_steps: int = 0  # 0 = run all epochs; > 0 caps the number of optimizer steps
 
 
 def run(data_dir: Path, out: Path, base: Path | None = None, recipe: Recipe | None = None) -> Path:
@@ -53,17 +32,29 @@ def run(data_dir: Path, out: Path, base: Path | None = None, recipe: Recipe | No
     labels = Labels.load(data_dir)
     train, dev = data.load_split(data_dir, "train"), data.load_split(data_dir, "dev")
     _seed(recipe.seed)
+    _threads(recipe.threads)
     net = model.from_base(base, len(labels.intents), len(labels.tags), recipe.pooling, recipe.dropout)
+    if recipe.freeze_word_embeddings:
+        net.encoder.get_input_embeddings().weight.requires_grad_(False)
     started = time.monotonic()
     history = _train(net, train, dev, recipe)
     model.save(net, out)
     for name in (data.LABELS, encoder.TOKENIZER):
         shutil.copy(data_dir / name, out / name)
-    stage.write(out, "finetune", {"recipe": asdict(recipe), "base": str(base),
-                                  "base_model": encoder.describe(base)},
-                {"data": data_dir / "train.jsonl"},
-                {"history": history, "seconds": round(time.monotonic() - started, 1)})
+    stage.write(
+        out,
+        "finetune",
+        {"recipe": asdict(recipe), "base": str(base), "base_model": encoder.describe(base)},
+        {"data": data_dir / "train.jsonl"},
+        {"history": history, "seconds": round(time.monotonic() - started, 1)},
+    )
     return out
+
+
+def _threads(threads: int) -> None:
+    """Fewer threads than cores can be much faster on a shared box: a preempted worker stalls the rest."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def _seed(seed: int) -> None:
@@ -71,12 +62,13 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train(net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[str, Any]],
-           recipe: Recipe) -> list[dict[str, float]]:
+def _train(
+    net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[str, Any]], recipe: Recipe
+) -> list[dict[str, float]]:
     pad = int(getattr(net.encoder.config, "pad_token_id", 0) or 0)
     per_epoch = (len(train) + recipe.batch_size - 1) // recipe.batch_size
     total = recipe.max_steps or per_epoch * recipe.epochs
-    optimizer = torch.optim.AdamW(param_groups(net, recipe), weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(net, recipe), fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear(total, int(total * recipe.warmup)))
     intent_loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE)
@@ -84,13 +76,19 @@ def _train(net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[st
     while step < total:
         epoch += 1
         net.train()
-        bar = tqdm(batches(train, recipe.batch_size, shuffle=True), desc=f"finetune epoch {epoch}",
-                   total=per_epoch, leave=False, unit="batch")
+        bar = tqdm(
+            batches(train, recipe.batch_size, shuffle=True),
+            desc=f"finetune epoch {epoch}",
+            total=per_epoch,
+            leave=False,
+            unit="batch",
+        )
         for batch in bar:
             ids, mask, intents, tag_ids = collate(batch, pad)
             intent_logits, tag_logits = net(ids, mask)
             loss = intent_loss(intent_logits, intents) + recipe.tag_weight * tag_loss(
-                tag_logits.flatten(0, 1), tag_ids.flatten())
+                tag_logits.flatten(0, 1), tag_ids.flatten()
+            )
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -106,16 +104,22 @@ def _train(net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[st
 
 
 def param_groups(net: model.JointModel, recipe: Recipe) -> list[dict[str, Any]]:
-    """Heads at `head_lr`; encoder layer l at lr * decay^(top - l), embeddings lowest."""
+    """Heads at `head_lr`; encoder layer l at lr * decay^(top - l), embeddings lowest.
+
+    Biases and LayerNorm weights get no weight decay (the usual BERT practice).
+    """
     top = int(net.encoder.config.num_hidden_layers) + 1
-    groups: dict[float, list[nn.Parameter]] = {}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
         if not name.startswith("encoder."):
             rate = recipe.head_lr
         else:
             rate = recipe.lr * recipe.layer_decay ** (top - _depth(name, top))
-        groups.setdefault(rate, []).append(param)
-    return [{"params": params, "lr": rate} for rate, params in groups.items()]
+        decay = 0.0 if param.ndim == 1 else recipe.weight_decay
+        groups.setdefault((rate, decay), []).append(param)
+    return [{"params": params, "lr": rate, "weight_decay": decay} for (rate, decay), params in groups.items()]
 
 
 def _depth(name: str, top: int) -> int:
@@ -143,8 +147,8 @@ def batches(examples: list[dict[str, Any]], size: int, shuffle: bool) -> list[li
     pool = size * 50
     out = []
     for i in range(0, len(order), pool):
-        chunk = sorted(order[i:i + pool], key=lambda j: len(examples[j]["ids"]))
-        out.extend([examples[j] for j in chunk[k:k + size]] for k in range(0, len(chunk), size))
+        chunk = sorted(order[i : i + pool], key=lambda j: len(examples[j]["ids"]))
+        out.extend([examples[j] for j in chunk[k : k + size]] for k in range(0, len(chunk), size))
     if shuffle:
         random.shuffle(out)
     return out
@@ -177,5 +181,7 @@ def dev_scores(net: model.JointModel, dev: list[dict[str, Any]], pad: int) -> di
         keep = tag_ids != IGNORE
         tags_right += int((tag_logits.argmax(-1) == tag_ids)[keep].sum())
         tags_total += int(keep.sum())
-    return {"dev_intent_acc": round(right / max(1, len(dev)), 4),
-            "dev_tag_acc": round(tags_right / max(1, tags_total), 4)}
+    return {
+        "dev_intent_acc": round(right / max(1, len(dev)), 4),
+        "dev_tag_acc": round(tags_right / max(1, tags_total), 4),
+    }

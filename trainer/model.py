@@ -22,8 +22,9 @@ WEIGHTS = "model.safetensors"
 class JointModel(nn.Module):
     """Encoder + intent head (pooled) + tag head (per token); returns raw logits."""
 
-    def __init__(self, encoder: nn.Module, n_labels: int, n_tags: int, pooling: str = "mean",
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, encoder: nn.Module, n_labels: int, n_tags: int, pooling: str = "mean", dropout: float = 0.1
+    ) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
         self.encoder = encoder
@@ -44,8 +45,11 @@ class JointModel(nn.Module):
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def heads_config(self) -> dict[str, Any]:
-        return {"n_labels": self.intent_head.out_features, "n_tags": self.tag_head.out_features,
-                "pooling": self.pooling}
+        return {
+            "n_labels": self.intent_head.out_features,
+            "n_tags": self.tag_head.out_features,
+            "pooling": self.pooling,
+        }
 
 
 def from_base(base: Path, n_labels: int, n_tags: int, pooling: str = "mean", dropout: float = 0.1) -> JointModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,17 +82,24 @@ def _entity(path: Path, line: int, text: str, obj: Any) -> Entity:
         end=_field(path, line, obj, "end", int),
     )
     if not 0 <= entity.start < entity.end <= len(text):
-        raise DataError(path, line, f"entity {entity.type!r}: offsets {entity.start}..{entity.end} "
-                                    f"outside the text (length {len(text)})")
-    if text[entity.start:entity.end] != entity.value:
-        raise DataError(path, line, f"entity {entity.type!r}: text[{entity.start}:{entity.end}] is "
-                                    f"{text[entity.start:entity.end]!r}, not the value {entity.value!r}")
+        raise DataError(
+            path,
+            line,
+            f"entity {entity.type!r}: offsets {entity.start}..{entity.end} outside the text (length {len(text)})",
+        )
+    if text[entity.start : entity.end] != entity.value:
+        raise DataError(
+            path,
+            line,
+            f"entity {entity.type!r}: text[{entity.start}:{entity.end}] is "
+            f"{text[entity.start : entity.end]!r}, not the value {entity.value!r}",
+        )
     return entity
 
 
 def _check_overlaps(path: Path, line: int, entities: tuple[Entity, ...]) -> None:
     spans = sorted(entities, key=lambda e: e.start)
-    for left, right in zip(spans, spans[1:]):
+    for left, right in itertools.pairwise(spans):
         if right.start < left.end:
             raise DataError(path, line, f"entities {left.type!r} and {right.type!r} overlap")
 

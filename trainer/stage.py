@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.manifest import sha256_file
-
 from trainer.errors import UsageError
 
 META = "stage.json"
@@ -28,8 +27,9 @@ def file_info(path: Path) -> dict[str, Any]:
     return {"path": str(path), "sha256": sha256_file(path)}
 
 
-def write(folder: Path, stage: str, params: dict[str, Any], inputs: dict[str, Path],
-          results: dict[str, Any] | None = None) -> Path:
+def write(
+    folder: Path, stage: str, params: dict[str, Any], inputs: dict[str, Path], results: dict[str, Any] | None = None
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "stage": stage,

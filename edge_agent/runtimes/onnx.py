@@ -50,9 +50,7 @@ class OnnxRuntime:
         tokenizer.no_padding()
         expected = self.manifest.tokenizer.get("vocab_size")
         if expected is not None and tokenizer.get_vocab_size() != expected:
-            raise ArtifactError(
-                f"{path}: vocabulary has {tokenizer.get_vocab_size()} tokens, manifest says {expected}"
-            )
+            raise ArtifactError(f"{path}: vocabulary has {tokenizer.get_vocab_size()} tokens, manifest says {expected}")
         return tokenizer
 
     def check_input(self, text: str) -> None:

@@ -1,0 +1,263 @@
+"""Quality of the encoder path on HWU64, measured the way the device serves it. Run by hand:
+
+    python bench/quality.py                  # full run: two trainings (all intents, 8 held out)
+    python bench/quality.py --reuse          # re-measure existing artifacts under bench/out/
+
+Trains on the full HWU64 train split (64 intents), tunes and calibrates on dev only; the test split
+is only measured, never used to choose anything. Prints one table; writes reports and PNGs under
+bench/out/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
+from trainer import calibration, evaluate, pipeline, serving  # noqa: E402
+from trainer.recipe import Recipe  # noqa: E402
+
+DATASETS = Path("/work/shared/datasets")
+HWU = DATASETS / "hwu64"
+SLURP_DEV = DATASETS / "slurp" / "dev.jsonl"
+# Held out of training for the unknown-intent check: the 8 intents with the smallest
+# sha256("hwu64-unknown-v1|" + intent), a fixed draw made before any model was trained.
+HELD_OUT = [
+    "audio_volume_mute",
+    "general_dontcare",
+    "iot_hue_lightup",
+    "lists_createoradd",
+    "lists_remove",
+    "music_settings",
+    "recommendation_locations",
+    "takeaway_order",
+]
+BARS = {
+    "int8_accuracy": 0.930,
+    "int8_gap": 0.005,
+    "entity_f1": 0.80,
+    "kept_accuracy": 0.98,
+    "escalated": 0.12,
+    "unknown_escalated": 0.80,
+    "wall_minutes": 15.0,
+}
+
+
+def main() -> int:
+    args = parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = Recipe(**json.loads(args.recipe)) if args.recipe else Recipe(threads=args.threads)
+    full, wall = build(out, "hwu64", HWU / "train.jsonl", HWU / "dev.jsonl", recipe, args.reuse)
+    rows = measure_full(out, full, wall)
+    if not args.skip_unknown:
+        rows.update(measure_unknown(out, recipe, args.reuse))
+    print_table(rows)
+    (out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, do not train")
+    parser.add_argument("--skip-unknown", action="store_true", help="skip the held-out-intents training")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = default)")
+    parser.add_argument("--recipe", help="JSON object of Recipe fields (default: the trainer's defaults)")
+    return parser.parse_args()
+
+
+def build(
+    out: Path, name: str, train: Path, dev: Path, recipe: Recipe, reuse: bool, test: Path | None = HWU / "test.jsonl"
+) -> tuple[Path, float]:
+    """Train, export, calibrate on dev, publish; returns the artifact and the wall time in seconds."""
+    artifact = out / name
+    if reuse and (artifact / mf.MANIFEST).is_file():
+        return artifact, json.loads((out / f"{name}.wall.json").read_text())["seconds"]
+    started = time.monotonic()
+    options = pipeline.BuildOptions(name=name, out=artifact, test=test)
+    pipeline.build(train, dev, options, recipe)
+    seconds = time.monotonic() - started
+    (out / f"{name}.wall.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    return artifact, seconds
+
+
+def measure_full(out: Path, artifact: Path, wall: float) -> dict[str, Any]:
+    manifest = mf.load(artifact)
+    int8 = run_section(artifact, manifest, HWU / "test.jsonl")
+    fp32 = run_section(*fp32_model(artifact, manifest), HWU / "test.jsonl")
+    slurp = run_section(artifact, manifest, unseen_slurp(out))
+    report = {"hwu64_test_int8": int8, "hwu64_test_fp32": fp32, "slurp_dev_unseen_int8": slurp}
+    evaluate.write_report({**report, "test": int8}, out / "hwu64-test.json", out / "hwu64-test.png")
+    dev = manifest.metrics["dev"]
+    return {
+        "int8_accuracy": int8["headline"]["intent_accuracy"],
+        "fp32_accuracy": fp32["headline"]["intent_accuracy"],
+        "int8_macro_f1": int8["headline"]["intent_macro_f1"],
+        "entity_f1": int8["headline"]["entity_f1"],
+        "entity_p": int8["headline"]["entity_precision"],
+        "entity_r": int8["headline"]["entity_recall"],
+        "dev_accuracy": dev["intent_accuracy"],
+        "temperature": manifest.temperature,
+        "threshold": manifest.thresholds.escalate,
+        "dev_escalated": dev["escalated"],
+        "escalated": int8["selective"]["escalated"],
+        "kept_accuracy": int8["selective"]["kept_accuracy"],
+        "ece": int8["headline"]["ece"],
+        "ece_uncalibrated": int8["headline"]["ece_uncalibrated"],
+        "slurp_accuracy": slurp["headline"]["intent_accuracy"],
+        "slurp_examples": slurp["headline"]["examples"],
+        "slurp_known_intent_accuracy": known_accuracy(slurp, manifest.labels),
+        "latency_p50_ms": int8["headline"]["latency_ms_p50"],
+        "latency_p99_ms": int8["headline"]["latency_ms_p99"],
+        "model_mb": round((artifact / "model.onnx").stat().st_size / 1e6, 1),
+        "wall_minutes": round(wall / 60, 1),
+        "curve": curve_points(int8),
+    }
+
+
+def run_section(folder: Path, manifest: mf.Manifest, data: Path) -> dict[str, Any]:
+    runtime = serving.open_runtime(folder, manifest)
+    outputs = evaluate.infer(runtime, manifest, data)
+    return evaluate.section(outputs, manifest.labels, manifest.temperature, manifest.thresholds.escalate)
+
+
+def fp32_model(artifact: Path, manifest: mf.Manifest) -> tuple[Path, mf.Manifest]:
+    """The same artifact with the fp32 ONNX from the export stage in place of the int8 model."""
+    export_dir = pipeline.work_dir(pipeline.BuildOptions(name=manifest.name, out=artifact)) / "export"
+    files = [
+        mf.file_entry(export_dir, "model.fp32.onnx", "model"),
+        mf.file_entry(export_dir, "tokenizer.json", "tokenizer"),
+    ]
+    return export_dir, manifest.model_copy(update={"files": files})
+
+
+def unseen_slurp(out: Path) -> Path:
+    """SLURP dev without the texts hwu64 train/dev already contain; entities dropped (offsets differ)."""
+    path = out / "slurp-dev-unseen.jsonl"
+    with SLURP_DEV.open() as src, path.open("w") as dst:
+        for line in src:
+            rec = json.loads(line)
+            if not rec["seen_in_hwu64_train_or_dev"]:
+                dst.write(json.dumps({"text": rec["text"], "intent": rec["intent"]}) + "\n")
+    return path
+
+
+def known_accuracy(section: dict[str, Any], labels: list[str]) -> float:
+    """Accuracy on the records whose intent exists in hwu64 (SLURP has 4 intents hwu64 lacks)."""
+    table = section["intent"]["per_label"]
+    known = [row for label, row in table.items() if label in labels]
+    hits = sum(row["recall"] * row["support"] for row in known)
+    return round(hits / max(1, sum(row["support"] for row in known)), 4)
+
+
+def curve_points(section: dict[str, Any]) -> list[tuple[float, float]]:
+    curve = section["calibration"]["risk_coverage"]
+    return [(p["coverage"], p["accuracy"]) for p in curve if round(p["coverage"] * 100) % 5 == 0]
+
+
+def measure_unknown(out: Path, recipe: Recipe, reuse: bool) -> dict[str, Any]:
+    """Train without 8 intents, calibrate on dev without them; how many of their test requests escalate."""
+    split = {name: _split(out, name) for name in ("train", "dev", "test")}
+    artifact, wall = build(out, "hwu64-known", split["train"][0], split["dev"][0], recipe, reuse, split["test"][0])
+    manifest = mf.load(artifact)
+    unknown = run_section(artifact, manifest, split["test"][1])
+    outputs = evaluate.infer(serving.open_runtime(artifact, manifest), manifest, split["test"][1])
+    confidence = calibration.softmax(outputs.logits, manifest.temperature).max(axis=1)
+    escalated = float(np.mean(confidence < manifest.thresholds.escalate))
+    known = manifest.metrics["test"]
+    (out / "hwu64-unknown.json").write_text(json.dumps(unknown, indent=2) + "\n")
+    return {
+        "unknown_escalated": round(escalated, 4),
+        "unknown_examples": len(confidence),
+        "known_threshold": manifest.thresholds.escalate,
+        "known_test_accuracy": known["intent_accuracy"],
+        "known_test_escalated": known["escalated"],
+        "known_wall_minutes": round(wall / 60, 1),
+    }
+
+
+def _split(out: Path, name: str) -> tuple[Path, Path]:
+    """(records of the 56 kept intents, records of the 8 held-out intents) of one HWU64 split."""
+    kept, held = out / f"known-{name}.jsonl", out / f"unknown-{name}.jsonl"
+    with (HWU / f"{name}.jsonl").open() as src, kept.open("w") as k, held.open("w") as h:
+        for line in src:
+            (h if json.loads(line)["intent"] in HELD_OUT else k).write(line)
+    return kept, held
+
+
+def print_table(rows: dict[str, Any]) -> None:
+    def line(metric: str, value: str, bar: str = "", ok: bool | None = None) -> None:
+        verdict = "" if ok is None else ("met" if ok else "MISSED")
+        print(f"| {metric:<52} | {value:>14} | {bar:>10} | {verdict:<6} |")
+
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731  (local formatting shorthand)
+    print(f"| {'metric':<52} | {'value':>14} | {'bar':>10} | {'':<6} |")
+    print(f"|{'-' * 54}|{'-' * 16}|{'-' * 12}|{'-' * 8}|")
+    line(
+        "HWU64 test intent accuracy, int8",
+        pct(rows["int8_accuracy"]),
+        ">= 93.0%",
+        rows["int8_accuracy"] >= BARS["int8_accuracy"],
+    )
+    line("HWU64 test intent accuracy, fp32", pct(rows["fp32_accuracy"]))
+    gap = rows["fp32_accuracy"] - rows["int8_accuracy"]
+    line("int8 minus fp32", f"{-100 * gap:+.1f} pt", "<= 0.5 pt", gap <= BARS["int8_gap"])
+    line("HWU64 test intent macro-F1, int8", pct(rows["int8_macro_f1"]))
+    line(
+        "HWU64 test entity F1 (exact type+value), int8",
+        pct(rows["entity_f1"]),
+        ">= 80.0%",
+        rows["entity_f1"] >= BARS["entity_f1"],
+    )
+    line("  entity precision / recall", f"{pct(rows['entity_p'])} / {pct(rows['entity_r'])}")
+    line("SLURP dev, unseen in hwu64, intent accuracy", pct(rows["slurp_accuracy"]), f"n={rows['slurp_examples']}")
+    line("  same, only intents hwu64 knows", pct(rows["slurp_known_intent_accuracy"]))
+    line(f"threshold (dev, target 98%), T={rows['temperature']:.3f}", f"{rows['threshold']:.4f}")
+    line(
+        "HWU64 test kept accuracy at threshold",
+        pct(rows["kept_accuracy"]),
+        ">= 98.0%",
+        rows["kept_accuracy"] >= BARS["kept_accuracy"],
+    )
+    line(
+        "HWU64 test escalated at threshold", pct(rows["escalated"]), "<= 12.0%", rows["escalated"] <= BARS["escalated"]
+    )
+    line("ECE test, before / after temperature", f"{rows['ece_uncalibrated']:.3f} / {rows['ece']:.3f}")
+    if "unknown_escalated" in rows:
+        line(
+            f"held-out intents escalated (n={rows['unknown_examples']})",
+            pct(rows["unknown_escalated"]),
+            ">= 80.0%",
+            rows["unknown_escalated"] >= BARS["unknown_escalated"],
+        )
+        line(
+            "  56-intent model: test accuracy / escalated",
+            f"{pct(rows['known_test_accuracy'])} / {pct(rows['known_test_escalated'])}",
+        )
+    line(
+        "latency p50 / p99 per request (onnxruntime, 2 thr)",
+        f"{rows['latency_p50_ms']:.1f} / {rows['latency_p99_ms']:.1f} ms",
+    )
+    line("int8 model size", f"{rows['model_mb']} MB")
+    line(
+        "wall time, full HWU64 pipeline",
+        f"{rows['wall_minutes']} min",
+        "<= 15 min",
+        rows["wall_minutes"] <= BARS["wall_minutes"],
+    )
+    print("\nrisk-coverage on HWU64 test (coverage -> accuracy of kept):")
+    print("  " + "  ".join(f"{100 * c:.0f}%:{100 * a:.1f}" for c, a in rows["curve"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The routing policy, pure: which of local and cloud runs, and which answer is kept.
+
+No I/O and no clock: budget, breaker and confidence trend come in as plain values, so every
+decision is a table a test can read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge_agent.config import ModelEntry
+from edge_agent.messages import Route
+from edge_agent.runtimes import Prediction
+
+
+class Reason(StrEnum):
+    """Why a request went (or tried to go) to the cloud, or why it came back without it."""
+
+    LOW_CONFIDENCE = "low_confidence"
+    INVALID_OUTPUT = "invalid_output"
+    FORCED = "forced"
+    MODEL_MISSING = "model_missing"
+    SPECULATIVE = "speculative"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CIRCUIT_OPEN = "circuit_open"
+    CLOUD_TIMEOUT = "cloud_timeout"
+    CLOUD_ERROR = "cloud_error"
+    CLOUD_INVALID = "cloud_invalid"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The rules for one request: its route, the model's threshold, and whether the cloud may be asked."""
+
+    route: Route
+    threshold: float
+    cloud: bool
+    margin: float = 0.0
+
+
+def policy(entry: ModelEntry, threshold: float, requested: Route | None, cloud_configured: bool) -> Policy:
+    """The request's route wins over the model's default, except that `local` in models.yaml pins it."""
+    route: Route = "local" if entry.route == "local" else (requested or entry.route)
+    cloud = cloud_configured and route != "local"
+    return Policy(route=route, threshold=threshold, cloud=cloud, margin=entry.speculative_margin)
+
+
+def escalation(p: Policy, local: Prediction | None, invalid: bool = False) -> Reason | None:
+    """Why the local answer is not enough (None: keep it). Without a cloud, local is all there is."""
+    if not p.cloud:
+        return None
+    if p.route == "cloud":
+        return Reason.FORCED
+    if invalid:
+        return Reason.INVALID_OUTPUT
+    if local is None:
+        return Reason.MODEL_MISSING
+    if local.confidence < p.threshold:
+        return Reason.LOW_CONFIDENCE
+    return None
+
+
+def cloud_first(p: Policy, trend: float) -> bool:
+    """Start the cloud together with local: forced, or speculative while recent confidence is low.
+
+    Speculation pays when answers near the threshold come in runs (a new device, a new log format):
+    the trend of recent confidences under threshold + margin predicts the next one escalates.
+    """
+    if not p.cloud:
+        return False
+    return p.route == "cloud" or (p.margin > 0 and trend < p.threshold + p.margin)
+
+
+def blocked(breaker_allows: bool, budget_allows: bool) -> Reason | None:
+    """Why the cloud may not be called now (None: it may)."""
+    if not breaker_allows:
+        return Reason.CIRCUIT_OPEN
+    if not budget_allows:
+        return Reason.BUDGET_EXHAUSTED
+    return None
+
+
+def waits_for_cloud(route: Route, explicit_deadline: bool) -> bool:
+    """A forced request without its own deadline waits (spooled) for the cloud instead of falling back."""
+    return route == "cloud" and not explicit_deadline

@@ -1,0 +1,213 @@
+"""Escalation to any OpenAI-compatible `/v1/chat/completions` (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
+
+The cloud answers within the model's own vocabulary: one of its labels, or fields of its schema.
+Every answer is validated here; one that does not validate is a failure like an HTTP 500, so the
+router treats a confused cloud the same as a broken one. The API key is sent, never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from edge_agent import schema
+from edge_agent.config import CloudSettings
+from edge_agent.errors import CloudUnavailable
+from edge_agent.manifest import Manifest
+from edge_agent.runtimes import Entity, Prediction
+
+FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+class CloudFailure(CloudUnavailable):
+    """A cloud call that gave no usable answer; `reason` is cloud_timeout, cloud_error or cloud_invalid."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def answer_schema(manifest: Manifest) -> dict[str, Any]:
+    """What the cloud must return for this model: its labels, its entity types, its fields."""
+    if manifest.task == "extract":
+        return manifest.fields_schema or {"type": "object"}
+    props: dict[str, Any] = {"label": {"type": "string", "enum": list(manifest.labels)}}
+    if manifest.task == "classify+extract" and manifest.entity_types:
+        entity = {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": list(manifest.entity_types)},
+                "value": {"type": "string"},
+            },
+            "required": ["type", "value"],
+            "additionalProperties": False,
+        }
+        props["entities"] = {"type": "array", "items": entity}
+    if manifest.task == "classify+extract" and manifest.fields_schema:
+        props["fields"] = manifest.fields_schema
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def instructions(manifest: Manifest, wanted: dict[str, Any]) -> str:
+    """A strict prompt, so servers without structured output still answer in shape."""
+    if manifest.task == "classify":
+        labels = ", ".join(json.dumps(label) for label in manifest.labels)
+        return (
+            'Classify the user\'s message. Reply with only a JSON object {"label": L} where L is exactly '
+            f"one of: {labels}. No other text."
+        )
+    return (
+        "Read the user's message and reply with only a JSON object that validates against this JSON "
+        f"schema (entity values are exact substrings of the message): {json.dumps(wanted)}. No other text."
+    )
+
+
+def endpoint_name(base_url: str) -> str:
+    """The base URL without user info: safe for status and logs."""
+    url = httpx.URL(base_url)
+    return str(url.copy_with(username=None, password=None, query=None))
+
+
+class CloudClient:
+    """One endpoint; `ask` returns a validated Prediction or raises CloudFailure in time for the deadline."""
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.name = endpoint_name(settings.base_url)
+        self.jitter = jitter
+        key = settings.api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        base = settings.base_url.rstrip("/") + "/"
+        self.http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport)
+
+    async def ask(self, manifest: Manifest, text: str, deadline: float) -> Prediction:
+        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up."""
+        wanted = answer_schema(manifest)
+        content = await self._post(self.request_body(manifest, wanted, text), deadline)
+        return read_answer(content, wanted, manifest, text)
+
+    def request_body(self, manifest: Manifest, wanted: dict[str, Any], text: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": [
+                {"role": "system", "content": instructions(manifest, wanted)},
+                {"role": "user", "content": text},
+            ],
+            "temperature": 0,
+            "max_tokens": 100 if manifest.task == "classify" else 512,
+        }
+        mode = self.settings.response_format
+        if mode == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": wanted, "strict": True},
+            }
+        elif mode == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": wanted}
+        return body
+
+    async def _post(self, body: dict[str, Any], deadline: float) -> str:
+        """POST with retries on 429/5xx only, jittered exponential backoff, never past the deadline."""
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            response = await self._once(body, deadline)
+            code = response.status_code
+            if code < 400:
+                return message_content(response)
+            if code != 429 and code < 500:
+                raise CloudFailure("cloud_error", f"HTTP {code} from {self.name}")
+            if attempt + 1 == attempts:
+                raise CloudFailure("cloud_error", f"HTTP {code} from {self.name} after {attempts} attempt(s)")
+            delay = self._delay(attempt, response)
+            if time.monotonic() + delay >= deadline:
+                raise CloudFailure("cloud_timeout", f"HTTP {code} and no time left to retry")
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _once(self, body: dict[str, Any], deadline: float) -> httpx.Response:
+        left = min(self.settings.timeout_s, deadline - time.monotonic())
+        if left <= 0:
+            raise CloudFailure("cloud_timeout", "the deadline passed before the cloud was asked")
+        try:
+            return await self.http.post("chat/completions", json=body, timeout=left)
+        except httpx.TimeoutException:
+            raise CloudFailure("cloud_timeout", f"no answer from {self.name} within {left:.3f}s") from None
+        except httpx.HTTPError as exc:
+            raise CloudFailure("cloud_error", f"{type(exc).__name__} talking to {self.name}") from None
+
+    def _delay(self, attempt: int, response: httpx.Response) -> float:
+        """Retry-After when the server says so, else backoff * 2^attempt scaled by a 0.5..1.5 jitter."""
+        after = response.headers.get("retry-after", "")
+        if after.replace(".", "", 1).isdigit():
+            return float(after)
+        return float(self.settings.backoff_s * 2**attempt * (0.5 + self.jitter()))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def message_content(response: httpx.Response) -> str:
+    """choices[0].message.content of a chat completion; anything else is a cloud_error."""
+    try:
+        content = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise CloudFailure("cloud_error", "the reply is not a chat completion") from None
+    if not isinstance(content, str):
+        raise CloudFailure("cloud_error", "the reply has no text content")
+    return content
+
+
+def read_answer(content: str, wanted: dict[str, Any], manifest: Manifest, text: str) -> Prediction:
+    """Parse and validate the model's text; a bare label is accepted for classify (prompt mode)."""
+    value = _json_in(content.strip())
+    bare = value if isinstance(value, str) else content.strip()
+    if manifest.task == "classify" and not isinstance(value, dict) and bare in manifest.labels:
+        value = {"label": bare}
+    if value is None:
+        raise CloudFailure("cloud_invalid", "the answer is not JSON")
+    problems = schema.errors(value, wanted)
+    if problems:
+        raise CloudFailure("cloud_invalid", f"the answer does not validate: {problems[0]}")
+    if manifest.task == "extract":
+        return Prediction(label=None, confidence=1.0, fields=value)
+    entities = [_ground(text, e) for e in value.get("entities", [])]
+    return Prediction(
+        label=value["label"],
+        confidence=1.0,
+        top=[(value["label"], 1.0)],
+        entities=[e for e in entities if e is not None],
+        fields=value.get("fields"),
+    )
+
+
+def _json_in(content: str) -> Any:
+    """The JSON in an answer, tolerating code fences and chatter around one object."""
+    for candidate in (FENCE.sub("", content), content[content.find("{") : content.rfind("}") + 1]):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def _ground(text: str, entity: dict[str, str]) -> Entity | None:
+    """Character offsets of an entity value in the text; None when the cloud made it up."""
+    start = text.find(entity["value"])
+    if start < 0:
+        start = text.lower().find(entity["value"].lower())
+    if start < 0 or not entity["value"]:
+        return None
+    end = start + len(entity["value"])
+    return Entity(entity["type"], text[start:end], start, end, 1.0)

@@ -1,0 +1,99 @@
+"""Store-and-forward in SQLite (WAL, synchronous=FULL): what was accepted survives a crash.
+
+Two queues. `replies`: every reply is written here before its request is acknowledged and
+deleted when the broker acknowledges it, so replies made while the broker is away go out, in
+order, once it is back, even after a restart. `waiting`: requests that must reach the cloud
+(route=cloud) while it is down, each until its expiry time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.messages import Inbound, Outbound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS replies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, correlation BLOB
+);
+CREATE TABLE IF NOT EXISTS waiting (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    response_topic TEXT, correlation BLOB, expires REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A spooled request; `expires` is wall-clock time (it must mean the same after a restart)."""
+
+    id: int
+    model: str
+    inbound: Inbound
+    expires: float
+
+
+class Spool:
+    """One SQLite file under the state dir. Used from the event loop thread only."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    # -- replies waiting for the broker ---------------------------------------------------
+    def put_reply(self, out: Outbound) -> int:
+        cur = self.db.execute(
+            "INSERT INTO replies (topic, payload, correlation) VALUES (?, ?, ?)",
+            (out.topic, out.payload, out.correlation),
+        )
+        return int(cur.lastrowid or 0)
+
+    def replies(self) -> list[tuple[int, Outbound]]:
+        """Every unacknowledged reply, oldest first."""
+        rows = self.db.execute("SELECT id, topic, payload, correlation FROM replies ORDER BY id")
+        return [(rid, Outbound(topic, bytes(payload), _opt(corr))) for rid, topic, payload, corr in rows]
+
+    def reply_sent(self, rid: int) -> None:
+        self.db.execute("DELETE FROM replies WHERE id = ?", (rid,))
+
+    # -- requests waiting for the cloud ---------------------------------------------------
+    def wait(self, model: str, msg: Inbound, ttl_s: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO waiting (model, topic, payload, response_topic, correlation, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (model, msg.topic, msg.payload, msg.response_topic, msg.correlation, time.time() + ttl_s),
+        )
+        return int(cur.lastrowid or 0)
+
+    def waiting(self) -> list[Waiting]:
+        """Every waiting request, oldest first; `received` is set so each keeps its own deadline budget."""
+        rows = self.db.execute(
+            "SELECT id, model, topic, payload, response_topic, correlation, expires FROM waiting ORDER BY id"
+        )
+        now = time.monotonic()
+        return [
+            Waiting(rid, model, Inbound(topic, bytes(payload), rt, _opt(corr), now), expires)
+            for rid, model, topic, payload, rt, corr, expires in rows
+        ]
+
+    def done_waiting(self, wid: int) -> None:
+        self.db.execute("DELETE FROM waiting WHERE id = ?", (wid,))
+
+    def counts(self) -> dict[str, int]:
+        (replies,) = self.db.execute("SELECT COUNT(*) FROM replies").fetchone()
+        (waiting,) = self.db.execute("SELECT COUNT(*) FROM waiting").fetchone()
+        return {"replies": int(replies), "waiting": int(waiting)}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _opt(blob: bytes | None) -> bytes | None:
+    return bytes(blob) if blob is not None else None

@@ -1,0 +1,178 @@
+"""The cloud client against a real HTTP server on loopback that fails in every scripted way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import CloudSettings
+from edge_agent.manifest import FileEntry, Manifest
+from edge_agent.runtimes import Prediction
+from edge_agent.runtimes.cloud import CloudClient, CloudFailure, answer_schema, endpoint_name
+from tests import fake_cloud
+from tests.fake_cloud import GARBAGE, HOLD, FakeCloud, answer, content, status
+from tests.mqtt_helpers import free_port
+
+LABELS = ["lights_on", "lights_off", "weather"]
+FIELDS = {
+    "type": "object",
+    "properties": {"device": {"type": "string"}, "level": {"type": "integer", "minimum": 0, "maximum": 100}},
+    "required": ["device", "level"],
+    "additionalProperties": False,
+}
+
+
+def manifest(task: str = "classify", **kw: Any) -> Manifest:
+    files = [FileEntry(path="model.onnx", role="model", sha256="0" * 64, size=1)]
+    return Manifest(name="m", version="1", task=task, runtime="onnx", files=files, labels=LABELS, **kw)  # type: ignore[arg-type]
+
+
+def settings(url: str, **kw: Any) -> CloudSettings:
+    return CloudSettings(base_url=url, model="teacher", backoff_s=0.01, **kw)
+
+
+def ask(
+    cfg: CloudSettings, text: str = "is it raining", m: Manifest | None = None, budget_s: float = 5.0
+) -> Prediction:
+    async def go() -> Prediction:
+        client = CloudClient(cfg, jitter=lambda: 0.0)
+        try:
+            return await client.ask(m or manifest(), text, time.monotonic() + budget_s)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def failure(cfg: CloudSettings, budget_s: float = 5.0, m: Manifest | None = None) -> tuple[CloudFailure, float]:
+    start = time.monotonic()
+    with pytest.raises(CloudFailure) as info:
+        ask(cfg, m=m, budget_s=budget_s)
+    return info.value, time.monotonic() - start
+
+
+@pytest.fixture()
+def cloud() -> Any:
+    with fake_cloud.serve() as c:
+        yield c
+
+
+def test_classify_with_json_schema_and_key_from_env(cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_CLOUD_KEY", "sk-secret-123")
+    cloud.then(answer("weather"))
+    pred = ask(settings(cloud.base_url, api_key_env="TEST_CLOUD_KEY"))
+    assert (pred.label, pred.confidence) == ("weather", 1.0)
+    seen = cloud.seen[0]
+    assert seen.headers["Authorization"] == "Bearer sk-secret-123"
+    fmt = seen.body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"]["properties"]["label"]["enum"] == LABELS
+    assert seen.body["model"] == "teacher" and seen.body["temperature"] == 0
+    assert all(label in seen.body["messages"][0]["content"] for label in LABELS)
+    assert seen.text == "is it raining"
+
+
+def test_key_from_file_and_no_key_means_no_header(cloud: FakeCloud, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("sk-file\n")
+    ask(settings(cloud.base_url, api_key_file=key))
+    ask(settings(cloud.base_url))
+    assert cloud.seen[0].headers["Authorization"] == "Bearer sk-file"
+    assert "Authorization" not in cloud.seen[1].headers
+
+
+def test_json_object_and_prompt_modes(cloud: FakeCloud) -> None:
+    cloud.then(answer("weather"), content('```json\n{"label": "lights_on"}\n```'), content("lights_off"))
+    assert ask(settings(cloud.base_url, response_format="json_object")).label == "weather"
+    assert cloud.seen[0].body["response_format"] == {"type": "json_object", "schema": answer_schema(manifest())}
+    assert ask(settings(cloud.base_url, response_format="prompt")).label == "lights_on"
+    assert "response_format" not in cloud.seen[1].body
+    assert ask(settings(cloud.base_url, response_format="prompt")).label == "lights_off"  # a bare label
+
+
+def test_slow_cloud_gives_up_at_the_deadline(cloud: FakeCloud) -> None:
+    cloud.then(HOLD)
+    exc, took = failure(settings(cloud.base_url), budget_s=0.3)
+    assert exc.reason == "cloud_timeout" and 0.25 < took < 1.0
+
+
+def test_timeout_s_bounds_an_attempt_within_a_longer_deadline(cloud: FakeCloud) -> None:
+    cloud.then(HOLD)
+    exc, took = failure(settings(cloud.base_url, timeout_s=0.2, retries=0), budget_s=5)
+    assert exc.reason == "cloud_timeout" and took < 1.0
+
+
+def test_5xx_and_429_are_retried_then_answered(cloud: FakeCloud) -> None:
+    cloud.then(status(500), status(429, retry_after="0"), status(503), answer("lights_on"))
+    assert ask(settings(cloud.base_url, retries=3)).label == "lights_on"
+    assert len(cloud.seen) == 4
+
+
+def test_5xx_exhausts_retries(cloud: FakeCloud) -> None:
+    cloud.default = status(502)
+    exc, _ = failure(settings(cloud.base_url, retries=2))
+    assert exc.reason == "cloud_error" and "502" in exc.message and len(cloud.seen) == 3
+
+
+def test_other_4xx_is_not_retried(cloud: FakeCloud) -> None:
+    cloud.default = status(401)
+    exc, _ = failure(settings(cloud.base_url, retries=3))
+    assert exc.reason == "cloud_error" and "401" in exc.message and len(cloud.seen) == 1
+
+
+def test_retry_after_longer_than_the_deadline_fails_now(cloud: FakeCloud) -> None:
+    cloud.then(status(429, retry_after="30"))
+    exc, took = failure(settings(cloud.base_url), budget_s=1.0)
+    assert exc.reason == "cloud_timeout" and took < 0.5 and len(cloud.seen) == 1
+
+
+def test_garbage_json_is_a_failure_without_retry(cloud: FakeCloud) -> None:
+    cloud.default = GARBAGE
+    exc, _ = failure(settings(cloud.base_url))
+    assert exc.reason == "cloud_error" and len(cloud.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "text", ['{"label": "open_door"}', '{"label": "weather", "extra": 1}', "I think it is weather", '{"lbl": "x"}']
+)
+def test_answer_outside_the_label_set_is_invalid(cloud: FakeCloud, text: str) -> None:
+    cloud.default = content(text)
+    exc, _ = failure(settings(cloud.base_url, response_format="prompt"))
+    assert exc.reason == "cloud_invalid"
+
+
+def test_connection_refused_fails_fast() -> None:
+    exc, took = failure(settings(f"http://127.0.0.1:{free_port()}/v1", retries=3))
+    assert exc.reason == "cloud_error" and "ConnectError" in exc.message and took < 1.0
+
+
+def test_extraction_validates_against_the_fields_schema(cloud: FakeCloud) -> None:
+    m = manifest("extract", fields_schema=FIELDS)
+    cloud.then(
+        content(json.dumps({"device": "lamp", "level": 40})), content(json.dumps({"device": "lamp", "level": 400}))
+    )
+    pred = ask(settings(cloud.base_url), m=m)
+    assert pred.fields == {"device": "lamp", "level": 40} and pred.label is None
+    assert cloud.seen[0].body["response_format"]["json_schema"]["schema"] == FIELDS
+    exc, _ = failure(settings(cloud.base_url), m=m)
+    assert exc.reason == "cloud_invalid" and "above 100" in exc.message
+
+
+def test_classify_extract_grounds_entities_in_the_text(cloud: FakeCloud) -> None:
+    m = manifest("classify+extract", entity_types=["house_place"])
+    said = {
+        "label": "lights_on",
+        "entities": [{"type": "house_place", "value": "Kitchen"}, {"type": "house_place", "value": "attic"}],
+    }
+    cloud.then(content(json.dumps(said)))
+    pred = ask(settings(cloud.base_url), "lights on in the kitchen", m=m)
+    assert pred.label == "lights_on"
+    assert [(e.value, e.start, e.end) for e in pred.entities] == [("kitchen", 17, 24)]  # the attic was made up
+
+
+def test_endpoint_name_hides_credentials() -> None:
+    assert endpoint_name("https://user:pw@api.example.com/v1?key=x") == "https://api.example.com/v1"

@@ -1,0 +1,396 @@
+"""The handler with the router in the loop: a scripted local model, a real HTTP cloud on loopback.
+
+The local runtime is a stand-in whose confidence the text decides (so each path is reached on
+purpose); the cloud, the spool and the feedback files are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
+from edge_agent.escalation import Escalator
+from edge_agent.handler import Handler
+from edge_agent.manifest import Manifest, file_entry, write
+from edge_agent.messages import Inbound, Outbound
+from edge_agent.runtimes import Prediction
+from edge_agent.runtimes.cloud import CloudClient
+from edge_agent.runtimes.pool import ModelPool
+from edge_agent.spool import Spool
+from edge_agent.waitlist import Waitlist
+from tests import fake_cloud
+from tests.fake_cloud import GARBAGE, HOLD, FakeCloud, content, status
+from tests.mqtt_helpers import free_port
+
+LABELS = ["lights_on", "lights_off", "weather"]
+
+
+class Scripted:
+    """A local model whose answer the text decides: 'sure' 0.95, 'unsure' 0.3, 'broken' an unknown label."""
+
+    def __init__(self, manifest: Manifest, gate: threading.Event) -> None:
+        self.manifest = manifest
+        self.gate = gate
+
+    def check_input(self, text: str) -> None:
+        pass
+
+    def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
+        out = []
+        for text in texts:
+            if "slow" in text:
+                self.gate.wait(10)
+            confidence = 0.3 if "unsure" in text else 0.95
+            label = "no_such_label" if "broken" in text else "lights_on"
+            out.append(Prediction(label, confidence, [(label, confidence)]))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def artifact(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(b"stand-in")
+    m = Manifest(
+        name="m", version="7", task="classify", runtime="onnx", files=[file_entry(folder, "model.onnx", "model")]
+    )
+    m.labels = LABELS
+    m.thresholds.escalate = 0.5
+    write(folder, m)
+    return folder
+
+
+@dataclass
+class Rig:
+    handler: Handler
+    escalator: Escalator
+    spool: Spool
+    settings: AgentSettings
+    gate: threading.Event
+
+    async def ask(self, text: str, model: str = "m", **fields: Any) -> dict[str, Any]:
+        out = await self.handler.handle(self.inbound(text, model, **fields))
+        assert out is not None
+        return dict(json.loads(out.payload))
+
+    def inbound(self, text: str, model: str = "m", **fields: Any) -> Inbound:
+        payload = json.dumps({"text": text, "id": text, **fields}).encode()
+        return Inbound(f"edge-agent/d/req/{model}", payload, "me/r")
+
+
+@contextmanager
+def rig_env(
+    tmp_path: Path, cloud_url: str | None, entry: dict[str, Any] | None = None, **cloud_kw: Any
+) -> Iterator[Any]:
+    folder = artifact(tmp_path / "art")
+    models = ModelsFile.model_validate({"models": [{"name": "m", "path": str(folder), **(entry or {})}]})
+    cloud = None
+    if cloud_url:
+        kw = {"retries": 0, "backoff_s": 0.01, "breaker_failures": 2, "breaker_cooldown_s": 60, **cloud_kw}
+        cloud = CloudSettings(base_url=cloud_url, model="teacher", **kw)
+    settings = AgentSettings(
+        device_id="d", models_file=tmp_path / "models.yaml", state_dir=tmp_path / "state", cloud=cloud
+    )
+    gate = threading.Event()
+
+    def start(missing: dict[str, Any] | None = None) -> Rig:
+        pool = ModelPool.load(models, 1, 4, loader=lambda f, m, t: Scripted(m, gate))
+        pool.start()
+        escalator = Escalator(settings, models, CloudClient(cloud) if cloud else None)
+        spool = Spool(settings.state_dir / "spool.sqlite")
+        return Rig(Handler(settings, models, pool, escalator, spool, missing), escalator, spool, settings, gate)
+
+    yield start
+    gate.set()
+
+
+def run(
+    tmp_path: Path,
+    cloud_url: str | None,
+    body: Callable[[Rig], Awaitable[None]],
+    entry: dict[str, Any] | None = None,
+    **kw: Any,
+) -> None:
+    with rig_env(tmp_path, cloud_url, entry, **kw) as start:
+
+        async def go() -> None:
+            rig = start()
+            try:
+                await body(rig)
+            finally:
+                rig.gate.set()
+                await rig.escalator.drain()
+                await rig.handler.pool.stop()
+
+        asyncio.run(go())
+
+
+@pytest.fixture()
+def cloud() -> Iterator[FakeCloud]:
+    with fake_cloud.serve(FakeCloud(teacher=lambda text: "weather")) as c:
+        yield c
+
+
+def test_confident_local_answer_stays_local(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("sure: lights on")
+        assert (reply["source"], reply["escalated"], reply["reason"]) == ("local", False, None)
+        assert reply["label"] == "lights_on" and reply["confidence"] == 0.95 and reply["version"] == "7"
+        assert reply["timings"]["local_ms"] >= 0 and reply["timings"]["cloud_ms"] is None
+
+    run(tmp_path, cloud.base_url, body)
+    assert cloud.seen == []
+
+
+def test_low_confidence_escalates_and_is_kept_as_feedback(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("unsure: call 555-1234 about the weather")
+        assert (reply["source"], reply["escalated"], reply["reason"]) == ("cloud", True, "low_confidence")
+        assert reply["label"] == "weather" and reply["confidence"] is None
+        assert (reply["local_label"], reply["local_confidence"], reply["agree"]) == ("lights_on", 0.3, False)
+        assert reply["timings"]["local_ms"] >= 0 and reply["timings"]["cloud_ms"] > 0
+        await rig.escalator.drain()
+
+    run(tmp_path, cloud.base_url, body, {"redact": [r"\d{3}-\d{4}"]})
+    (row,) = [json.loads(line) for line in (tmp_path / "state/feedback/m.jsonl").read_text().splitlines()]
+    assert row["text"] == "unsure: call [REDACTED] about the weather" and row["intent"] == "weather"
+    assert (row["local_label"], row["local_confidence"], row["model"], row["version"]) == ("lights_on", 0.3, "m", "7")
+    assert row["entities"] == [] and row["reason"] == "low_confidence"
+
+
+def test_feedback_opt_out(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        assert (await rig.ask("unsure"))["source"] == "cloud"
+
+    run(tmp_path, cloud.base_url, body, {"collect_feedback": False})
+    assert not (tmp_path / "state/feedback/m.jsonl").exists()
+
+
+def test_invalid_local_output_escalates(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("sure but broken")
+        assert (reply["source"], reply["reason"], reply["label"]) == ("cloud", "invalid_output", "weather")
+
+    run(tmp_path, cloud.base_url, body)
+
+
+def test_request_route_forces_either_way(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        forced = await rig.ask("sure", route="cloud", deadline_ms=3000)
+        assert (forced["source"], forced["reason"], forced["label"]) == ("cloud", "forced", "weather")
+        assert forced["local_label"] == "lights_on" and forced["agree"] is False
+        kept = await rig.ask("unsure", route="local")
+        assert (kept["source"], kept["escalated"]) == ("local", False)
+        assert (await rig.ask("sure", route="sideways"))["error"]["code"] == "bad_request"
+
+    run(tmp_path, cloud.base_url, body)
+    assert len(cloud.seen) == 1
+
+
+def test_models_yaml_local_pins_the_model_to_the_device(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("unsure", route="cloud")
+        assert (reply["source"], reply["escalated"]) == ("local", False)
+
+    run(tmp_path, cloud.base_url, body, {"route": "local"})
+    assert cloud.seen == []
+
+
+def test_no_cloud_configured_means_local_only(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("unsure")
+        assert (reply["source"], reply["escalated"], reply["confidence"]) == ("local", False, 0.3)
+
+    run(tmp_path, None, body)
+
+
+def test_deadline_wins_over_a_slow_cloud(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.default = HOLD
+
+    async def body(rig: Rig) -> None:
+        start = time.monotonic()
+        reply = await rig.ask("unsure", deadline_ms=300)
+        took = time.monotonic() - start
+        assert (reply["source"], reply["reason"], reply["trigger"]) == (
+            "local-fallback",
+            "cloud_timeout",
+            "low_confidence",
+        )
+        assert reply["escalated"] is True and reply["label"] == "lights_on" and reply["confidence"] == 0.3
+        assert 0.25 < took < 0.8 and 250 < reply["timings"]["cloud_ms"] < 800
+
+    run(tmp_path, cloud.base_url, body)
+
+
+@pytest.mark.parametrize(
+    ("act", "reason"),
+    [
+        (status(500), "cloud_error"),
+        (status(429), "cloud_error"),
+        (GARBAGE, "cloud_error"),
+        (content('{"label": "x"}'), "cloud_invalid"),
+    ],
+)
+def test_cloud_failures_fall_back_to_the_local_answer(tmp_path: Path, cloud: FakeCloud, act: Any, reason: str) -> None:
+    cloud.default = act
+
+    async def body(rig: Rig) -> None:
+        start = time.monotonic()
+        reply = await rig.ask("unsure", deadline_ms=2000)
+        assert (reply["source"], reply["reason"], reply["label"]) == ("local-fallback", reason, "lights_on")
+        assert time.monotonic() - start < 1.0
+
+    run(tmp_path, cloud.base_url, body)
+
+
+def test_connection_refused_falls_back_at_once(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        start = time.monotonic()
+        reply = await rig.ask("unsure")
+        assert (reply["source"], reply["reason"]) == ("local-fallback", "cloud_error")
+        assert time.monotonic() - start < 1.0
+
+    run(tmp_path, f"http://127.0.0.1:{free_port()}/v1", body)
+
+
+def test_breaker_opens_and_stops_calling_a_failing_cloud(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.default = status(500)
+    changes: list[str] = []
+
+    async def body(rig: Rig) -> None:
+        rig.escalator.on_change = lambda: changes.append(rig.escalator.breaker.state)
+        reasons = [(await rig.ask(f"unsure {i}"))["reason"] for i in range(4)]
+        assert reasons == ["cloud_error", "cloud_error", "circuit_open", "circuit_open"]
+        snap = rig.escalator.snapshot()
+        assert snap["breaker"]["state"] == "open" and snap["breaker"]["failures"] == 2
+        assert snap["cloud"] == cloud.base_url
+
+    run(tmp_path, cloud.base_url, body)
+    assert len(cloud.seen) == 2 and changes == ["open"]
+
+
+def test_budget_per_model_and_global(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        first, second = await rig.ask("unsure 1"), await rig.ask("unsure 2")
+        assert (first["source"], second["source"], second["reason"]) == ("cloud", "local-fallback", "budget_exhausted")
+        budget = rig.escalator.snapshot()["budget"]
+        assert budget["m"]["hour"] == {"used": 1, "limit": 1} and budget["global"]["day"]["limit"] == 10
+
+    run(tmp_path, cloud.base_url, body, {"budget": {"per_hour": 1}}, budget={"per_day": 10})
+    assert len(cloud.seen) == 1
+
+
+def test_model_missing_locally_goes_to_the_cloud(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        served = rig.handler.pool.served["m"]
+        rig.handler.missing = {"ghost": (served.entry.model_copy(update={"name": "ghost"}), served.manifest)}
+        reply = await rig.ask("anything", model="ghost")
+        assert (reply["source"], reply["reason"], reply["label"]) == ("cloud", "model_missing", "weather")
+        assert reply["timings"]["local_ms"] is None and "local_label" not in reply
+        cloud.default = status(500)
+        error = await rig.ask("anything", model="ghost")
+        assert error["error"]["code"] == "cloud_unavailable" and "model_missing" in error["error"]["message"]
+        assert (await rig.ask("x", model="nope"))["error"]["code"] == "unknown_model"
+
+    run(tmp_path, cloud.base_url, body)
+
+
+def test_speculative_confident_local_wins_and_cancels_the_cloud(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        for i in range(3):  # a run of doubtful answers: recent confidence drops below 0.5 + 0.2
+            assert (await rig.ask(f"unsure {i}"))["source"] == "cloud"
+        cloud.default = HOLD
+        start = time.monotonic()
+        reply = await rig.ask("sure now", deadline_ms=3000)
+        assert (reply["source"], reply["escalated"]) == ("local", False)
+        assert time.monotonic() - start < 1.0
+        assert rig.escalator.snapshot()["budget"]["global"]["hour"]["used"] == 4  # the speculative call started
+
+    run(tmp_path, cloud.base_url, body, {"speculative_margin": 0.2})
+
+
+def test_speculative_cloud_first_answer_is_returned(tmp_path: Path, cloud: FakeCloud) -> None:
+    async def body(rig: Rig) -> None:
+        for i in range(3):
+            await rig.ask(f"unsure {i}")
+        reply = await rig.ask("slow and sure", deadline_ms=3000)  # local blocks until the gate opens
+        assert (reply["source"], reply["reason"], reply["label"]) == ("cloud", "speculative", "weather")
+        rig.gate.set()
+        await rig.escalator.drain()
+
+    run(tmp_path, cloud.base_url, body, {"speculative_margin": 0.2})
+    rows = (tmp_path / "state/feedback/m.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["local_label"] == "lights_on"  # written once the local run finished
+
+
+def test_forced_request_waits_in_the_spool_and_is_answered_later(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.default = status(503)
+
+    async def body(rig: Rig) -> None:
+        out = await rig.handler.handle(rig.inbound("sure", route="cloud"))
+        assert out is None and rig.spool.counts()["waiting"] == 1
+        with_deadline = await rig.ask("sure", route="cloud", deadline_ms=500)
+        assert (with_deadline["source"], with_deadline["reason"]) == ("local-fallback", "cloud_error")
+        delivered: list[Outbound] = []
+        waitlist = Waitlist(rig.spool, rig.handler.retry, rig.handler.expired, delivered.append, lambda: 0.0)
+        assert len(await waitlist.work()) == 1 and delivered == []  # still down: it keeps waiting
+        cloud.default = None
+        assert await waitlist.work() == [] and rig.spool.counts()["waiting"] == 0
+        (out,) = delivered
+        body = json.loads(out.payload)
+        assert (out.topic, body["id"], body["source"], body["label"]) == ("me/r", "sure", "cloud", "weather")
+
+    run(tmp_path, cloud.base_url, body, breaker_failures=10)
+
+
+def test_waiting_request_expires_with_an_error_reply(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.default = status(503)
+
+    async def body(rig: Rig) -> None:
+        assert await rig.handler.handle(rig.inbound("sure", route="cloud")) is None
+        delivered: list[Outbound] = []
+        waitlist = Waitlist(rig.spool, rig.handler.retry, rig.handler.expired, delivered.append, lambda: 0.0)
+        assert await waitlist.work() == []
+        (out,) = delivered
+        error = json.loads(out.payload)["error"]
+        assert error["code"] == "cloud_unavailable" and "giving up" in error["message"]
+
+    run(tmp_path, cloud.base_url, body, wait_ttl_s=1e-6)
+
+
+def test_full_waiting_list_refuses_at_once(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.default = status(503)
+
+    async def body(rig: Rig) -> None:
+        assert await rig.handler.handle(rig.inbound("a", route="cloud")) is None
+        reply = await rig.ask("b", route="cloud")
+        assert reply["error"]["code"] == "cloud_unavailable" and "no room" in reply["error"]["message"]
+
+    run(tmp_path, cloud.base_url, body, wait_max=1)
+
+
+def test_the_api_key_never_reaches_the_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_KEY_VAR", "sk-do-not-log-me")
+    with fake_cloud.serve() as cloud:
+        cloud.default = status(500)
+
+        async def body(rig: Rig) -> None:
+            with structlog.testing.capture_logs() as logs:
+                await rig.ask("unsure 1")
+                await rig.ask("unsure 2")
+            assert logs and "sk-do-not-log-me" not in json.dumps(logs, default=str)
+
+        run(tmp_path, cloud.base_url, body, api_key_env="SECRET_KEY_VAR")
+        assert cloud.seen[0].headers["Authorization"] == "Bearer sk-do-not-log-me"

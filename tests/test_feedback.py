@@ -1,0 +1,43 @@
+"""The feedback log: trainer-schema rows, redaction, bounded size, export."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from edge_agent.feedback import MASK, FeedbackLog, record
+from edge_agent.runtimes import Entity, Prediction
+from trainer import records
+
+
+def test_row_has_the_trainer_schema_with_the_cloud_as_teacher(tmp_path: Path) -> None:
+    text = "call bob@example.com about the kitchen lights"
+    cloud = Prediction(
+        "call", 1.0, entities=[Entity("person", "bob@example.com", 5, 20, 1), Entity("place", "kitchen", 31, 38, 1)]
+    )
+    local = Prediction("lights_on", 0.41)
+    row = record(text, local, cloud, {"model": "m", "version": "3"}, [re.compile(r"[\w.]+@[\w.]+")])
+    assert row["text"] == f"call {MASK} about the kitchen lights" and "bob" not in json.dumps(row)
+    assert row["intent"] == "call" and row["local_label"] == "lights_on" and row["local_confidence"] == 0.41
+    start = row["text"].index("kitchen")
+    assert row["entities"] == [{"type": "place", "value": "kitchen", "start": start, "end": start + 7}]
+    assert {"model", "version", "ts"} <= set(row)
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (parsed,) = records.read(path)  # the trainer reads it as it is
+    assert parsed.intent == "call" and parsed.entities[0].value == "kitchen"
+
+
+def test_log_is_bounded_per_model_and_keeps_the_newest(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path / "fb", max_rows=10)
+    for i in range(40):
+        log.append("a", {"text": f"t{i}", "intent": "x"})
+    log.append("b", {"text": "other", "intent": "y"})
+    kept = [json.loads(line)["text"] for line in log.rows("a")]
+    assert 10 <= len(kept) <= 11 and kept[-1] == "t39" and kept == sorted(kept, key=lambda t: int(t[1:]))
+    assert len(list(log.rows())) == len(kept) + 1
+    again = FeedbackLog(tmp_path / "fb", max_rows=10)  # a restart counts what is on disk
+    for i in range(40, 45):
+        again.append("a", {"text": f"t{i}", "intent": "x"})
+    assert len(list(again.rows("a"))) <= 11

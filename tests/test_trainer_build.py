@@ -1,0 +1,171 @@
+"""`edge-trainer build` end to end on a tiny encoder: real training, ONNX export, int8, evaluate, publish."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edge_agent import manifest as mf
+from edge_agent.errors import ArtifactError
+from edge_agent.runtimes.onnx import OnnxRuntime
+from trainer import encoder, tiny
+from trainer.cli import main
+
+KEY = b"fleet-secret"
+FAST = [
+    "--max-steps",
+    "30",
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--head-lr",
+    "3e-3",
+    "--warmup",
+    "0",
+    "--label-smoothing",
+    "0",
+    "--dropout",
+    "0",
+    "--layer-decay",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("build")
+    data = tiny.write_builtin(root / "train.jsonl")
+    base = encoder.make_tiny(root / "base")
+    (root / "key").write_bytes(KEY + b"\n")
+    args = [
+        "build",
+        "--train",
+        str(data),
+        "--dev",
+        str(data),
+        "--test",
+        str(data),
+        "--name",
+        "tiny-test",
+        "--out",
+        str(root / "artifacts" / "tiny-test"),
+        "--base",
+        str(base),
+        "--max-tokens",
+        "32",
+        "--version",
+        "1.0.0",
+        "--signing-key-file",
+        str(root / "key"),
+        *FAST,
+    ]
+    assert main(args) == 0
+    return root
+
+
+def test_artifact_holds_only_served_files_and_verifies(built: Path) -> None:
+    folder = built / "artifacts" / "tiny-test"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json",
+        "manifest.sig",
+        "model.onnx",
+        "report.json",
+        "report.png",
+        "tokenizer.json",
+    ]
+    manifest = mf.load(folder, KEY)
+    assert (manifest.name, manifest.version, manifest.task, manifest.runtime) == (
+        "tiny-test",
+        "1.0.0",
+        "classify+extract",
+        "onnx",
+    )
+    assert manifest.labels == ["lights_off", "lights_on", "weather"]
+    assert manifest.tags == ["O", "B-house_place", "I-house_place"]
+    assert manifest.max_input_tokens == 32 and manifest.temperature > 0
+    assert manifest.thresholds.target_accuracy == 0.98
+    assert {"dev", "test"} <= set(manifest.metrics) and "intent_accuracy" in manifest.metrics["dev"]
+    assert manifest.data["train"]["examples"] == 24 and len(manifest.data["train"]["sha256"]) == 64
+
+
+def test_onnx_graph_is_int8_with_the_declared_io(built: Path) -> None:
+    folder = built / "artifacts" / "tiny-test"
+    manifest = mf.load(folder)
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert [i.name for i in graph.input] == manifest.onnx.inputs == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["intent_logits", "tag_logits"]
+    assert any(node.op_type in {"MatMulInteger", "DynamicQuantizeMatMul"} for node in graph.node)
+    runtime = OnnxRuntime(folder, manifest)
+    logits = runtime.logits(["turn on the lights in the kitchen", "will it rain"])
+    assert logits.shape == (2, 3)
+    assert runtime.predict(["turn on the lights in the kitchen"])[0].label in manifest.labels
+
+
+def test_every_stage_leaves_its_metadata_and_checks(built: Path) -> None:
+    work = built / "artifacts" / ".work-tiny-test"
+    stages = {d.name: json.loads((d / "stage.json").read_text()) for d in work.iterdir()}
+    assert set(stages) == {"data", "finetune", "export", "evaluate"}
+    assert stages["finetune"]["params"]["recipe"]["max_steps"] == 30
+    checks = stages["export"]["results"]
+    assert checks["parity_fp32_vs_torch"]["max_abs_diff_intent"] < 1e-3
+    assert checks["chosen"] in ("int8-dynamic", "int8-per-channel")
+    assert (work / "export" / "model.fp32.onnx").is_file()
+
+
+def test_evaluate_verb_reports_on_any_jsonl(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = built / "eval" / "report.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(built / "artifacts" / "tiny-test"),
+                "--data",
+                str(built / "train.jsonl"),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
+    body = json.loads(report.read_text())
+    assert body["data"]["headline"]["examples"] == 24
+    assert {"risk_coverage", "reliability"} <= set(body["data"]["calibration"])
+    assert report.with_suffix(".png").stat().st_size > 1000
+    assert '"intent_accuracy"' in capsys.readouterr().out
+
+
+def test_corrupted_artifact_is_refused(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = shutil.copytree(built / "artifacts" / "tiny-test", tmp_path / "broken")
+    raw = bytearray((folder / "model.onnx").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (folder / "model.onnx").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        mf.load(folder)
+    code = main(["evaluate", str(folder), "--data", str(built / "train.jsonl"), "--report", str(tmp_path / "r.json")])
+    assert code == 65 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_bad_name_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tiny.write_builtin(tmp_path / "train.jsonl")
+    assert (
+        main(["build", "--train", str(data), "--dev", str(data), "--name", "no spaces", "--out", str(tmp_path / "a")])
+        == 2
+    )
+    assert "--name 'no spaces'" in capsys.readouterr().err
+
+
+def test_tiny_artifact_helper_is_a_valid_artifact(tiny_artifact: Path) -> None:
+    manifest = mf.load(tiny_artifact)
+    assert manifest.task == "classify+extract" and manifest.file("model").path == "model.onnx"
+
+
+def test_module_entry_point_prints_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, check=True)
+    assert "build" in done.stdout and "evaluate" in done.stdout

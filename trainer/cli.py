@@ -1,0 +1,197 @@
+"""`edge-trainer data | finetune | export | evaluate | publish | build`: one verb per stage, plus all of them.
+
+Bad input ends with one line on stderr and a sysexits code (65 bad data, 2 usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ArtifactError
+from trainer.errors import EX_DATAERR, TrainerError, UsageError
+from trainer.recipe import Recipe
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.handler(args)
+    except TrainerError as exc:
+        print(f"edge-trainer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ArtifactError as exc:
+        print(f"edge-trainer: error: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except KeyboardInterrupt:
+        print("edge-trainer: interrupted", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-trainer", description="Labelled JSONL -> served artifacts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data(sub.add_parser("data", help="validate + encode JSONL, build label maps"))
+    _finetune(sub.add_parser("finetune", help="train the encoder with intent and entity heads"))
+    _export(sub.add_parser("export", help="ONNX fp32 -> int8, checked on dev"))
+    _evaluate(sub.add_parser("evaluate", help="score an artifact on JSONL: accuracy, F1, latency, calibration"))
+    _publish(sub.add_parser("publish", help="assemble the artifact folder and its manifest"))
+    _build(sub.add_parser("build", help="every stage: data, finetune, export, evaluate, publish"))
+    return parser
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(handler=_run_data)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", type=Path, required=True, help="training JSONL (text, intent, entities)")
+    p.add_argument("--dev", type=Path, required=True, help="dev JSONL: calibration, threshold, model choice")
+    p.add_argument("--base", type=Path, help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--max-tokens", type=int, default=64, help="longest input, in tokens (default 64)")
+
+
+def _run_data(a: argparse.Namespace) -> Path:
+    from trainer import data
+
+    return data.run(a.train, a.dev, a.out, a.base, a.max_tokens)
+
+
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("recipe")
+    for f in dataclasses.fields(Recipe):
+        kind: Callable[[str], Any] = _flag if isinstance(f.default, bool) else type(f.default)
+        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default {f.default})")
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _recipe(a: argparse.Namespace) -> Recipe:
+    return Recipe(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Recipe)})
+
+
+def _finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", type=Path, help="output folder of `data`")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--base", type=Path, help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    _recipe_options(p)
+    p.set_defaults(handler=_run_finetune)
+
+
+def _run_finetune(a: argparse.Namespace) -> Path:
+    from trainer import finetune
+
+    return finetune.run(a.data_dir, a.out, a.base, _recipe(a))
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", type=Path, help="output folder of `finetune`")
+    p.add_argument("--data", type=Path, required=True, help="output folder of `data` (its dev split)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(a: argparse.Namespace) -> Path:
+    from trainer import export
+
+    return export.run(a.model_dir, a.data, a.out)
+
+
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path, help="artifact folder (or an `export` output folder)")
+    p.add_argument("--data", type=Path, required=True, help="labelled JSONL to score")
+    p.add_argument("--report", type=Path, required=True, help="report JSON (the PNG goes beside it)")
+    p.add_argument("--calibrate", action="store_true", help="fit temperature and threshold on --data")
+    p.add_argument("--target-accuracy", type=float, default=0.98, help="for --calibrate (default 0.98)")
+    p.add_argument(
+        "--write-manifest",
+        action="store_true",
+        help="with --calibrate: store temperature, threshold and metrics in the artifact",
+    )
+    p.add_argument("--signing-key-file", type=Path, help="re-sign the manifest with this key")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(a: argparse.Namespace) -> str:
+    from trainer import evaluate, publish
+
+    if a.write_manifest and not a.calibrate:
+        raise UsageError("--write-manifest needs --calibrate (it stores what was fitted)")
+    report = evaluate.standalone(
+        a.artifact,
+        a.data,
+        a.report,
+        a.calibrate,
+        a.target_accuracy,
+        a.write_manifest,
+        publish.read_key(a.signing_key_file),
+    )
+    return json.dumps(report["data"]["headline"], indent=2)
+
+
+def _publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", type=Path, help="output folder of `export`")
+    p.add_argument("--eval", type=Path, dest="eval_dir", help="output folder of the evaluate stage")
+    _artifact_options(p)
+    p.set_defaults(handler=_run_publish)
+
+
+def _artifact_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="model name, as models.yaml refers to it")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--version", help="version string (default: UTC YYYYMMDD.HHMMSS)")
+    p.add_argument("--signing-key-file", type=Path, help="write manifest.sig (HMAC-SHA256) with this key")
+
+
+def _run_publish(a: argparse.Namespace) -> Path:
+    from trainer import publish
+
+    return publish.run(a.export_dir, a.out, a.name, a.eval_dir, a.version, publish.read_key(a.signing_key_file))
+
+
+def _build(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _artifact_options(p)
+    p.add_argument("--test", type=Path, help="also report on this JSONL (never used to choose anything)")
+    p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
+    p.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.98,
+        help="accuracy to keep on dev when picking the escalation threshold (default 0.98)",
+    )
+    _recipe_options(p)
+    p.set_defaults(handler=_run_build)
+
+
+def _run_build(a: argparse.Namespace) -> Path:
+    from trainer import pipeline, publish
+
+    options = pipeline.BuildOptions(
+        name=a.name,
+        out=a.out,
+        base=a.base,
+        work=a.work,
+        test=a.test,
+        max_tokens=a.max_tokens,
+        target_accuracy=a.target_accuracy,
+        version=a.version,
+        key=publish.read_key(a.signing_key_file),
+    )
+    return pipeline.build(a.train, a.dev, options, _recipe(a))

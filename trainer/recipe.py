@@ -1,0 +1,32 @@
+"""The fine-tuning recipe as plain data (no torch import), so the CLI can offer every knob cheaply.
+
+Why these defaults: mean pooling matches how all-MiniLM-L6-v2 was pretrained; the heads learn at a
+higher rate than the encoder and lower layers move less (layer-wise decay), so pretrained features
+survive; linear warmup then decay; label smoothing keeps intent confidences from saturating, which the
+escalation threshold needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Recipe:
+    """Hyperparameters; every field is a CLI option of `finetune` and `build`."""
+
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 2e-3
+    layer_decay: float = 0.9
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    label_smoothing: float = 0.1
+    tag_weight: float = 1.0
+    pooling: str = "mean"
+    dropout: float = 0.1
+    seed: int = 0
+    max_steps: int = 0  # 0 = run all epochs; > 0 caps the number of optimizer steps
+    threads: int = 0  # torch CPU threads; 0 = torch's default (one per core)
+    freeze_word_embeddings: bool = True  # half the weights, rarely worth moving on small data; faster on CPU
