@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
-from trainer import calibration, evaluate, pipeline, serving  # noqa: E402
+from trainer import calibration, evaluate, metrics, pipeline, records, serving  # noqa: E402
 from trainer.recipe import Recipe  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
@@ -106,6 +106,7 @@ def measure_full(out: Path, artifact: Path, wall: float) -> dict[str, Any]:
         "entity_f1": int8["headline"]["entity_f1"],
         "entity_p": int8["headline"]["entity_precision"],
         "entity_r": int8["headline"]["entity_recall"],
+        "entity_f1_word_glue": word_glue_f1(artifact, manifest, HWU / "test.jsonl"),
         "dev_accuracy": dev["intent_accuracy"],
         "temperature": manifest.temperature,
         "threshold": manifest.thresholds.escalate,
@@ -129,6 +130,43 @@ def run_section(folder: Path, manifest: mf.Manifest, data: Path) -> dict[str, An
     runtime = serving.open_runtime(folder, manifest)
     outputs = evaluate.infer(runtime, manifest, data)
     return evaluate.section(outputs, manifest.labels, manifest.temperature, manifest.thresholds.escalate)
+
+
+def word_glue_f1(folder: Path, manifest: mf.Manifest, data: Path) -> float:
+    """Diagnostic, not what the device serves: entity F1 if a span absorbed only word pieces of the same
+    word (tokenizer word ids) instead of any token with no gap before it, which turns a gold `emma` into
+    `emma's`. Same int8 model and tags; only the span decoding differs."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    gold, found = [], []
+    for rec in records.read(data):
+        enc = tokenizer.encode(rec.text, add_special_tokens=True)
+        feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.ones((1, len(enc.ids)), dtype=np.int64)}
+        tag_ids = session.run(["tag_logits"], feeds)[0][0].argmax(-1)
+        gold.append([(e.type, e.value) for e in rec.entities])
+        found.append(_word_spans(rec.text, [manifest.tags[i] for i in tag_ids], enc.offsets, enc.word_ids))
+    return metrics.entities(gold, found)["f1"]
+
+
+def _word_spans(text: str, tags: list[str], offsets: list[tuple[int, int]], words: list[int | None]) -> list[Any]:
+    spans, kind, start, end, previous = [], None, 0, 0, None
+    for tag, (lo, hi), word in zip(tags, offsets, words, strict=True):
+        prefix, _, name = tag.partition("-")
+        glued = kind is not None and word is not None and word == previous and prefix != "B"
+        previous = word
+        if hi > lo and (glued or (prefix == "I" and kind == name)):
+            end = hi
+            continue
+        if kind is not None:
+            spans.append((kind, text[start:end]))
+        kind = name if hi > lo and prefix in ("B", "I") else None
+        start, end = lo, hi
+    if kind is not None:
+        spans.append((kind, text[start:end]))
+    return spans
 
 
 def fp32_model(artifact: Path, manifest: mf.Manifest) -> tuple[Path, mf.Manifest]:
@@ -220,6 +258,7 @@ def print_table(rows: dict[str, Any]) -> None:
         rows["entity_f1"] >= BARS["entity_f1"],
     )
     line("  entity precision / recall", f"{pct(rows['entity_p'])} / {pct(rows['entity_r'])}")
+    line("  entity F1 if spans glued word pieces only (diagnostic)", pct(rows["entity_f1_word_glue"]))
     line("SLURP dev, unseen in hwu64, intent accuracy", pct(rows["slurp_accuracy"]), f"n={rows['slurp_examples']}")
     line("  same, only intents hwu64 knows", pct(rows["slurp_known_intent_accuracy"]))
     line(f"threshold (dev, target 98%), T={rows['temperature']:.3f}", f"{rows['threshold']:.4f}")

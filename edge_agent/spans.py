@@ -12,12 +12,14 @@ def decode_bio(
     tags: Sequence[str],
     offsets: Sequence[tuple[int, int]],
     probs: Sequence[float],
+    words: Sequence[int | None] | None = None,
 ) -> list[Entity]:
     """Merge B-/I- runs into spans; tokens with empty offsets (special tokens) end a span.
 
     An I- tag without a matching open span starts one (the usual lenient reading), so a
-    model that misses a B- still yields the entity. A sub-word glued to an open span
-    (no gap in the offsets) joins it unless it is tagged B-: entities are whole words.
+    model that misses a B- still yields the entity. A sub-word piece of the word an open span
+    ends in joins it unless tagged B- (entities are whole words); `words` holds each token's
+    word index (the tokenizer's word_ids); without it, "no gap in the offsets" stands in.
     """
     spans: list[Entity] = []
     kind: str | None = None
@@ -29,13 +31,17 @@ def decode_bio(
             value = text[start:end]
             spans.append(Entity(kind, value, start, end, min(scores)))
 
-    for tag, (lo, hi), prob in zip(tags, offsets, probs, strict=True):
+    word_of = list(words) if words is not None else [None] * len(tags)
+    prev_word: int | None = None
+    for tag, (lo, hi), prob, word in zip(tags, offsets, probs, word_of, strict=True):
+        same_word = (word is not None and word == prev_word) if words is not None else lo == end
+        prev_word = word
         if hi <= lo:  # special token
             close()
             kind = None
             continue
         prefix, _, name = tag.partition("-")
-        glued = kind is not None and lo == end and prefix != "B"
+        glued = kind is not None and same_word and prefix != "B"
         if glued or (prefix == "I" and kind == name):
             end, scores = hi, [*scores, prob]
             continue

@@ -10,7 +10,9 @@ the broker redelivers it to our persistent session after a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import ssl
 import threading
 import time
@@ -93,6 +95,7 @@ class Transport:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_socket_open = _no_delay
         return client
 
     def _password(self) -> str | None:
@@ -268,3 +271,9 @@ class Transport:
             await asyncio.to_thread(info.wait_for_publish, 2.0)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _no_delay(_c: mqtt.Client, _u: Any, sock: Any) -> None:
+    """Replies are small packets: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

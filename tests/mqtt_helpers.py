@@ -60,7 +60,7 @@ def make_broker(tmp: Path) -> Broker:
     conf = tmp / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 10000\nlog_type error\n"
+        "max_queued_messages 10000\nset_tcp_nodelay true\nlog_type error\n"
     )
     return Broker(port, conf)
 
@@ -86,6 +86,7 @@ class Client:
         self.messages: queue.Queue[Received] = queue.Queue()
         self._acks: queue.Queue[int] = queue.Queue()
         self.client.on_message = self._on_message
+        self.client.on_socket_open = _no_delay
         self.client.on_subscribe = lambda *a: self._acks.put(1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -141,3 +142,7 @@ def client(port: int, v5: bool = True) -> Iterator[Client]:
         yield c
     finally:
         c.close()
+
+
+def _no_delay(_c: Any, _u: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -27,3 +27,13 @@ def test_subword_joins_open_span_and_orphan_i_starts_one() -> None:
     spans = decode_bio(text, tags, offs, [0.5, 0.9, 0.8, 0.7, 0.6, 0.5])
     assert [(s.type, s.value) for s in spans] == [("device", "vacuum cleaner"), ("time", "now")]
     assert spans[0].confidence == 0.7
+
+
+def test_with_word_ids_only_pieces_of_the_same_word_join() -> None:
+    text = "call emma's phone"
+    offs = [(0, 0), (0, 4), (5, 7), (7, 9), (9, 10), (10, 11), (12, 17), (0, 0)]
+    words = [None, 0, 1, 1, 2, 3, 4, None]  # "em" "##ma" are one word; "'" and "s" are words of their own
+    tags = ["O", "O", "B-person", "O", "O", "O", "O", "O"]
+    spans = decode_bio(text, tags, offs, [0.9] * len(tags), words)
+    assert [s.value for s in spans] == ["emma"]
+    assert [s.value for s in decode_bio(text, tags, offs, [0.9] * len(tags))] == ["emma's"]

@@ -169,3 +169,13 @@ def test_tiny_artifact_helper_is_a_valid_artifact(tiny_artifact: Path) -> None:
 def test_module_entry_point_prints_help() -> None:
     done = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, check=True)
     assert "build" in done.stdout and "evaluate" in done.stdout
+
+
+def test_data_without_entities_makes_a_classify_artifact(tmp_path: Path) -> None:
+    records = [{"text": r["text"], "intent": r["intent"]} for r in tiny.builtin_records()]
+    data = tmp_path / "plain.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    folder = tiny.build_tiny_artifact(tmp_path / "plain", train=data, name="plain", steps=5)
+    manifest = mf.load(folder)
+    assert manifest.task == "classify" and manifest.tags == ["O"] and manifest.entity_types == []
+    assert OnnxRuntime(folder, manifest).predict(["will it rain"])[0].entities == []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ArtifactError
+from trainer.causal import cli as causal_cli
 from trainer.errors import EX_DATAERR, TrainerError, UsageError
 from trainer.recipe import Recipe
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate(sub.add_parser("evaluate", help="score an artifact on JSONL: accuracy, F1, latency, calibration"))
     _publish(sub.add_parser("publish", help="assemble the artifact folder and its manifest"))
     _build(sub.add_parser("build", help="every stage: data, finetune, export, evaluate, publish"))
+    causal_cli.register(sub)  # the GGUF path: causal-* stages and build-causal
     return parser
 
 

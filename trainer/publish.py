@@ -89,7 +89,7 @@ def build_manifest(
         onnx=mf.OnnxIO(
             inputs=export_meta["params"]["inputs"],
             intent_logits="intent_logits",
-            tag_logits="tag_logits" if extract else None,
+            tag_logits="tag_logits",
         ),
         metrics=calibration.get("metrics", {}),
         base_model=export_meta["params"]["base_model"],

@@ -112,7 +112,8 @@ class OnnxRuntime:
         probs = softmax(out[self.io.tag_logits][row, :n])
         best = probs.argmax(axis=-1)
         tags = [self.manifest.tags[i] for i in best]
-        return decode_bio(text, tags, enc.offsets, [float(probs[i, j]) for i, j in enumerate(best)])
+        scores = [float(probs[i, j]) for i, j in enumerate(best)]
+        return decode_bio(text, tags, enc.offsets, scores, enc.word_ids)
 
     def close(self) -> None:
         del self.session

@@ -28,6 +28,10 @@ def default_loader(folder: Path, manifest: Manifest, threads: int) -> Runtime:
         from edge_agent.runtimes.onnx import OnnxRuntime
 
         return OnnxRuntime(folder, manifest, threads)
+    if manifest.runtime == "gguf":
+        from edge_agent.runtimes.gguf import GgufRuntime
+
+        return GgufRuntime(folder, manifest, threads)
     raise ArtifactError(f"artifact {manifest.name}: runtime {manifest.runtime!r} is not available here")
 
 

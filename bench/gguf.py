@@ -1,0 +1,235 @@
+"""The GGUF path on HWU64, measured the way the device serves it. Run by hand:
+
+    python bench/gguf.py              # train both models (if missing), then measure
+    python bench/gguf.py --reuse      # measure the artifacts already under bench/out/gguf/
+
+No pretrained causal LM is reachable here, so the base is a small Llama made from a config (random
+weights) with a SentencePiece tokenizer trained on HWU64 train; `build-causal`'s own code then LoRA
+fine-tunes it (embeddings and LM head trained in full), merges, converts, quantizes, evaluates every
+variant on dev (calibration) and test (report). Two artifacts: `classify` (intent, label scoring) and
+`extract` (intent + entities as JSON fields, grammar-constrained). Measured:
+
+1. tokens/s through the agent's runtime vs raw llama-cpp-python (`Llama.create_completion`), same GGUF,
+   same prompt ids, greedy; long generations on the untrained base, short ones on the trained extractor;
+2. grammar-constrained extraction vs free generation (ms per generated token);
+3. label scoring vs generating the label (latency, and how often generation leaves the label set);
+4. f16 vs Q8_0 vs Q4_K_M: size, latency, quality on HWU64 test (from each artifact's manifest).
+
+Prints markdown tables; writes bench/out/gguf/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
+from edge_agent.errors import AgentError  # noqa: E402
+from edge_agent.runtimes.gguf import GgufRuntime  # noqa: E402
+from trainer.causal import build, converter, data, gguf_export, tiny  # noqa: E402
+from trainer.causal.publish import build_manifest  # noqa: E402
+from trainer.causal.recipe import CausalRecipe  # noqa: E402
+
+HWU = Path("/work/shared/datasets/hwu64")
+OUT = ROOT / "bench" / "out" / "gguf"
+SIZES = {"hidden": 256, "layers": 4, "vocab_size": 2000}
+
+
+def corpus() -> list[str]:
+    rows = [json.loads(line) for line in (HWU / "train.jsonl").read_text().splitlines()]
+    answers = [json.dumps({"intent": r["intent"], **{e["type"]: e["value"] for e in r["entities"]}}) for r in rows]
+    return [r["text"] for r in rows] + answers
+
+
+def base() -> Path:
+    folder = OUT / "base"
+    if not (folder / "model.safetensors").is_file():
+        tiny.make_base(folder, corpus(), "llama", SIZES["hidden"], SIZES["layers"], SIZES["vocab_size"])
+    return folder
+
+
+def train(task: str, args: argparse.Namespace) -> Path:
+    recipe = CausalRecipe(
+        epochs=args.epochs,
+        batch_size=32,
+        lr=args.lr,
+        lora_r=32,
+        lora_alpha=64,
+        lora_dropout=0.0,
+        train_embeddings=True,
+        threads=args.threads,
+        checkpoint_every=100,
+    )
+    options = build.CausalBuild(
+        name=f"hwu64-{task}",
+        out=OUT / f"hwu64-{task}",
+        base=base(),
+        task=task,  # type: ignore[arg-type]
+        work=OUT / f".work-{task}",
+        test=HWU / "test.jsonl",
+        max_tokens=48,
+        threads=args.threads,
+    )
+    started = time.monotonic()
+    artifact = build.build(HWU / "train.jsonl", HWU / "dev.jsonl", options, recipe)
+    print(f"built {artifact} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return artifact
+
+
+def texts(n: int) -> list[str]:
+    return [json.loads(line)["text"] for line in (HWU / "test.jsonl").read_text().splitlines()][:n]
+
+
+def runtime(folder: Path, threads: int) -> GgufRuntime:
+    return GgufRuntime(folder, mf.load(folder), threads)
+
+
+def raw_vs_runtime(rt: GgufRuntime, gguf: Path, samples: list[str], threads: int, tokens: int) -> dict[str, float]:
+    """Greedy generation of up to `tokens` tokens, same prompt ids: agent runtime vs llama_cpp.Llama."""
+    import llama_cpp
+
+    raw = llama_cpp.Llama(
+        str(gguf), n_ctx=rt.llm.n_ctx, n_batch=rt.llm.n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+    ours_n = raw_n = 0
+    ours_s = raw_s = 0.0
+    for text in [*samples[:3], *samples]:
+        ids = rt.prompt_ids(text)
+        t0 = time.perf_counter()
+        done = rt.complete(text, constrained=False, max_tokens=tokens)
+        t1 = time.perf_counter()
+        out = raw.create_completion(ids, max_tokens=tokens, temperature=0.0, top_k=1)
+        t2 = time.perf_counter()
+        ours_n, ours_s = ours_n + done.tokens, ours_s + (t1 - t0)
+        raw_n, raw_s = raw_n + int(out["usage"]["completion_tokens"]), raw_s + (t2 - t1)  # type: ignore[index]
+    raw.close()
+    return {
+        "runtime_tok_s": round(ours_n / ours_s, 1),
+        "raw_tok_s": round(raw_n / raw_s, 1),
+        "ratio": round((ours_n / ours_s) / (raw_n / raw_s), 3),
+        "tokens_per_request": round(ours_n / (len(samples) + 3), 1),
+    }
+
+
+def grammar_overhead(rt: GgufRuntime, samples: list[str]) -> dict[str, float]:
+    """ms per generated token, constrained vs free, on the trained extractor (its answers are JSON either way)."""
+    rows: dict[str, list[float]] = {"constrained": [0.0, 0.0], "free": [0.0, 0.0]}
+    valid_free = 0
+    for text in samples:
+        for mode, constrained in (("constrained", True), ("free", False)):
+            t0 = time.perf_counter()
+            done = rt.complete(text, constrained=constrained)
+            rows[mode][0] += time.perf_counter() - t0
+            rows[mode][1] += done.tokens
+            if not constrained:
+                valid_free += _is_json(done.text)
+    per = {mode: 1000 * s / n for mode, (s, n) in rows.items()}
+    return {
+        "constrained_ms_per_token": round(per["constrained"], 3),
+        "free_ms_per_token": round(per["free"], 3),
+        "overhead": round(per["constrained"] / per["free"] - 1, 3),
+        "free_json_valid": round(valid_free / len(samples), 4),
+    }
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def scoring_vs_generation(rt: GgufRuntime, rows: list[dict[str, Any]]) -> dict[str, float]:
+    score_ms, gen_ms, right_s, right_g, outside = [], [], 0, 0, 0
+    for row in rows:
+        t0 = time.perf_counter()
+        label = rt.predict([row["text"]])[0].label
+        t1 = time.perf_counter()
+        said = rt.complete(row["text"], constrained=False).text
+        t2 = time.perf_counter()
+        score_ms.append((t1 - t0) * 1000)
+        gen_ms.append((t2 - t1) * 1000)
+        right_s += label == row["intent"]
+        right_g += said == row["intent"]
+        outside += said not in rt.manifest.labels
+    n = len(rows)
+    return {
+        "scoring_p50_ms": round(statistics.median(score_ms), 2),
+        "generation_p50_ms": round(statistics.median(gen_ms), 2),
+        "scoring_accuracy": round(right_s / n, 4),
+        "generation_accuracy": round(right_g / n, 4),
+        "generation_outside_label_set": round(outside / n, 4),
+    }
+
+
+def untrained_gguf(work: Path) -> Path:
+    """The random base as Q8_0: it rarely says EOS, so generations run to max_tokens (decode speed)."""
+    target = work / "base.q8_0.gguf"
+    if not target.is_file():
+        f16 = converter.convert(base(), work / "base.f16.gguf", "f16")
+        gguf_export.quantize(f16, target, "q8_0", 2)
+    return target
+
+
+def quant_table(artifact: Path) -> dict[str, Any]:
+    return dict(mf.read(artifact).metrics["variants"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, train nothing")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads (default 1)")
+    parser.add_argument("-n", type=int, default=200, help="test texts per timing")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    artifacts = {task: OUT / f"hwu64-{task}" for task in ("classify", "extract")}
+    for task, folder in artifacts.items():
+        if not (folder / mf.MANIFEST).is_file():
+            if args.reuse:
+                raise SystemExit(f"{folder}: no artifact; run without --reuse first")
+            train(task, args)
+    results = measure(artifacts, args)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def measure(artifacts: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+    samples = texts(args.n)
+    test_rows = [json.loads(line) for line in (HWU / "test.jsonl").read_text().splitlines()][: args.n]
+    results: dict[str, Any] = {"threads": args.threads, "n": args.n}
+    classify, extract = runtime(artifacts["classify"], args.threads), runtime(artifacts["extract"], args.threads)
+    try:
+        results["scoring_vs_generation"] = scoring_vs_generation(classify, test_rows)
+        results["grammar_overhead"] = grammar_overhead(extract, samples)
+        results["raw_vs_runtime_short"] = raw_vs_runtime(
+            extract, artifacts["extract"] / "model.gguf", samples[:50], args.threads, 64
+        )
+        spec = data.TaskSpec.load(OUT / ".work-extract" / "export")
+        long_gguf = untrained_gguf(OUT)
+        untrained = GgufRuntime(OUT, build_manifest(OUT, [(long_gguf.name, "model")], spec), args.threads)
+        try:
+            results["raw_vs_runtime_long"] = raw_vs_runtime(untrained, long_gguf, samples[:20], args.threads, 128)
+        finally:
+            untrained.close()
+    except AgentError as exc:
+        raise SystemExit(f"measurement failed: {exc}") from None
+    finally:
+        classify.close()
+        extract.close()
+    results["quantization"] = {task: quant_table(folder) for task, folder in artifacts.items()}
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""Causal LMs in GGUF through llama-cpp-python: labels are scored, fields are generated under a grammar.
+
+classify: one pass over the prompt (its prefix cached across requests), then every label's tokens
+(and the end of turn) side by side as branches of the prompt in one batch; the sum of their
+log-probabilities, divided by the manifest's temperature and normalised over the label set, gives
+label, confidence and top-k as the ONNX runtime returns them. No label outside the set can come out.
+
+extract: greedy generation constrained by a grammar built from the manifest's fields schema,
+max_tokens derived from that grammar, then validated against the schema: output that does not
+validate raises InvalidOutput, never a silent bad reply. Confidence is the probability the model
+gives the whole answer.
+
+Prompts are rebuilt from the manifest's `prompt` only (see `edge_agent.manifest.Prompt`), the
+contract the trainer used for training; export checks token for token that both sides agree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from edge_agent import schema
+from edge_agent.errors import ArtifactError, InvalidOutput, TooLarge
+from edge_agent.manifest import Manifest
+from edge_agent.runtimes import Prediction
+from edge_agent.runtimes.grammar import gbnf, max_bytes
+
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter, unless asked
+MAX_BRANCHES = 32  # labels scored side by side in one decode
+SLACK = 16  # spare cells in the context
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What generation produced: text, token count, log-probability of the whole answer."""
+
+    text: str
+    tokens: int
+    logprob: float
+    finished: bool
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
+
+
+class GgufRuntime:
+    """One GGUF artifact, task classify or extract."""
+
+    def __init__(self, folder: Path, manifest: Manifest, threads: int = 2) -> None:
+        if manifest.prompt is None:
+            raise ArtifactError(f"artifact {manifest.name}: manifest has no prompt section")
+        if manifest.task == "classify" and len(manifest.labels) < 2:
+            raise ArtifactError(f"artifact {manifest.name}: classify needs at least two labels")
+        if manifest.task == "extract" and not manifest.fields_schema:
+            raise ArtifactError(f"artifact {manifest.name}: extract needs a fields_schema")
+        if manifest.task not in ("classify", "extract"):
+            raise ArtifactError(f"artifact {manifest.name}: the gguf runtime serves classify or extract")
+        self.manifest, self.prompt = manifest, manifest.prompt
+        self.llm = Llama(folder / manifest.file("model").path)
+        self.grammar: Grammar | None = None
+        try:
+            self._prepare(threads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, threads: int) -> None:
+        before, after = self.prompt.parts()
+        self.before, self.after = self.piece_ids(before), self.piece_ids(after)
+        self.end = self.piece_ids(self.prompt.end)
+        self.label_ids = [self.plain(label) + self.end for label in self.manifest.labels]
+        fixed = 1 + len(self.before) + len(self.after) + self.manifest.max_input_tokens
+        if self.manifest.task == "classify":
+            n_seq = min(len(self.label_ids), MAX_BRANCHES) + 1
+            answer = sum(sorted(map(len, self.label_ids))[-(n_seq - 1) :])
+            self.max_new = max(map(len, self.label_ids))
+        else:
+            n_seq, fields = 1, self.manifest.fields_schema or {}
+            self.max_new = answer = max_bytes(fields) + 1 + len(self.end)
+            self.grammar = Grammar(self.llm, gbnf(fields))
+        self.llm.open(-(-(fixed + answer + SLACK) // 64) * 64, n_seq, threads)
+
+    # The prompt contract, as edge_agent.manifest.Prompt states it.
+    def plain(self, text: str) -> list[int]:
+        return self.llm.tokenize(text, special=False) if text else []
+
+    def piece_ids(self, piece: str) -> list[int]:
+        out: list[int] = []
+        for run, special in self.prompt.split(piece):
+            if not special:
+                out += self.plain(run)
+                continue
+            ids = self.llm.tokenize(run, special=True)
+            if len(ids) != 1:
+                raise ArtifactError(f"artifact {self.manifest.name}: {run!r} is not one token in the GGUF vocabulary")
+            out += ids
+        return out
+
+    def prompt_ids(self, text: str) -> list[int]:
+        ids = self.plain(text)
+        if len(ids) > self.manifest.max_input_tokens:
+            raise TooLarge(
+                f"text has {len(ids)} tokens; model {self.manifest.name} takes {self.manifest.max_input_tokens}"
+            )
+        bos = [self.llm.bos] if self.prompt.add_bos else []
+        return bos + self.before + ids + self.after
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.plain(answer) + self.end
+
+    def check_input(self, text: str) -> None:
+        limit = self.manifest.max_input_chars
+        if len(text) > limit:
+            raise TooLarge(f"text has {len(text)} characters; model {self.manifest.name} takes {limit}")
+
+    def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
+        if self.manifest.task == "extract":
+            return [self._extract(text) for text in texts]
+        return [self._classify(text, top_k) for text in texts]
+
+    def _classify(self, text: str, top_k: int) -> Prediction:
+        z = self.scores(text) / self.manifest.temperature
+        probs = np.exp(z - z.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs)[: max(1, top_k)]
+        top = [(self.manifest.labels[i], float(probs[i])) for i in order]
+        return Prediction(top[0][0], top[0][1], top)
+
+    def scores(self, text: str) -> np.ndarray:
+        """Per label: the sum of log-probabilities of its tokens and the end of turn after the prompt."""
+        ids = self.prompt_ids(text)
+        first = log_softmax(self.llm.prefill(ids))
+        out = np.zeros(len(self.label_ids))
+        width = self.llm.n_seq - 1
+        for start in range(0, len(self.label_ids), width):
+            chunk = list(range(start, min(start + width, len(self.label_ids))))
+            rows: list[tuple[int, int, int, bool]] = []
+            for k, j in enumerate(chunk):
+                self.llm.branch(k + 1)
+                toks = self.label_ids[j]
+                rows += [(t, len(ids) + i, k + 1, i < len(toks) - 1) for i, t in enumerate(toks)]
+            self.llm.decode(rows)
+            row = 0
+            for j in chunk:
+                toks = self.label_ids[j]
+                out[j] = first[toks[0]] + sum(
+                    float(log_softmax(self.llm.logits(row + i - 1))[toks[i]]) for i in range(1, len(toks))
+                )
+                row += len(toks)
+            for k in range(len(chunk)):
+                self.llm.drop(k + 1)
+        return out
+
+    def _extract(self, text: str) -> Prediction:
+        done = self.complete(text)
+        try:
+            value = json.loads(done.text)
+        except json.JSONDecodeError as exc:
+            raise InvalidOutput(f"model output is not JSON ({exc.msg}): {done.text[:200]!r}") from None
+        problems = schema.errors(value, self.manifest.fields_schema or {})
+        if problems:
+            raise InvalidOutput(f"model output does not match the fields schema: {problems[0]}")
+        label = value.get("intent") if self.manifest.labels else None
+        return Prediction(label if isinstance(label, str) else None, float(np.exp(done.logprob)), fields=value)
+
+    def complete(self, text: str, constrained: bool = True, max_tokens: int | None = None) -> Completion:
+        """Greedy generation after the prompt; under the grammar it stops when the JSON value closes."""
+        logits = self.llm.prefill(self.prompt_ids(text))
+        grammar = self.grammar if constrained else None
+        if grammar is not None:
+            grammar.reset()
+        out, tokens, logprob = bytearray(), list[int](), 0.0
+        for _ in range(max_tokens or self.max_new):
+            token = grammar.pick(logits) if grammar else int(np.argmax(logits))
+            if self.llm.is_eog(token):
+                return Completion(out.decode("utf-8", "replace").strip(), len(tokens), logprob, True)
+            logprob += float(log_softmax(logits)[token])
+            tokens.append(token)
+            if grammar is not None:
+                grammar.accept(token)
+            out += self.llm.piece(token)
+            if (grammar is not None and _closed(out)) or tokens[-len(self.end) :] == self.end:
+                return Completion(out.decode("utf-8", "replace").strip(), len(tokens), logprob, True)
+            logits = self.llm.append(token)
+        return Completion(out.decode("utf-8", "replace").strip(), len(tokens), logprob, False)
+
+    def close(self) -> None:
+        if self.grammar is not None:
+            self.grammar.close()
+        self.llm.close()
+
+
+def _closed(out: bytearray) -> bool:
+    """Whether the generated bytes already hold one complete JSON object."""
+    if not out.rstrip().endswith(b"}"):
+        return False
+    try:
+        json.loads(out.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+# The C handles, kept at the bottom so the policy above reads without ctypes in the way.
+_backend_ready = False
+
+
+def _backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+class Llama:
+    """Owner of the C handles; every method is blocking and not thread-safe (the pool has one worker)."""
+
+    def __init__(self, path: Path) -> None:
+        _backend()
+        params = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.model:
+            raise ArtifactError(f"{path}: llama.cpp cannot load it")
+        self.path = path
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.ctx: Any = None
+        self.cached: list[int] = []  # tokens held in sequence 0
+
+    def open(self, n_ctx: int, n_seq: int, threads: int) -> None:
+        """The context: `n_ctx` cells shared by `n_seq` sequences, a batch as large as the context."""
+        self.n_ctx, self.n_seq = n_ctx, n_seq
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = True  # branches share the prompt's cells instead of splitting the cache
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise ArtifactError(f"{self.path}: llama.cpp cannot make a context of {n_ctx} tokens")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(n_ctx, 0, n_seq)
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        """Token ids of `text`, never with BOS; `special` parses control-token strings as tokens."""
+        raw = text.encode("utf-8")
+        room = len(raw) + 8
+        buf = (llama_cpp.llama_token * room)()
+        n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), buf, room, False, special)
+        if n < 0:
+            raise ArtifactError(f"cannot tokenize a text of {len(raw)} bytes")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        return buf.raw[: max(0, n)]
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    @property
+    def bos(self) -> int:
+        return int(llama_cpp.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(llama_cpp.llama_vocab_eos(self.vocab))
+
+    def decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, wants_logits) rows."""
+        if len(rows) > self.n_ctx:
+            raise ArtifactError(f"{len(rows)} tokens do not fit a batch of {self.n_ctx}")
+        b = self.batch
+        for i, (token, pos, seq, logits) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(rows)
+        status = llama_cpp.llama_decode(self.ctx, b)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed ({status}): context of {self.n_ctx} tokens too small?")
+
+    def logits(self, row: int) -> np.ndarray:
+        """The logits of batch row `row` of the last decode (that row must have asked for them)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Put `ids` in sequence 0, reusing the longest cached prefix; the next token's logits."""
+        keep = 0
+        limit = min(len(self.cached), len(ids) - 1)
+        while keep < limit and self.cached[keep] == ids[keep]:
+            keep += 1
+        llama_cpp.llama_memory_seq_rm(self.memory, 0, keep, -1)
+        tail = ids[keep:]
+        self.decode([(t, keep + i, 0, i == len(tail) - 1) for i, t in enumerate(tail)])
+        self.cached = list(ids)
+        return self.logits(len(tail) - 1)
+
+    def append(self, token: int) -> np.ndarray:
+        """One more token at the end of sequence 0; the next token's logits."""
+        self.decode([(token, len(self.cached), 0, True)])
+        self.cached.append(token)
+        return self.logits(0)
+
+    def branch(self, seq: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self.memory, 0, seq, -1, -1)
+
+    def drop(self, seq: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+class Grammar:
+    """A grammar sampler used lazily, as llama.cpp's own sampler does: the greedy token is checked
+    alone first, and the whole vocabulary is masked only when the grammar rejects it."""
+
+    def __init__(self, llm: Llama, text: str) -> None:
+        self.sampler = llama_cpp.llama_sampler_init_grammar(llm.vocab, text.encode(), b"root")
+        if not self.sampler:
+            raise ArtifactError("llama.cpp rejects the grammar built from the fields schema")
+        self.one = (llama_cpp.llama_token_data * 1)()
+        self.all = (llama_cpp.llama_token_data * llm.n_vocab)()
+        self.view: Any = np.ctypeslib.as_array(self.all)
+        self.view["id"] = np.arange(llm.n_vocab)
+
+    def _apply(self, data: Any, size: int) -> None:
+        array = llama_cpp.llama_token_data_array(data, size, -1, False)
+        llama_cpp.llama_sampler_apply(self.sampler, ctypes.byref(array))
+
+    def pick(self, logits: np.ndarray) -> int:
+        best = int(np.argmax(logits))
+        first: Any = self.one[0]  # a ctypes struct; its fields take plain Python numbers
+        first.id, first.logit = best, float(logits[best])
+        self._apply(self.one, 1)
+        if np.isfinite(first.logit):
+            return best
+        self.view["logit"] = logits
+        self._apply(self.all, len(logits))
+        masked = self.view["logit"]
+        if not np.isfinite(masked).any():
+            raise RuntimeError("the grammar allows no token here")
+        return int(np.argmax(masked))
+
+    def accept(self, token: int) -> None:
+        llama_cpp.llama_sampler_accept(self.sampler, token)
+
+    def reset(self) -> None:
+        llama_cpp.llama_sampler_reset(self.sampler)
+
+    def close(self) -> None:
+        if self.sampler:
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None

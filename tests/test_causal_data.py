@@ -1,0 +1,91 @@
+"""The causal data stage: records to prompt/answer ids, with a plain template (Llama) or a chat one (Qwen2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.causal import converter, data, prompts, tiny
+from trainer.causal.finetune import choose_mode
+from trainer.errors import DataError, TrainerError
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("causal-bases")
+    records = tiny.write_records(root / "train.jsonl")
+    texts = tiny.corpus(records)
+    return {arch: tiny.make_base(root / arch, texts, arch) for arch in ("llama", "qwen2")}
+
+
+def test_tokenizer_loads_with_its_full_vocabulary(bases: dict[str, Path]) -> None:
+    for base in bases.values():
+        tokenizer = data.load_tokenizer(base)
+        assert type(tokenizer).__name__ == "LlamaTokenizer"  # the declared class, not Qwen2's byte-level BPE
+        assert len(tokenizer) == json.loads((base / "config.json").read_text())["vocab_size"] > 100
+
+
+def test_plain_prompt_for_a_base_without_chat_template(bases: dict[str, Path]) -> None:
+    tokenizer = data.load_tokenizer(bases["llama"])
+    prompt = prompts.make(tokenizer, "classify")
+    assert "### Request:\n{text}\n### Answer:\n" in prompt.template
+    assert prompt.stop == [] and prompt.end == "</s>" and prompt.add_bos and prompt.specials == ["</s>"]
+    ids = prompts.prompt_ids(tokenizer, prompt, "lights on")
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.bos_token_id not in ids[1:]
+    assert prompts.answer_ids(tokenizer, prompt, "lights_on")[-1] == tokenizer.eos_token_id
+
+
+def test_chat_prompt_comes_from_the_chat_template(bases: dict[str, Path]) -> None:
+    tokenizer = data.load_tokenizer(bases["qwen2"])
+    prompt = prompts.make(tokenizer, "extract")
+    before, after = prompt.parts()
+    assert before.startswith("<|im_start|>user\n") and after == "<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt.stop == ["<|im_end|>"] and set(prompt.specials) == {"<|im_start|>", "<|im_end|>"}
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert prompts.answer_ids(tokenizer, prompt, "{}")[-1] == end
+    smuggled = prompts.prompt_ids(tokenizer, prompt, "hi <|im_end|> there")
+    assert smuggled.count(end) == 1  # only the template's own end of turn; the user's text stays text
+
+
+def test_entities_become_fields_and_the_intent_leads(bases: dict[str, Path], tmp_path: Path) -> None:
+    train = tiny.write_records(tmp_path / "train.jsonl")
+    out = data.run(train, train, tmp_path / "data", bases["qwen2"], "extract", 32)
+    spec = data.TaskSpec.load(out)
+    assert spec.task == "extract" and spec.labels == ["lights_off", "lights_on", "weather"]
+    assert list(spec.fields_schema["properties"]) == ["intent", "house_place"]  # type: ignore[index]
+    row = data.load_split(out, "train")[0]
+    answer = json.loads(row["answer"])
+    assert answer == row["fields"] and next(iter(answer)) == "intent" and answer["intent"] == row["intent"]
+    assert spec.data["train"]["sha256"] and Path(spec.base).is_absolute()
+
+
+def test_fields_objects_are_read_and_bad_lines_named(bases: dict[str, Path], tmp_path: Path) -> None:
+    good = tmp_path / "fields.jsonl"
+    good.write_text(
+        "".join(json.dumps({"text": f"set {n} degrees", "fields": {"degrees": n}}) + "\n" for n in range(18, 24))
+    )
+    spec = data.TaskSpec.load(data.run(good, good, tmp_path / "d", bases["llama"], "extract", 32))
+    assert spec.labels == [] and spec.fields_schema["properties"]["degrees"]["type"] == "integer"  # type: ignore[index]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x", "fields": {}}) + "\n" + json.dumps({"text": "y", "fields": [1]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: `fields` must be a JSON object"):
+        data.read(bad, "extract")
+
+
+def test_qlora_without_cuda_is_one_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: QLoRA would run")
+    with pytest.raises(TrainerError, match="QLoRA needs a CUDA device"):
+        choose_mode("on")
+    assert choose_mode("auto") == "lora"
+
+
+def test_converter_pin_refuses_another_llama_cpp_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setattr(converter, "VERSION", "0.0.1")
+    with pytest.raises(TrainerError, match=r"pinned to 0\.0\.1"):
+        converter.ensure()

@@ -1,0 +1,54 @@
+"""Causal fine-tuning: loss on answers only, resumable checkpoints, QLoRA on a CUDA device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.causal import data, finetune, merge, tiny
+from trainer.causal.recipe import CausalRecipe
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("causal-ft")
+    records = tiny.write_records(root / "train.jsonl")
+    base = tiny.make_base(root / "base", tiny.corpus(records), "llama")
+    return data.run(records, records, root / "data", base, "classify", 32)
+
+
+def recipe(**kw: object) -> CausalRecipe:
+    return CausalRecipe(**{"lr": 1e-2, "batch_size": 8, "train_embeddings": True, "threads": 1, **kw})  # type: ignore[arg-type]
+
+
+def test_only_answer_tokens_carry_loss(data_dir: Path) -> None:
+    rows = data.load_split(data_dir, "train")[:3]
+    batch = finetune.collate(rows, pad=0)
+    for i, row in enumerate(rows):
+        labels = batch["labels"][i].tolist()
+        start, end = len(row["prompt_ids"]), len(row["prompt_ids"]) + len(row["answer_ids"])
+        assert labels[:start] == [finetune.IGNORE] * start and labels[start:end] == row["answer_ids"]
+        assert all(x == finetune.IGNORE for x in labels[end:])
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    finetune.run(data_dir, out, recipe(max_steps=4, checkpoint_every=2))
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step-0000002.pt", "step-0000004.pt"]
+    finetune.run(data_dir, out, recipe(max_steps=6, checkpoint_every=2))
+    history = json.loads((out / "stage.json").read_text())["results"]["history"]
+    assert [h["step"] for h in history] == [3, 4, 6]  # epoch ends (3 steps), first run's end, then 5-6 only
+    assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs a CUDA device; none here")
+def test_qlora_on_cuda_trains_and_merges(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    out = finetune.run(data_dir, tmp_path / "ft", recipe(max_steps=3, qlora="on", train_embeddings=False))
+    assert json.loads((out / "stage.json").read_text())["params"]["mode"] == "qlora"
+    merged = merge.run(out, tmp_path / "merged", "float16")
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.model").is_file()

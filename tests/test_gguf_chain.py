@@ -1,0 +1,154 @@
+"""The whole causal chain on tiny models made here: LoRA -> merge -> GGUF -> Q8_0/Q4_K_M -> the agent's
+GGUF runtime -> the daemon over MQTT. A Llama (plain prompt) learns to classify, a Qwen2 (ChatML
+chat template) to extract JSON fields; both are trained until they answer their task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
+
+from edge_agent.errors import InvalidOutput, TooLarge
+from edge_agent.manifest import Manifest, load
+from edge_agent.runtimes.gguf import GgufRuntime
+from tests.conftest import Agent, write_models
+from tests.mqtt_helpers import Broker, client
+from trainer.causal import data, gguf_export
+from trainer.causal.tiny import build_tiny_artifact, make_base
+from trainer.errors import TrainerError
+
+LIGHTS = {"turn on the lights in the kitchen": "lights_on", "switch the hall lights off": "lights_off"}
+WEATHER = {"will it rain today": "weather"}
+EXAMPLES = {**LIGHTS, **WEATHER}
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_artifact(tmp_path_factory.mktemp("gguf") / "tiny-classify", "llama", "classify")
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_artifact(tmp_path_factory.mktemp("gguf") / "tiny-extract", "qwen2", "extract")
+
+
+@pytest.fixture(scope="module")
+def classify_rt(classifier: Path) -> Iterator[GgufRuntime]:
+    runtime = GgufRuntime(classifier, load(classifier), threads=1)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="module")
+def extract_rt(extractor: Path) -> Iterator[GgufRuntime]:
+    runtime = GgufRuntime(extractor, load(extractor), threads=1)
+    yield runtime
+    runtime.close()
+
+
+def test_manifest_records_every_variant_and_its_real_tensor_types(classifier: Path, extractor: Path) -> None:
+    for artifact in (classifier, extractor):
+        manifest = load(artifact)
+        assert (
+            manifest.runtime == "gguf" and manifest.prompt is not None and manifest.file("model").path == "model.gguf"
+        )
+        variants = manifest.metrics["variants"]
+        assert set(variants) == {"f32", "q8_0", "q4_k_m"} and manifest.metrics["served"] == "q8_0"
+        assert variants["q4_k_m"]["size_bytes"] < variants["q8_0"]["size_bytes"] < variants["f32"]["size_bytes"]
+        assert "delta_vs_f32" in variants["q8_0"]["dev"]
+        # width 64 is not a multiple of 256: llama.cpp fell back from Q4_K; the manifest says what it did
+        assert "Q4_K" not in manifest.metrics["tensor_types"] and "Q8_0" in manifest.metrics["tensor_types"]
+    assert load(classifier).metrics["dev"]["intent_accuracy"] == 1.0
+    assert load(extractor).metrics["dev"]["json_valid"] == 1.0
+    assert load(extractor).prompt.stop == ["<|im_end|>"]  # type: ignore[union-attr]
+
+
+def test_classify_scores_the_label_set(classify_rt: GgufRuntime) -> None:
+    texts = list(EXAMPLES)
+    batch = classify_rt.predict(texts, top_k=3)
+    for text, pred in zip(texts, batch, strict=True):
+        assert pred.label == EXAMPLES[text] and pred.top[0] == (pred.label, pred.confidence)
+        assert abs(sum(p for _, p in pred.top) - 1) < 1e-6  # 3 labels: top-3 is the whole distribution
+        assert {label for label, _ in pred.top} == set(classify_rt.manifest.labels)
+
+
+def test_prefix_cache_does_not_change_scores(classify_rt: GgufRuntime, classifier: Path) -> None:
+    warm = [classify_rt.scores(t) for t in EXAMPLES]  # each call reuses the template prefix of the last
+    fresh = GgufRuntime(classifier, load(classifier), threads=1)
+    try:
+        cold = [fresh.scores(t) for t in reversed(list(EXAMPLES))][::-1]
+    finally:
+        fresh.close()
+    for a, b in zip(warm, cold, strict=True):
+        assert abs(a - b).max() < 1e-3
+
+
+def test_scoring_agrees_with_generation(classify_rt: GgufRuntime) -> None:
+    for text, label in EXAMPLES.items():
+        assert classify_rt.complete(text, constrained=False).text == label
+
+
+def test_too_many_tokens_is_too_large(classify_rt: GgufRuntime) -> None:
+    with pytest.raises(TooLarge, match="tokens"):
+        classify_rt.predict(["lights " * 40])
+
+
+def test_extract_returns_valid_fields(extract_rt: GgufRuntime) -> None:
+    pred = extract_rt.predict(["turn on the lights in the kitchen"])[0]
+    assert pred.fields == {"intent": "lights_on", "house_place": "kitchen"}
+    assert pred.label == "lights_on" and 0 < pred.confidence <= 1
+    assert extract_rt.predict(["will it rain today"])[0].fields == {"intent": "weather"}
+
+
+def test_output_that_fails_the_schema_raises_invalid_output(extractor: Path) -> None:
+    manifest = load(extractor)
+    schema = json.loads(json.dumps(manifest.fields_schema))
+    schema["properties"]["house_place"]["minLength"] = 50  # the grammar ignores it, validation does not
+    stricter = Manifest.model_validate({**manifest.model_dump(), "fields_schema": schema})
+    runtime = GgufRuntime(extractor, stricter, threads=1)
+    try:
+        with pytest.raises(InvalidOutput, match="fields schema"):
+            runtime.predict(["turn on the lights in the kitchen"])
+    finally:
+        runtime.close()
+
+
+def test_export_check_catches_a_tokenizer_that_differs(extractor: Path, tmp_path: Path) -> None:
+    """Training's tokenizer against the GGUF's, token for token: another vocabulary is caught."""
+    manifest = load(extractor)
+    spec = data.TaskSpec(
+        "extract",
+        manifest.labels,
+        manifest.prompt.model_dump(),
+        manifest.fields_schema,
+        manifest.max_input_tokens,  # type: ignore[union-attr]
+    )
+    samples = (list(EXAMPLES), ['{"intent":"weather"}'])
+    same = data.load_tokenizer(make_base(tmp_path / "same", ["unused"], "qwen2", vocab_size=300))
+    with pytest.raises(TrainerError, match="disagrees with the HF tokenizer"):
+        gguf_export.verify(extractor, "model.gguf", spec, same, samples)
+
+
+def test_agent_serves_both_over_mqtt(
+    classifier: Path, extractor: Path, broker: Broker, tmp_path: Path, agent_factory: Callable[..., Agent]
+) -> None:
+    models = [
+        {"name": "intent", "path": str(classifier), "threads": 1},
+        {"name": "fields", "path": str(extractor), "threads": 1},
+    ]
+    agent = agent_factory(write_models(tmp_path, models))
+    with client(broker.port) as c:
+        c.subscribe("me/+")
+        c.publish(f"{agent.prefix}/req/intent", json.dumps({"text": "will it rain today", "id": 1}), "me/a")
+        c.publish(f"{agent.prefix}/req/fields", json.dumps({"text": "switch the hall lights off", "id": 2}), "me/b")
+        first, second = c.get(topic="me/a").json(), c.get(topic="me/b").json()
+    assert first["id"] == 1 and first["label"] == "weather" and first["source"] == "local"
+    assert first["top"][0]["label"] == "weather" and "fields" not in first
+    assert second["id"] == 2 and second["task"] == "extract" and second["label"] == "lights_off"
+    assert second["fields"] == {"intent": "lights_off", "house_place": "hall"}
+    assert agent.stop() == 0

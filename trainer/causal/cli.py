@@ -1,0 +1,161 @@
+"""The causal verbs of `edge-trainer`: one per stage, plus `build-causal` for all of them.
+
+Registered into the main parser by `trainer.cli`; heavy imports happen inside the handlers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainer.causal.recipe import CausalRecipe
+
+TASKS = ("classify", "extract")
+
+
+def register(sub: Any) -> None:
+    _data(sub.add_parser("causal-data", help="JSONL -> prompt/answer ids with the base's (chat) template"))
+    _finetune(sub.add_parser("causal-finetune", help="LoRA (CPU) or QLoRA (CUDA) on a causal LM"))
+    _merge(sub.add_parser("causal-merge", help="fold the adapter into the base: a plain HF folder"))
+    _export(sub.add_parser("causal-export", help="HF -> GGUF (f16/f32) -> Q8_0, Q4_K_M, checked against HF"))
+    _evaluate(sub.add_parser("causal-evaluate", help="score every GGUF variant through the agent's runtime"))
+    _publish(sub.add_parser("causal-publish", help="one GGUF variant + reports + manifest = the artifact"))
+    _build(sub.add_parser("build-causal", help="every causal stage: a causal LM folder + JSONL -> GGUF artifact"))
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("recipe")
+    for f in dataclasses.fields(CausalRecipe):
+        kind: Callable[[str], Any] = _flag if isinstance(f.default, bool) else type(f.default)
+        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default {f.default})")
+
+
+def _recipe(a: argparse.Namespace) -> CausalRecipe:
+    return CausalRecipe(**{f.name: getattr(a, f.name) for f in dataclasses.fields(CausalRecipe)})
+
+
+def _quants(text: str) -> list[str]:
+    return [q.strip().lower() for q in text.split(",") if q.strip()]
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", type=Path, required=True, help="training JSONL (text + intent / fields / entities)")
+    p.add_argument("--dev", type=Path, required=True, help="dev JSONL: calibration, threshold, checks")
+    p.add_argument("--base", type=Path, required=True, help="local Hugging Face causal LM folder")
+    p.add_argument("--task", choices=TASKS, default="classify", help="classify: score labels; extract: JSON fields")
+    p.add_argument("--max-tokens", type=int, default=64, help="longest request text, in tokens (default 64)")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=lambda a: _stage("data").run(a.train, a.dev, a.out, a.base, a.task, a.max_tokens))
+
+
+def _finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", type=Path, help="output folder of `causal-data`")
+    p.add_argument("--out", type=Path, required=True, help="reruns into the same folder resume from its checkpoints")
+    _recipe_options(p)
+    p.set_defaults(handler=lambda a: _stage("finetune").run(a.data_dir, a.out, _recipe(a)))
+
+
+def _merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("finetune_dir", type=Path, help="output folder of `causal-finetune`")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), default="float16")
+    p.set_defaults(handler=lambda a: _stage("merge").run(a.finetune_dir, a.out, a.dtype))
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("merged_dir", type=Path, help="output folder of `causal-merge`")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quant", type=_quants, default=["q8_0", "q4_k_m"], help="comma list (default q8_0,q4_k_m)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(handler=lambda a: _stage("gguf_export").run(a.merged_dir, a.out, a.quant, a.threads))
+
+
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", type=Path, help="output folder of `causal-export`")
+    p.add_argument("--dev", type=Path, required=True, help="fits temperature and threshold")
+    p.add_argument("--test", type=Path, help="also report on this JSONL (never used to choose anything)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--target-accuracy", type=float, default=0.98)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(
+        handler=lambda a: _stage("evaluate").run(a.export_dir, a.dev, a.out, a.test, a.target_accuracy, a.threads)
+    )
+
+
+def _artifact_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="model name, as models.yaml refers to it")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--serve", default="q8_0", help="the variant the artifact ships (default q8_0)")
+    p.add_argument("--version", help="version string (default: UTC YYYYMMDD.HHMMSS)")
+    p.add_argument("--signing-key-file", type=Path, help="write manifest.sig (HMAC-SHA256) with this key")
+
+
+def _publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", type=Path, help="output folder of `causal-export`")
+    p.add_argument("--eval", type=Path, dest="eval_dir", required=True, help="output folder of `causal-evaluate`")
+    _artifact_options(p)
+    p.set_defaults(handler=_run_publish)
+
+
+def _run_publish(a: argparse.Namespace) -> Path:
+    from trainer import publish
+    from trainer.causal import publish as causal_publish
+
+    key = publish.read_key(a.signing_key_file)
+    return causal_publish.run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key)
+
+
+def _build(p: argparse.ArgumentParser) -> None:
+    _data_options(p)
+    _artifact_options(p)
+    p.add_argument("--quant", type=_quants, default=["q8_0", "q4_k_m"], help="comma list (default q8_0,q4_k_m)")
+    p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), default="float16", help="merged weights")
+    p.add_argument("--test", type=Path, help="also report on this JSONL (never used to choose anything)")
+    p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
+    p.add_argument("--target-accuracy", type=float, default=0.98)
+    p.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads for quantizing and evaluating")
+    _recipe_options(p)
+    p.set_defaults(handler=_run_build)
+
+
+def _run_build(a: argparse.Namespace) -> Path:
+    from trainer import publish
+    from trainer.causal import build
+
+    options = build.CausalBuild(
+        name=a.name,
+        out=a.out,
+        base=a.base,
+        task=a.task,
+        quants=a.quant,
+        serve=a.serve,
+        dtype=a.dtype,
+        work=a.work,
+        test=a.test,
+        max_tokens=a.max_tokens,
+        target_accuracy=a.target_accuracy,
+        version=a.version,
+        key=publish.read_key(a.signing_key_file),
+        threads=a.llama_threads,
+    )
+    return build.build(a.train, a.dev, options, _recipe(a))
+
+
+def _stage(name: str) -> Any:
+    """The stage module, imported only when its verb runs (torch and transformers are slow to import)."""
+    import importlib
+
+    return importlib.import_module(f"trainer.causal.{name}")

@@ -1,0 +1,243 @@
+"""Stage `causal-finetune`: LoRA (CPU or GPU) or QLoRA (bitsandbytes nf4 on CUDA) on any causal LM folder.
+
+Loss is on the answer tokens only: the prompt positions are masked with -100. Checkpoints every
+`checkpoint_every` steps (adapter, optimizer, schedule, step); a rerun into the same folder resumes
+from the latest one, in the same data order. Output folder: `adapter/` (peft), `task.json`, `stage.json`.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from trainer import stage
+from trainer.causal import data
+from trainer.causal.recipe import CausalRecipe
+from trainer.errors import TrainerError, UsageError
+
+IGNORE = -100
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+
+
+def run(data_dir: Path, out: Path, recipe: CausalRecipe | None = None, base: Path | None = None) -> Path:
+    """Fine-tune the base of `data_dir` (or `base`) on its examples; resumes from out/checkpoints."""
+    recipe = recipe or CausalRecipe()
+    stage.read(data_dir, "causal-data")
+    spec = data.TaskSpec.load(data_dir)
+    base = base or Path(spec.base)
+    train, dev = data.load_split(data_dir, "train"), data.load_split(data_dir, "dev")
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    if recipe.threads > 0:
+        torch.set_num_threads(recipe.threads)
+    mode = choose_mode(recipe.qlora)
+    model = with_lora(load_base(base, mode), recipe, mode)
+    started = time.monotonic()
+    history = Trainer(model, recipe, train, dev, out / CHECKPOINTS, pad_id(base)).fit()
+    model.save_pretrained(out / ADAPTER)
+    shutil.copy(data_dir / data.TASK_FILE, out / data.TASK_FILE)
+    stage.write(
+        out,
+        "causal-finetune",
+        {"recipe": asdict(recipe), "mode": mode, "base": str(base)},
+        {"train": data_dir / "train.jsonl"},
+        {"history": history, "seconds": round(time.monotonic() - started, 1)},
+    )
+    return out
+
+
+def choose_mode(qlora: str) -> str:
+    """qlora on a CUDA device; lora elsewhere, unless QLoRA was demanded (then a clear error)."""
+    if qlora not in ("auto", "on", "off"):
+        raise UsageError(f"--qlora {qlora!r}: use auto, on or off")
+    cuda = torch.cuda.is_available()
+    if qlora == "on" and not cuda:
+        raise TrainerError(
+            "QLoRA needs a CUDA device (bitsandbytes 4-bit); none found: use --qlora off for LoRA on CPU"
+        )
+    return "qlora" if cuda and qlora != "off" else "lora"
+
+
+def load_base(base: Path, mode: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if mode == "lora":
+        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        return model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise TrainerError(f"QLoRA needs bitsandbytes: {exc}") from None
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    from peft import prepare_model_for_kbit_training
+
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, device_map={"": 0})
+    return prepare_model_for_kbit_training(model)
+
+
+def with_lora(model: Any, recipe: CausalRecipe, mode: str) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = recipe.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in recipe.target_modules.split(",") if t.strip()]
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=targets,
+        modules_to_save=["embed_tokens", "lm_head"] if recipe.train_embeddings else None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def pad_id(base: Path) -> int:
+    tokenizer = data.load_tokenizer(base)
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def collate(batch: list[dict[str, Any]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids; labels are -100 on prompt and padding, so only answers are learnt."""
+    rows = [ex["prompt_ids"] + ex["answer_ids"] for ex in batch]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (ex, row) in enumerate(zip(batch, rows, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        start = len(ex["prompt_ids"])
+        labels[i, start : len(row)] = torch.tensor(ex["answer_ids"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class Trainer:
+    """The loop: fixed per-epoch order from the seed, so a resumed run sees the same batches."""
+
+    def __init__(
+        self,
+        model: Any,
+        recipe: CausalRecipe,
+        train: list[dict[str, Any]],
+        dev: list[dict[str, Any]],
+        ckpt: Path,
+        pad: int,
+    ) -> None:
+        self.model, self.recipe, self.train, self.dev, self.ckpt, self.pad = model, recipe, train, dev, ckpt, pad
+        self.per_epoch = max(1, (len(train) + recipe.batch_size - 1) // recipe.batch_size)
+        self.total = recipe.max_steps or self.per_epoch * recipe.epochs
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        warm = max(1, int(self.total * recipe.warmup))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min((s + 1) / warm, max(0.0, (self.total - s) / max(1, self.total - warm)))
+        )
+        self.step, self.history = 0, list[dict[str, float]]()
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = next(self.model.parameters()).device
+        return device
+
+    def batches(self, epoch: int) -> list[list[dict[str, Any]]]:
+        order = list(range(len(self.train)))
+        random.Random(self.recipe.seed * 1000 + epoch).shuffle(order)
+        size = self.recipe.batch_size
+        return [[self.train[j] for j in order[k : k + size]] for k in range(0, len(order), size)]
+
+    def fit(self) -> list[dict[str, float]]:
+        self.resume()
+        bar = tqdm(total=self.total, initial=self.step, desc="causal-finetune", unit="step")
+        while self.step < self.total:
+            epoch, offset = divmod(self.step, self.per_epoch)
+            for batch in self.batches(epoch)[offset:]:
+                loss = self.train_step(batch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if self.step % self.per_epoch == 0 or self.step == self.total:
+                    self.history.append({"step": self.step, "loss": round(loss, 4), **self.evaluate()})
+                    tqdm.write(f"causal-finetune: {self.history[-1]}")
+                if self.step % self.recipe.checkpoint_every == 0 or self.step == self.total:
+                    self.save()
+                if self.step >= self.total:
+                    break
+        bar.close()
+        return self.history
+
+    def train_step(self, batch: list[dict[str, Any]]) -> float:
+        self.model.train()
+        inputs = {k: v.to(self.device) for k, v in collate(batch, self.pad).items()}
+        loss = self.model(**inputs).loss
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        return float(loss.item())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Dev loss and answer exactness under teacher forcing: a cheap signal, not the real evaluation."""
+        self.model.eval()
+        losses, exact = [], 0
+        for k in range(0, len(self.dev), 32):
+            batch = collate(self.dev[k : k + 32], self.pad)
+            inputs = {name: v.to(self.device) for name, v in batch.items()}
+            out = self.model(**inputs)
+            losses.append(float(out.loss))
+            guess = out.logits[:, :-1].argmax(-1)
+            gold = inputs["labels"][:, 1:]
+            keep = gold != IGNORE
+            exact += int(((guess == gold) | ~keep).all(-1).sum())
+        return {
+            "dev_loss": round(sum(losses) / max(1, len(losses)), 4),
+            "dev_exact": round(exact / max(1, len(self.dev)), 4),
+        }
+
+    def save(self) -> None:
+        from peft import get_peft_model_state_dict
+
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "adapter": get_peft_model_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "history": self.history,
+        }
+        path = self.ckpt / f"step-{self.step:07d}.pt"
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+        for old in sorted(self.ckpt.glob("step-*.pt"))[:-2]:
+            old.unlink()
+
+    def resume(self) -> None:
+        from peft import set_peft_model_state_dict
+
+        found = sorted(self.ckpt.glob("step-*.pt")) if self.ckpt.is_dir() else []
+        if not found:
+            return
+        state = torch.load(found[-1], map_location=self.device, weights_only=False)
+        set_peft_model_state_dict(self.model, state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+        tqdm.write(f"causal-finetune: resuming from {found[-1].name}")

@@ -1,0 +1,129 @@
+"""Stage `causal-export`: merged HF folder -> GGUF with llama.cpp's converter (f16, or f32 for an f32
+merge) -> Q8_0 and Q4_K_M with llama.cpp's quantizer -> each file checked against the HF tokenizer.
+
+The check loads every GGUF through the agent's own runtime and compares: BOS and EOS ids, the chat
+template, and the token ids of prompts and answers (training's ids against serving's). A mismatch
+stops the export: a model that is served with other ids than it was trained with is broken silently.
+
+Output folder: model.{f16|f32|q8_0|q4_k_m}.gguf, task.json, stage.json (sizes, tensor types, checks).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from edge_agent.runtimes.gguf import GgufRuntime
+from trainer import stage
+from trainer.causal import converter, data, prompts
+from trainer.causal.publish import build_manifest
+from trainer.errors import TrainerError, UsageError
+
+OUTTYPES = {"float16": "f16", "float32": "f32", "bfloat16": "bf16"}
+QUANTS = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+SAMPLES = 32  # dev prompts and answers compared token for token
+TRICKY = ["Ünïcode, emoji 🚀 and   spaces", "a line\nbreak {text} </s> <|im_end|> <s>"]
+
+
+def run(merged: Path, out: Path, quants: list[str] | None = None, threads: int = 2, cache: Path | None = None) -> Path:
+    quants = ["q8_0", "q4_k_m"] if quants is None else quants
+    unknown = [q for q in quants if q not in QUANTS]
+    if unknown:
+        raise UsageError(f"--quant {','.join(unknown)}: choose from {', '.join(QUANTS)}")
+    meta = stage.read(merged, "causal-merge")
+    reference = OUTTYPES[meta["params"]["dtype"]]
+    out.mkdir(parents=True, exist_ok=True)
+    files = {reference: f"model.{reference}.gguf"}
+    converter.convert(merged, out / files[reference], reference, cache)
+    for quant in quants:
+        files[quant] = f"model.{quant}.gguf"
+        quantize(out / files[reference], out / files[quant], quant, threads)
+    shutil.copy(merged / data.TASK_FILE, out / data.TASK_FILE)
+    spec = data.TaskSpec.load(out)
+    tokenizer = data.load_tokenizer(merged)
+    samples = _samples(spec)
+    results: dict[str, Any] = {"files": files, "reference": reference}
+    results["sizes"] = {name: (out / rel).stat().st_size for name, rel in files.items()}
+    results["tensor_types"] = {name: converter.tensor_types(out / rel, cache) for name, rel in files.items()}
+    results["checks"] = {name: verify(out, rel, spec, tokenizer, samples) for name, rel in files.items()}
+    params = {
+        "quants": quants,
+        "converter": f"llama-cpp-python {converter.VERSION} sdist",
+        "sha256": converter.SDIST_SHA256,
+    }
+    stage.write(out, "causal-export", params, {"merged": merged}, results)
+    return out
+
+
+def quantize(source: Path, target: Path, quant: str, threads: int) -> Path:
+    """llama.cpp's quantizer; where a width does not fit the block size it picks another type itself."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANTS[quant]
+    params.nthread = threads
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    if status != 0 or not target.is_file():
+        raise TrainerError(f"llama_model_quantize {quant} failed on {source} ({status})")
+    return target
+
+
+def _samples(spec: data.TaskSpec) -> tuple[list[str], list[str]]:
+    """Texts and answers to compare: dev's first examples, every label, and a few awkward strings."""
+    texts, answers = list(TRICKY), list(spec.labels)
+    dev = spec.data.get("dev", {}).get("path")
+    if dev and Path(dev).is_file():
+        rows = data.read(Path(dev), spec.task, spec.fields_schema)[:SAMPLES]
+        texts += [r.text for r in rows]
+        answers += [spec.answer(r) for r in rows]
+    return texts, answers
+
+
+def verify(
+    folder: Path, relpath: str, spec: data.TaskSpec, tokenizer: Any, samples: tuple[list[str], list[str]]
+) -> dict[str, Any]:
+    """Serving's view of the GGUF against training's; TrainerError on the first difference."""
+    manifest = build_manifest(folder, [(relpath, "model")], spec)
+    runtime = GgufRuntime(folder, manifest, threads=1)
+    try:
+        problems = _differences(runtime, spec, tokenizer, samples)
+    finally:
+        runtime.close()
+    if problems:
+        raise TrainerError(f"{folder / relpath}: GGUF disagrees with the HF tokenizer: {problems[0]}")
+    texts, answers = samples
+    return {
+        "prompts": len(texts),
+        "answers": len(answers),
+        "bos_eos": "match",
+        "chat_template": _has_template(tokenizer),
+    }
+
+
+def _has_template(tokenizer: Any) -> str:
+    return "match" if getattr(tokenizer, "chat_template", None) else "none"
+
+
+def _differences(
+    runtime: GgufRuntime, spec: data.TaskSpec, tokenizer: Any, samples: tuple[list[str], list[str]]
+) -> list[str]:
+    prompt, llm = spec.prompt_model, runtime.llm
+    found = []
+    for name, ours_id, hf_id in (("BOS", llm.bos, tokenizer.bos_token_id), ("EOS", llm.eos, tokenizer.eos_token_id)):
+        if hf_id is not None and ours_id != hf_id:
+            found.append(f"{name} is {ours_id} in the GGUF, {hf_id} in HF")
+    template = getattr(tokenizer, "chat_template", None)
+    if template and llm.meta("tokenizer.chat_template") != template:
+        found.append("the GGUF's chat template is not the HF tokenizer's")
+    texts, answers = samples
+    for text in texts:
+        if len(prompts.plain(tokenizer, text)) <= spec.max_input_tokens:
+            ours, theirs = runtime.prompt_ids(text), prompts.prompt_ids(tokenizer, prompt, text)
+            if ours != theirs:
+                found.append(f"prompt for {text!r}: GGUF {ours} vs HF {theirs}")
+    for answer in answers:
+        ours, theirs = runtime.answer_ids(answer), prompts.answer_ids(tokenizer, prompt, answer)
+        if ours != theirs:
+            found.append(f"answer {answer!r}: GGUF {ours} vs HF {theirs}")
+    return found
