@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is 
 
 from edge_agent.errors import InvalidOutput, TooLarge
 from edge_agent.manifest import Manifest, load
-from edge_agent.runtimes.gguf import GgufRuntime
+from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from tests.conftest import Agent, write_models
 from tests.mqtt_helpers import Broker, client
 from trainer.causal import data, gguf_export
@@ -86,6 +86,17 @@ def test_prefix_cache_does_not_change_scores(classify_rt: GgufRuntime, classifie
         fresh.close()
     for a, b in zip(warm, cold, strict=True):
         assert abs(a - b).max() < 1e-3
+
+
+def test_label_tree_equals_scoring_token_by_token(classify_rt: GgufRuntime) -> None:
+    text = "switch the hall lights off"
+    scores = classify_rt.scores(text)
+    for j, toks in enumerate(classify_rt.label_ids):
+        logits, total = classify_rt.llm.prefill(classify_rt.prompt_ids(text)), 0.0
+        for token in toks:
+            total += float(log_softmax(logits)[token])
+            logits = classify_rt.llm.append(token)
+        assert abs(total - scores[j]) < 1e-3
 
 
 def test_scoring_agrees_with_generation(classify_rt: GgufRuntime) -> None:

@@ -35,6 +35,7 @@ from edge_agent.runtimes.grammar import gbnf, max_bytes
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter, unless asked
 MAX_BRANCHES = 32  # labels scored side by side in one decode
 SLACK = 16  # spare cells in the context
+Row = tuple[int, int, list[int], bool]  # a batch row: token, position, sequences, wants logits
 
 
 @dataclass(frozen=True)
@@ -136,29 +137,50 @@ class GgufRuntime:
         return Prediction(top[0][0], top[0][1], top)
 
     def scores(self, text: str) -> np.ndarray:
-        """Per label: the sum of log-probabilities of its tokens and the end of turn after the prompt."""
+        """Per label: the sum of log-probabilities of its tokens and the end of turn after the prompt.
+
+        The labels' tokens go in as a prefix tree, each node once, in the sequences of every label
+        that passes through it ("alarm_" once for alarm_query, alarm_set...); a label's last token
+        needs no pass at all. One decode per chunk of labels.
+        """
         ids = self.prompt_ids(text)
         first = log_softmax(self.llm.prefill(ids))
         out = np.zeros(len(self.label_ids))
         width = self.llm.n_seq - 1
         for start in range(0, len(self.label_ids), width):
             chunk = list(range(start, min(start + width, len(self.label_ids))))
-            rows: list[tuple[int, int, int, bool]] = []
-            for k, j in enumerate(chunk):
+            rows, where = self._tree([self.label_ids[j] for j in chunk], len(ids))
+            for k in range(len(chunk)):
                 self.llm.branch(k + 1)
-                toks = self.label_ids[j]
-                rows += [(t, len(ids) + i, k + 1, i < len(toks) - 1) for i, t in enumerate(toks)]
             self.llm.decode(rows)
-            row = 0
+            cache: dict[int, np.ndarray] = {}
             for j in chunk:
                 toks = self.label_ids[j]
-                out[j] = first[toks[0]] + sum(
-                    float(log_softmax(self.llm.logits(row + i - 1))[toks[i]]) for i in range(1, len(toks))
-                )
-                row += len(toks)
+                out[j] = first[toks[0]]
+                for depth in range(1, len(toks)):
+                    row = where[tuple(toks[:depth])]
+                    if row not in cache:
+                        cache[row] = log_softmax(self.llm.logits(row))
+                    out[j] += cache[row][toks[depth]]
             for k in range(len(chunk)):
                 self.llm.drop(k + 1)
         return out
+
+    @staticmethod
+    def _tree(labels: list[list[int]], at: int) -> tuple[list[Row], dict[tuple[int, ...], int]]:
+        """Batch rows for the labels' prefixes (parents before children) and each prefix's row."""
+        where: dict[tuple[int, ...], int] = {}
+        seqs: list[list[int]] = []
+        rows: list[Row] = []
+        for k, toks in enumerate(labels):
+            for depth in range(1, len(toks)):
+                prefix = tuple(toks[:depth])
+                if prefix not in where:
+                    where[prefix] = len(rows)
+                    seqs.append([])
+                    rows.append((toks[depth - 1], at + depth - 1, seqs[-1], True))
+                seqs[where[prefix]].append(k + 1)
+        return rows, where
 
     def _extract(self, text: str) -> Prediction:
         done = self.complete(text)
@@ -282,14 +304,15 @@ class Llama:
     def eos(self) -> int:
         return int(llama_cpp.llama_vocab_eos(self.vocab))
 
-    def decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        """One llama_decode of (token, position, sequence, wants_logits) rows."""
+    def decode(self, rows: list[Row]) -> None:
+        """One llama_decode of (token, position, sequences, wants_logits) rows."""
         if len(rows) > self.n_ctx:
             raise ArtifactError(f"{len(rows)} tokens do not fit a batch of {self.n_ctx}")
         b = self.batch
-        for i, (token, pos, seq, logits) in enumerate(rows):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
-            b.seq_id[i][0] = seq
+        for i, (token, pos, seqs, logits) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, len(seqs), logits
+            for n, seq in enumerate(seqs):
+                b.seq_id[i][n] = seq
         b.n_tokens = len(rows)
         status = llama_cpp.llama_decode(self.ctx, b)
         if status != 0:
@@ -308,13 +331,13 @@ class Llama:
             keep += 1
         llama_cpp.llama_memory_seq_rm(self.memory, 0, keep, -1)
         tail = ids[keep:]
-        self.decode([(t, keep + i, 0, i == len(tail) - 1) for i, t in enumerate(tail)])
+        self.decode([(t, keep + i, [0], i == len(tail) - 1) for i, t in enumerate(tail)])
         self.cached = list(ids)
         return self.logits(len(tail) - 1)
 
     def append(self, token: int) -> np.ndarray:
         """One more token at the end of sequence 0; the next token's logits."""
-        self.decode([(token, len(self.cached), 0, True)])
+        self.decode([(token, len(self.cached), [0], True)])
         self.cached.append(token)
         return self.logits(0)
 
