@@ -20,6 +20,7 @@ from edge_agent.manifest import Prompt
 from trainer import records, stage
 from trainer.causal import fields, prompts
 from trainer.causal.prompts import CausalTask
+from trainer.data import load_split as load_split  # the causal stages read splits like the encoder path
 from trainer.errors import DataError, UsageError
 
 TASK_FILE = "task.json"
@@ -235,8 +236,3 @@ def _write(path: Path, exs: list[Example], spec: TaskSpec, tokenizer: Any) -> di
             file=sys.stderr,
         )
     return {"examples": kept, "too_long": too_long}
-
-
-def load_split(folder: Path, name: str) -> list[dict[str, Any]]:
-    with (folder / f"{name}.jsonl").open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
