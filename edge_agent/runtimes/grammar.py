@@ -4,7 +4,8 @@ Own code rather than llama-cpp-python's json-schema converter because the answer
 exactly the form training used: compact JSON, keys in schema order, optional keys skipped in place,
 and every part bounded (enums, maxLength, digit counts, maxItems), so max_tokens follows from it.
 The output is validated again after generation (`edge_agent.schema`): the grammar shapes, the
-validator decides.
+validator decides. `maxProperties` is not in the grammar; it bounds max_tokens, and an answer cut
+there fails validation.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ DEFAULT_MAX_LENGTH = 64  # strings without maxLength
 DEFAULT_MAX_ITEMS = 8  # arrays without maxItems
 DEFAULT_DIGITS = 9  # numbers without a range
 FRACTION_DIGITS = 6
-CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
-CHAR_BYTES = 6  # the longest one string character can be on the wire: \uXXXX
+CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" ["\\/bfnrt]'  # no \uXXXX: answers are rendered with ensure_ascii=False
+CHAR_BYTES = 4  # the longest one string character can be: a 4-byte UTF-8 sequence
 
 
 def literal(text: str) -> str:
@@ -132,4 +133,8 @@ def max_bytes(schema: dict[str, Any]) -> int:
         top = int(schema.get("maxItems", DEFAULT_MAX_ITEMS))
         return 2 + top * (max_bytes(schema.get("items", {"type": "string"})) + 1)
     props: dict[str, Any] = schema.get("properties", {})
-    return 2 + sum(len(json.dumps(k, ensure_ascii=False).encode()) + 2 + max_bytes(v) for k, v in props.items())
+    sizes = {k: len(json.dumps(k, ensure_ascii=False).encode()) + 2 + max_bytes(v) for k, v in props.items()}
+    required = [k for k in schema.get("required", []) if k in sizes]
+    optional = sorted((n for k, n in sizes.items() if k not in required), reverse=True)
+    room = int(schema.get("maxProperties", len(sizes))) - len(required)
+    return 2 + sum(sizes[k] for k in required) + sum(optional[: max(0, room)])

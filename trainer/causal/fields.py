@@ -45,7 +45,14 @@ def infer_schema(rows: list[dict[str, Any]], labels: list[str], closed_sets: boo
         props[name] = _property(name, [row[name] for row in rows if name in row], closed_sets)
     required = [INTENT] if labels else []
     required += [n for n in names if all(n in row for row in rows)]
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+    most = max((len(row) for row in rows), default=0)
+    return {
+        "type": "object",
+        "properties": props,
+        "required": required,
+        "additionalProperties": False,
+        "maxProperties": max(len(required), most + 1),  # bounds the answer's length, hence max_tokens
+    }
 
 
 def _property(name: str, values: list[Any], closed: bool) -> dict[str, Any]:
