@@ -74,6 +74,31 @@ def test_fields_objects_are_read_and_bad_lines_named(bases: dict[str, Path], tmp
         data.read(bad, "extract")
 
 
+def test_an_intent_among_the_fields_is_the_label(tmp_path: Path) -> None:
+    path = tmp_path / "fields.jsonl"
+    rows = [
+        {"text": "heat to 20", "fields": {"intent": "heat", "degrees": 20}},
+        {"text": "stop", "intent": "stop", "fields": {}},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first = data.read(path, "extract")[0]
+    assert first.intent == "heat" and first.fields == {"intent": "heat", "degrees": 20}
+    rows[1] = {"text": "stop", "intent": "stop", "fields": {"intent": "halt"}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"fields.jsonl:2: `intent` 'stop' and `fields.intent` 'halt' disagree"):
+        data.read(path, "extract")
+
+
+@pytest.mark.parametrize("task", ["classify", "extract"])
+def test_a_file_that_is_not_utf8_is_a_data_error(tmp_path: Path, task: str) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(
+        json.dumps({"text": "lights on", "intent": "on"}).encode() + b"\n" + '{"text": "caf\u00e9"}'.encode("latin-1")
+    )
+    with pytest.raises(DataError, match="not UTF-8"):
+        data.read(path, task)  # type: ignore[arg-type]
+
+
 def test_qlora_without_cuda_is_one_clear_error() -> None:
     import torch
 

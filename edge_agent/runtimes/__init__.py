@@ -47,8 +47,9 @@ class Runtime(Protocol):
     def check_input(self, text: str) -> None:
         """Raise TooLarge before any work when the text exceeds the model's limits."""
 
-    def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
-        """Predictions for a batch of texts, in order."""
+    def predict(self, texts: list[str], top_k: int = 3, deadline: float | None = None) -> list[Prediction]:
+        """Predictions for a batch of texts, in order. A runtime whose work can run long (generation)
+        stops with Timeout once `deadline` (time.monotonic()) passes, freeing the model's worker."""
         ...
 
     def close(self) -> None:

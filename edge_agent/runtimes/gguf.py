@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import llama_cpp
 import numpy as np
 
 from edge_agent import schema
-from edge_agent.errors import ArtifactError, InvalidOutput, TooLarge
+from edge_agent.errors import ArtifactError, InvalidOutput, Timeout, TooLarge
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.grammar import gbnf, max_bytes
@@ -134,20 +135,20 @@ class GgufRuntime:
         if len(text) > limit:
             raise TooLarge(f"text has {len(text)} characters; model {self.manifest.name} takes {limit}")
 
-    def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
+    def predict(self, texts: list[str], top_k: int = 3, deadline: float | None = None) -> list[Prediction]:
         if self.manifest.task == "extract":
-            return [self._extract(text) for text in texts]
-        return [self._classify(text, top_k) for text in texts]
+            return [self._extract(text, deadline) for text in texts]
+        return [self._classify(text, top_k, deadline) for text in texts]
 
-    def _classify(self, text: str, top_k: int) -> Prediction:
-        z = self.scores(text) / self.manifest.temperature
+    def _classify(self, text: str, top_k: int, deadline: float | None) -> Prediction:
+        z = self.scores(text, deadline) / self.manifest.temperature
         probs = np.exp(z - z.max())
         probs /= probs.sum()
         order = np.argsort(-probs)[: max(1, top_k)]
         top = [(self.manifest.labels[i], float(probs[i])) for i in order]
         return Prediction(top[0][0], top[0][1], top)
 
-    def scores(self, text: str) -> np.ndarray:
+    def scores(self, text: str, deadline: float | None = None) -> np.ndarray:
         """Per label: the sum of log-probabilities of its tokens and the end of turn after the prompt.
 
         Branch and bound over the labels' prefix tree: the greedy path through the tree gives one
@@ -160,7 +161,7 @@ class GgufRuntime:
         """
         ids = self.prompt_ids(text)
         first = log_softmax(self.llm.prefill(ids))
-        known = self._greedy(first)
+        known = self._greedy(first, deadline)
         best = max(value for prefix, value in known.items() if prefix in self.whole)
         margin = PRUNE * max(1.0, self.manifest.temperature)
         out, exact = np.zeros(len(self.label_ids)), []
@@ -176,7 +177,7 @@ class GgufRuntime:
                 out[j] = value
         return out
 
-    def _greedy(self, first: np.ndarray) -> dict[tuple[int, ...], float]:
+    def _greedy(self, first: np.ndarray, deadline: float | None) -> dict[tuple[int, ...], float]:
         """Follow the most likely token among the labels' continuations, as generation would (sequence 0
         grows by those tokens). Returns the log-probability of every prefix seen on the way: the path
         and each step's alternatives, whose values bound every label below them."""
@@ -189,6 +190,7 @@ class GgufRuntime:
             token = max(self.children[prefix], key=lambda t: logprobs[t])
             prefix, total = (*prefix, token), known[(*prefix, token)]
             if prefix not in self.whole:
+                self._in_time(deadline)
                 logprobs = log_softmax(self.llm.append(token))
         return known
 
@@ -229,8 +231,12 @@ class GgufRuntime:
                 seqs[where[prefix]].append(k + 1)
         return rows, where
 
-    def _extract(self, text: str) -> Prediction:
-        done = self.complete(text)
+    def _in_time(self, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout(f"model {self.manifest.name} ran past the request's deadline")
+
+    def _extract(self, text: str, deadline: float | None) -> Prediction:
+        done = self.complete(text, deadline=deadline)
         try:
             value = json.loads(done.text)
         except json.JSONDecodeError as exc:
@@ -241,8 +247,11 @@ class GgufRuntime:
         label = value.get("intent") if self.manifest.labels else None
         return Prediction(label if isinstance(label, str) else None, float(np.exp(done.logprob)), fields=value)
 
-    def complete(self, text: str, constrained: bool = True, max_tokens: int | None = None) -> Completion:
-        """Greedy generation after the prompt; under the grammar it stops when the JSON value closes."""
+    def complete(
+        self, text: str, constrained: bool = True, max_tokens: int | None = None, deadline: float | None = None
+    ) -> Completion:
+        """Greedy generation after the prompt; under the grammar it stops when the JSON value closes.
+        Past `deadline` it stops with Timeout (checked before every token)."""
         logits = self.llm.prefill(self.prompt_ids(text))
         grammar = self.grammar if constrained else None
         if grammar is not None:
@@ -259,6 +268,7 @@ class GgufRuntime:
             out += self.llm.piece(token)
             if (grammar is not None and _closed(out)) or tokens[-len(self.end) :] == self.end:
                 return Completion(out.decode("utf-8", "replace").strip(), len(tokens), logprob, True)
+            self._in_time(deadline)
             logits = self.llm.append(token)
         return Completion(out.decode("utf-8", "replace").strip(), len(tokens), logprob, False)
 
@@ -444,7 +454,7 @@ class Grammar:
         self._apply(self.all, len(logits))
         masked = self.view["logit"]
         if not np.isfinite(masked).any():
-            raise RuntimeError("the grammar allows no token here")
+            raise InvalidOutput("the fields grammar allows no token here (the model cannot finish the JSON)")
         return int(np.argmax(masked))
 
     def accept(self, token: int) -> None:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.causal.recipe import CausalRecipe
+from trainer.errors import TrainerError
+
+EXTRAS = {"llama_cpp": "gguf", "torch": "trainer", "transformers": "trainer", "peft": "trainer"}  # module: extra
 
 TASKS = ("classify", "extract")
 
@@ -112,10 +115,9 @@ def _publish(p: argparse.ArgumentParser) -> None:
 
 def _run_publish(a: argparse.Namespace) -> Path:
     from trainer import publish
-    from trainer.causal import publish as causal_publish
 
     key = publish.read_key(a.signing_key_file)
-    return causal_publish.run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key)
+    return _stage("publish").run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key)
 
 
 def _build(p: argparse.ArgumentParser) -> None:
@@ -133,8 +135,8 @@ def _build(p: argparse.ArgumentParser) -> None:
 
 def _run_build(a: argparse.Namespace) -> Path:
     from trainer import publish
-    from trainer.causal import build
 
+    build = _stage("build")
     options = build.CausalBuild(
         name=a.name,
         out=a.out,
@@ -158,4 +160,10 @@ def _stage(name: str) -> Any:
     """The stage module, imported only when its verb runs (torch and transformers are slow to import)."""
     import importlib
 
-    return importlib.import_module(f"trainer.causal.{name}")
+    try:
+        return importlib.import_module(f"trainer.causal.{name}")
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        raise TrainerError(f"the causal path needs {exc.name} here: pip install 'edge-agent[{extra}]'") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,22 @@ def load_tokenizer(base: Path) -> Any:
     declared = _declared_class(base)
     if declared and not (base / "tokenizer.json").is_file() and hasattr(transformers, declared):
         loader = getattr(transformers, declared)
-    tokenizer = loader.from_pretrained(base)
-    embedded = int(transformers.AutoConfig.from_pretrained(base).vocab_size)
+    try:
+        tokenizer = loader.from_pretrained(base)
+        config = transformers.AutoConfig.from_pretrained(base)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{base}: transformers cannot load its tokenizer: {_first_line(exc)}") from None
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(arch.endswith("ForCausalLM") for arch in archs):
+        raise UsageError(f"{base}: not a causal LM (its config names {', '.join(archs)})")
+    embedded = int(config.vocab_size)
     if not embedded // 2 <= len(tokenizer) <= embedded:
         raise UsageError(f"{base}: tokenizer has {len(tokenizer)} tokens but the model embeds {embedded}")
     return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _declared_class(base: Path) -> str | None:
@@ -115,27 +127,32 @@ def read(path: Path, task: CausalTask, schema: dict[str, Any] | None = None) -> 
     ]
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines; a file that is not UTF-8 is a DataError at its first bad line."""
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if raw.strip():
+                    yield number, raw
+    except UnicodeDecodeError:
+        raise DataError(path, number + 1, "not UTF-8 text (save the file as UTF-8)") from None
+
+
 def _first_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, None, "no such file")
-    with path.open(encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if raw.strip():
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise DataError(path, number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-                return obj if isinstance(obj, dict) else {}
+    for number, raw in _lines(path):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        return obj if isinstance(obj, dict) else {}
     raise DataError(path, 1, "file is empty (no JSON records)")
 
 
 def _read_fields(path: Path) -> list[Example]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if raw.strip():
-                out.append(_fields_line(path, number, raw))
-    return out
+    return [_fields_line(path, number, raw) for number, raw in _lines(path)]
 
 
 def _fields_line(path: Path, line: int, raw: str) -> Example:
@@ -148,6 +165,10 @@ def _fields_line(path: Path, line: int, raw: str) -> Example:
     values, intent = obj.get("fields"), obj.get("intent")
     if not isinstance(values, dict):
         raise DataError(path, line, "`fields` must be a JSON object")
+    inner = values.get(fields.INTENT)
+    if intent is not None and inner is not None and inner != intent:
+        raise DataError(path, line, f"`intent` {intent!r} and `fields.intent` {inner!r} disagree")
+    intent = intent if intent is not None else inner  # an intent given among the fields is the label too
     if intent is not None and (not isinstance(intent, str) or not intent.strip()):
         raise DataError(path, line, "`intent` must be a non-empty string")
     merged = {fields.INTENT: intent, **values} if intent else dict(values)

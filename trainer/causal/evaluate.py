@@ -180,7 +180,7 @@ def _summary(variants: dict[str, Any], reference: str, task: str) -> dict[str, A
     keys = HEADLINE if task == "extract" else HEADLINE[:2]
     out: dict[str, Any] = {}
     for name, results in variants.items():
-        row: dict[str, Any] = {"size_bytes": results["metrics"]["size_bytes"]}
+        row: dict[str, Any] = {k: results["metrics"][k] for k in ("size_bytes", "tensor_types")}
         for split in ("dev", "test"):
             if split not in results["metrics"]:
                 continue

@@ -7,8 +7,10 @@ from the latest one, in the same data order. Output folder: `adapter/` (peft), `
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -63,6 +65,9 @@ def choose_mode(qlora: str) -> str:
         raise TrainerError(
             "QLoRA needs a CUDA device (bitsandbytes 4-bit); none found: use --qlora off for LoRA on CPU"
         )
+    if qlora == "auto" and cuda and importlib.util.find_spec("bitsandbytes") is None:
+        print("QLoRA skipped: bitsandbytes is not installed; LoRA on the GPU instead", file=sys.stderr)
+        return "lora"
     return "qlora" if cuda and qlora != "off" else "lora"
 
 
@@ -72,10 +77,10 @@ def load_base(base: Path, mode: str) -> Any:
     if mode == "lora":
         model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         return model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        from transformers import BitsAndBytesConfig
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise TrainerError(f"QLoRA needs bitsandbytes: {exc}") from None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainerError("QLoRA needs bitsandbytes: pip install 'edge-agent[trainer,qlora]' (or --qlora off)")
+    from transformers import BitsAndBytesConfig
+
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -67,6 +67,8 @@ def run(
     files = exported["results"]["files"]
     if variant not in files:
         raise UsageError(f"--serve {variant!r}: the export holds {', '.join(files)}")
+    if variant not in evaluation["variants"]:
+        raise UsageError(f"--serve {variant!r} was not evaluated ({eval_dir}): run causal-evaluate again")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     shutil.copy(export_dir / files[variant], staging / MODEL)
