@@ -20,8 +20,9 @@ from edge_agent.runtimes import gguf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from tests.conftest import Agent, write_models
 from tests.mqtt_helpers import Broker, client
+from trainer import cli as trainer_cli
 from trainer.causal import data, gguf_export
-from trainer.causal.tiny import build_tiny_artifact, make_base
+from trainer.causal.tiny import build_tiny_artifact, corpus, make_base, write_records
 from trainer.errors import TrainerError
 
 LIGHTS = {"turn on the lights in the kitchen": "lights_on", "switch the hall lights off": "lights_off"}
@@ -36,7 +37,16 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def extractor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("gguf") / "tiny-extract", "qwen2", "extract")
+    """Through the one command a user runs: `edge-trainer build-causal` (in process)."""
+    root = tmp_path_factory.mktemp("gguf")
+    records = write_records(root / "train.jsonl")
+    base = make_base(root / "base", corpus(records), "qwen2")
+    recipe = "--lr 1e-2 --batch-size 8 --max-steps 150 --train-embeddings true --lora-dropout 0 --warmup 0.05"
+    argv = ["build-causal", "--base", str(base), "--train", str(records), "--dev", str(records), "--task", "extract"]
+    argv += ["--name", "tiny-qwen2-extract", "--out", str(root / "tiny-extract"), "--dtype", "float32"]
+    argv += ["--max-tokens", "32", "--threads", "1", *recipe.split()]
+    assert trainer_cli.main(argv) == 0
+    return root / "tiny-extract"
 
 
 @pytest.fixture(scope="module")
