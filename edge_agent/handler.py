@@ -128,7 +128,7 @@ class Handler:
         except Exception as exc:  # a bug must not kill the daemon; it still answers
             log.exception("internal_error", model=model)
             return self._error(msg, model, env, Internal(f"{type(exc).__name__}"))
-        return Outbound(self._reply_topic(msg, model, env), encode(body), msg.correlation)
+        return Outbound(self._reply_topic(msg, model, env), encode(body), msg.correlation, _paid(body))
 
     async def _answer(self, model: str, request: Request, received: float) -> dict[str, Any]:
         served = self.pool.get(model)
@@ -178,7 +178,7 @@ class Handler:
         except AgentError as exc:
             log.warning("sensor_failed", code=exc.code, reason=exc.message, topic=msg.topic)
             body = error_reply(None, exc, binding.model)
-        return Outbound(out_topic, encode({**body, "topic": msg.topic}))
+        return Outbound(out_topic, encode({**body, "topic": msg.topic}), durable=_paid(body))
 
     def _output_topic(self, binding: Binding, topic: str) -> str:
         return binding.output.format(topic=topic, model=binding.model, device_id=self.settings.device_id)
@@ -213,3 +213,8 @@ def _dig(raw: str, path: str) -> str:
     if not isinstance(node, str):
         raise BadRequest(f"field {path!r} is not a string")
     return node.strip()
+
+
+def _paid(body: dict[str, Any]) -> bool:
+    """Whether the answer came from the cloud: redoing it would cost a call, so its reply is spooled."""
+    return body.get("source") == "cloud"

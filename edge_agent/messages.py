@@ -50,6 +50,7 @@ class Outbound:
     topic: str
     payload: bytes
     correlation: bytes | None = None
+    durable: bool = False  # a cloud answer: spooled before its request is acked, never paid for twice
 
 
 def valid_topic(topic: str) -> bool:

@@ -1,8 +1,10 @@
 """Store-and-forward in SQLite (WAL, synchronous=FULL): what was accepted survives a crash.
 
-Two queues. `replies`: every reply is written here before its request is acknowledged and
-deleted when the broker acknowledges it, so replies made while the broker is away go out, in
-order, once it is back, even after a restart. `waiting`: requests that must reach the cloud
+Two queues. `replies`: every reply the cloud answered (and every answer to a request that waited
+here) is written before its request is acknowledged and deleted when the broker acknowledges it,
+so those replies go out once the broker is back, even after a restart, and the cloud is never
+asked twice. (Local answers need no spool: their requests stay unacknowledged until the reply's
+PUBACK, so the broker redelivers them.) `waiting`: requests that must reach the cloud
 (route=cloud) while it is down, each until its expiry time.
 """
 

@@ -1,10 +1,11 @@
 """MQTT only: connect, last will, reconnect with backoff, subscribe, bounded in-flight work, replies.
 
-paho-mqtt's network thread receives; the asyncio loop handles. With a spool, a reply is written
-there before its request is acknowledged and leaves it when the broker acknowledges the reply
-(PUBACK); spooled replies are published again at start-up, so neither a broker outage nor a
-restart loses one. Without a spool, the request is acknowledged only after its reply's PUBACK and
-the broker redelivers it to our persistent session after a crash.
+paho-mqtt's network thread receives; the asyncio loop handles. A request is acknowledged only
+after its reply's PUBACK: until then the broker holds it for our persistent session and
+redelivers it after a crash or an outage, and the agent answers it again (at-least-once). That
+costs nothing on the hot path. A reply the cloud paid for (`Outbound.durable`) is instead written
+to the spool first and the request acked at once; it leaves the spool on its PUBACK and spooled
+replies are published again at start-up, so neither an outage nor a restart asks the cloud twice.
 """
 
 from __future__ import annotations
@@ -193,10 +194,12 @@ class Transport:
         self._send(out, mid, qos)
 
     def _send(self, out: Outbound | None, mid: int, qos: int) -> None:
-        """Publish the reply at QoS 1; ack the request once the reply is spooled, or else on its PUBACK."""
+        """Publish the reply at QoS 1 and ack the request on its PUBACK: until then the broker keeps the
+        request for our session, so a crash means answering it again (cheap, local). A durable reply (a
+        cloud answer) is spooled and the request acked at once, so the cloud is never asked twice."""
         if out is None:
             self.client.ack(mid, qos)
-        elif self.spool is None:
+        elif self.spool is None or not out.durable:
             client = self.client
             self._publish(out, lambda: client.ack(mid, qos))
         else:

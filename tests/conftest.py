@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.mqtt_helpers import Broker, Client, make_broker
+from tests.mqtt_helpers import Broker, Client, free_port, make_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,3 +109,19 @@ def agent_factory(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Agen
         if agent.proc.poll() is None:
             agent.proc.kill()
             agent.proc.wait(10)
+
+
+@pytest.fixture()
+def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto that keeps sessions across its own restart (as a production broker does)."""
+    port = free_port()
+    conf = tmp_path / "persistent.conf"
+    (tmp_path / "mq").mkdir()
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp_path / 'mq'}/\n"
+        f"max_queued_messages 10000\nlog_type error\nuser {getpass.getuser()}\n"  # root would drop to `mosquitto`
+    )
+    broker = Broker(port, conf)
+    broker.start()
+    yield broker
+    broker.stop()

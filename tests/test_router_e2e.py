@@ -6,7 +6,6 @@ and restarted, the cloud port refuses connections. Waits are on messages or on t
 
 from __future__ import annotations
 
-import getpass
 import json
 import queue
 import shutil
@@ -80,22 +79,6 @@ class SessionClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture()
-def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A mosquitto that keeps sessions across its own restart (as a production broker does)."""
-    port = free_port()
-    conf = tmp_path / "persistent.conf"
-    (tmp_path / "mq").mkdir()
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp_path / 'mq'}/\n"
-        f"max_queued_messages 10000\nlog_type error\nuser {getpass.getuser()}\n"  # root would drop to `mosquitto`
-    )
-    broker = Broker(port, conf)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.spool import Spool
 from edge_agent.transport import Transport
 from tests.mqtt_helpers import Broker, client
+from tests.test_router_e2e import SessionClient
 from tests.test_transport import settings
 
 
@@ -45,4 +47,49 @@ def test_spooled_replies_from_a_previous_run_go_out_in_order_then_leave_the_spoo
 async def drained(spool: Spool) -> None:
     """Until the last PUBACK has removed its row (PUBACKs are handled on the loop)."""
     while spool.counts()["replies"]:
+        await asyncio.sleep(0.01)
+
+
+def test_a_local_reply_made_while_the_broker_is_away_arrives_without_the_spool(
+    persistent_broker: Broker, tmp_path: Path
+) -> None:
+    """Not durable: nothing is written to the spool; the request stays unacked until the reply's PUBACK."""
+    release = asyncio.Event()
+
+    async def handle(msg: Inbound) -> Outbound:
+        await release.wait()
+        return Outbound("me/replies", b"answer:" + msg.payload)
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    written: list[Outbound] = []
+    put = spool.put_reply
+    spool.put_reply = lambda out: written.append(out) or put(out)  # type: ignore[method-assign]
+
+    async def scenario() -> list[bytes]:
+        t = Transport(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(t.run(stop))
+        await asyncio.wait_for(t.ready.wait(), 10)
+        me = SessionClient(persistent_broker.port, "tester-local")  # subscribed to me/replies, session kept
+        try:
+            await asyncio.to_thread(me.publish, "in/x", "1")
+            await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
+            t.ready.clear()
+            persistent_broker.stop()
+            release.set()  # the answer is made while the broker is away
+            persistent_broker.start()
+            await asyncio.wait_for(t.ready.wait(), 30)
+            got = [(await asyncio.to_thread(me.messages.get, True, 30)).payload]  # a redelivery may add one more
+        finally:
+            me.close()
+        stop.set()
+        await runner
+        return got
+
+    assert asyncio.run(scenario()) == [b"answer:1"]
+    assert written == [] and spool.counts()["replies"] == 0
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
         await asyncio.sleep(0.01)
