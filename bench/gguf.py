@@ -32,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import llama_cpp  # noqa: E402
+
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
 from edge_agent.errors import AgentError  # noqa: E402
 from edge_agent.runtimes.gguf import GgufRuntime  # noqa: E402
@@ -97,8 +99,6 @@ def runtime(folder: Path, threads: int) -> GgufRuntime:
 
 def raw_vs_runtime(rt: GgufRuntime, gguf: Path, samples: list[str], threads: int, tokens: int) -> dict[str, float]:
     """Greedy generation of up to `tokens` tokens, same prompt ids: agent runtime vs llama_cpp.Llama."""
-    import llama_cpp
-
     raw = llama_cpp.Llama(
         str(gguf), n_ctx=rt.llm.n_ctx, n_batch=rt.llm.n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
     )
@@ -216,13 +216,129 @@ def variant_speed(task: str, samples: list[str], threads: int) -> dict[str, floa
     return out
 
 
+SMOL = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9}
+
+
+def scale_gguf() -> Path:
+    """A SmolLM2-135M-shaped Llama (random weights, this bench's tokenizer) as Q8_0: how label scoring
+    and generation cost compare at a size users serve, where one decoded token is no longer ~free."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    target = OUT / ".work-classify" / "export" / "scale.q8_0.gguf"
+    if target.is_file():
+        return target
+    folder = OUT / "scale-base"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(base() / name, folder / name)
+    vocab = json.loads((base() / "config.json").read_text())["vocab_size"]
+    config = LlamaConfig(vocab_size=vocab, num_key_value_heads=3, tie_word_embeddings=True, **SMOL)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.float16).save_pretrained(folder)
+    f16 = converter.convert(folder, OUT / "scale.f16.gguf", "f16")
+    return gguf_export.quantize(f16, target, "q8_0", 2)
+
+
+def scale_check(samples: list[str], threads: int) -> dict[str, float]:
+    """p50 ms: prompt pass, generating a label-length answer, label scoring (pruned / every label exact),
+    and one decode of n tokens (how much batching saves on this CPU)."""
+    from edge_agent.runtimes import gguf
+
+    export = OUT / ".work-classify" / "export"
+    gguf_path = scale_gguf()
+    rt = GgufRuntime(export, build_manifest(export, [(gguf_path.name, "model")], data.TaskSpec.load(export)), threads)
+    k = round(statistics.fmean(len(t) for t in rt.label_ids))
+
+    def p50(fn: Any) -> float:
+        timings = []
+        for text in [*samples[:2], *samples]:
+            t0 = time.perf_counter()
+            fn(text)
+            timings.append((time.perf_counter() - t0) * 1000)
+        return round(statistics.median(timings[2:]), 1)
+
+    params = round(llama_cpp.llama_model_n_params(rt.llm.model) / 1e6, 1)
+    out = {"parameters_m": params, "label_tokens_mean": k, "tree_nodes": sum(len(v) for v in rt.children.values())}
+    try:
+        out["prompt_pass_ms"] = p50(lambda t: rt.llm.prefill(rt.prompt_ids(t)))
+        out["generate_label_ms"] = p50(lambda t: rt.complete(t, constrained=False, max_tokens=k))
+        out["scoring_pruned_ms"] = p50(rt.scores)
+        prune, gguf.PRUNE = gguf.PRUNE, 1e9
+        try:
+            out["scoring_all_exact_ms"] = p50(rt.scores)
+        finally:
+            gguf.PRUNE = prune
+        out.update({f"decode_{n}_tokens_ms": decode_cost(rt, samples[0], n) for n in (1, 16, 64, 128)})
+    finally:
+        rt.close()
+    return out
+
+
+def decode_cost(rt: GgufRuntime, text: str, n: int) -> float:
+    ids, timings = rt.prompt_ids(text), []
+    for _ in range(5):
+        rt.llm.prefill(ids)
+        t0 = time.perf_counter()
+        rt.llm.decode([(5 + i % 50, len(ids) + i, [0], i == n - 1) for i in range(n)])
+        timings.append((time.perf_counter() - t0) * 1000)
+        llama_cpp.llama_memory_seq_rm(rt.llm.memory, 0, len(ids), -1)
+    return round(statistics.median(timings), 1)
+
+
+def tables(r: dict[str, Any]) -> None:
+    """The results as markdown."""
+    print(f"\n## quality on HWU64 test, through the agent's runtime ({r['threads']} llama.cpp thread)\n")
+    print("| task | variant | MB | intent acc. | Δ pt | macro-F1 | JSON valid | field EM | entity F1 | p50 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for task, variants in r["quantization"].items():
+        for name, v in variants.items():
+            t = v["test"]
+            delta = next(iter(d for k, d in t.items() if k.startswith("delta_vs")))["intent_accuracy"]
+            cells = [f"{100 * t[k]:.2f}" if k in t else "-" for k in ("json_valid", "field_exact", "entity_f1")]
+            print(
+                f"| {task} | {name} | {v['size_bytes'] / 1e6:.1f} | {100 * t['intent_accuracy']:.2f} | {delta:+.2f} "
+                f"| {100 * t['intent_macro_f1']:.2f} | {' | '.join(cells)} | {r['variant_p50_ms'][task][name]} |"
+            )
+    sg, go = r["scoring_vs_generation"], r["grammar_overhead"]
+    short, long = r["raw_vs_runtime_short"], r["raw_vs_runtime_long"]
+    print(f"\n## serving (Q8_0, n = {r['n']})\n")
+    print("| measure | agent runtime | comparison | ratio / overhead | goal |")
+    print("|---|---:|---:|---:|---|")
+    for label, m in (("short, trained extractor", short), ("128-token, untrained base", long)):
+        print(f"| tokens/s, {label} | {m['runtime_tok_s']} | raw {m['raw_tok_s']} | {m['ratio']} | ≥ 0.95 |")
+    print(
+        f"| ms/token, constrained vs free extraction | {go['constrained_ms_per_token']} | {go['free_ms_per_token']} "
+        f"| {100 * go['overhead']:+.1f} % | ≤ 15 % |"
+    )
+    ratio = sg["scoring_p50_ms"] / sg["generation_p50_ms"]
+    print(
+        f"| label scoring vs generating the label, p50 ms | {sg['scoring_p50_ms']} | {sg['generation_p50_ms']} "
+        f"| {ratio:.2f}x | scoring should win |"
+    )
+    print(
+        f"| accuracy: scoring vs generation | {100 * sg['scoring_accuracy']:.1f} % | "
+        f"{100 * sg['generation_accuracy']:.1f} % | "
+        f"outside the label set {100 * sg['generation_outside_label_set']:.1f} % | |"
+    )
+    if "scale" in r:
+        print("\n## label scoring at 107 M parameters (SmolLM2-135M shape, random weights, Q8_0)\n")
+        print("| measure | p50 ms |")
+        print("|---|---:|")
+        for key, value in r["scale"].items():
+            print(f"| {key} | {value} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, train nothing")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads (default 1)")
     parser.add_argument("-n", type=int, default=200, help="test texts per timing")
+    parser.add_argument("--scale", action="store_true", help="also time scoring vs generation at 107 M parameters")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     artifacts = {task: OUT / f"hwu64-{task}" for task in ("classify", "extract")}
@@ -232,8 +348,10 @@ def main() -> None:
                 raise SystemExit(f"{folder}: no artifact; run without --reuse first")
             train(task, args)
     results = measure(artifacts, args)
+    if args.scale:
+        results["scale"] = scale_check([row["text"] for row in test_rows(30)], args.threads)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    tables(results)
 
 
 def measure(artifacts: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:

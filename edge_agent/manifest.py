@@ -110,6 +110,9 @@ class Manifest(_Strict):
     onnx: OnnxIO | None = None
     prompt: Prompt | None = None
     fields_schema: dict[str, Any] | None = None
+    max_answer_tokens: int | None = Field(
+        default=None, ge=1, description="extraction: longest answer generated (bounds the context's KV memory)"
+    )
     metrics: dict[str, Any] = {}
     base_model: str | None = None
     data: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from edge_agent.errors import InvalidOutput, Timeout, TooLarge
 from edge_agent.manifest import Manifest, load
 from edge_agent.runtimes import gguf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
+from edge_agent.runtimes.grammar import max_bytes
 from tests.conftest import Agent, write_models
 from tests.mqtt_helpers import Broker, client
 from trainer import cli as trainer_cli
@@ -146,6 +147,20 @@ def test_work_past_the_deadline_stops_and_the_next_request_is_unharmed(
         "house_place": "kitchen",
     }
     assert classify_rt.predict([text], deadline=time.monotonic() + 60)[0].label == "lights_on"
+
+
+def test_answers_are_bounded_by_the_longest_training_answer(extractor: Path, extract_rt: GgufRuntime) -> None:
+    """Not by the schema's worst case: that sizes the context (KV memory) for thousands of tokens."""
+    manifest = load(extractor)
+    assert manifest.max_answer_tokens is not None
+    assert extract_rt.max_new == manifest.max_answer_tokens < max_bytes(manifest.fields_schema or {})
+    tight = Manifest.model_validate({**manifest.model_dump(), "max_answer_tokens": 4})
+    runtime = GgufRuntime(extractor, tight, threads=1)
+    try:
+        with pytest.raises(InvalidOutput, match="not JSON"):
+            runtime.predict(["turn on the lights in the kitchen"])  # cut after 4 tokens
+    finally:
+        runtime.close()
 
 
 def test_output_that_fails_the_schema_raises_invalid_output(extractor: Path) -> None:

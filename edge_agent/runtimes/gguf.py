@@ -98,7 +98,9 @@ class GgufRuntime:
             self.max_new = max(map(len, self.label_ids))
         else:
             n_seq, fields = 1, self.manifest.fields_schema or {}
-            self.max_new = answer = max_bytes(fields) + 1 + len(self.end)
+            self.max_new = answer = min(
+                max_bytes(fields) + 1 + len(self.end), self.manifest.max_answer_tokens or 1 << 30
+            )
             self.grammar = Grammar(self.llm, gbnf(fields))
         self.llm.open(-(-(fixed + answer + SLACK) // 64) * 64, n_seq, threads)
 

@@ -46,6 +46,7 @@ class TaskSpec:
     prompt: dict[str, Any]
     fields_schema: dict[str, Any] | None = None
     max_input_tokens: int = 64
+    max_answer_tokens: int | None = None
     base: str = ""
     tokenizer: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -210,6 +211,8 @@ def run(train: Path, dev: Path, out: Path, base: Path, task: CausalTask = "class
     tokenizer = load_tokenizer(base)
     train_ex = read(train, task)
     spec = spec_for(train_ex, tokenizer, task, train, max_tokens)
+    if task == "extract":
+        spec.max_answer_tokens = answer_bound(train_ex, spec, tokenizer)
     dev_ex = read(dev, task, spec.fields_schema)
     spec.base, spec.tokenizer = str(base), {"vocab_size": len(tokenizer), "class": type(tokenizer).__name__}
     spec.data = {"train": stage.file_info(train), "dev": stage.file_info(dev)}
@@ -228,6 +231,16 @@ def run(train: Path, dev: Path, out: Path, base: Path, task: CausalTask = "class
         {"counts": counts, "labels": len(spec.labels)},
     )
     return out
+
+
+def answer_bound(train: list[Example], spec: TaskSpec, tokenizer: Any) -> int:
+    """Twice the longest training answer, in tokens, plus a little. The schema's own bound counts every
+    string at its maxLength in 4-byte characters (thousands of tokens for a wide schema), and the
+    context, hence KV memory on the device, is sized from it; an answer longer than this is degenerate
+    and is cut, fails validation and escalates as invalid_output."""
+    prompt = spec.prompt_model
+    longest = max(len(prompts.answer_ids(tokenizer, prompt, spec.answer(ex))) for ex in train)
+    return 2 * longest + 8
 
 
 def _check_dev(path: Path, dev: list[Example], spec: TaskSpec) -> None:

@@ -44,6 +44,7 @@ def build_manifest(
         tokenizer=spec.tokenizer,
         prompt=spec.prompt_model,
         fields_schema=spec.fields_schema,
+        max_answer_tokens=spec.max_answer_tokens,
         metrics=results.get("metrics", {}),
         base_model=Path(spec.base).name,
         data=spec.data,
