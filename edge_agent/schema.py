@@ -1,7 +1,7 @@
 """The JSON Schema subset that answer schemas use, checked without a dependency.
 
-Keywords: type, enum, const, properties, required, additionalProperties, items, minItems, maxItems,
-minimum, maximum, minLength, maxLength, pattern, anyOf. Others are ignored (permissive), so a
+Keywords: type, enum, const, properties, required, additionalProperties, minProperties, maxProperties,
+items, minItems, maxItems, minimum, maximum, minLength, maxLength, pattern, anyOf. Others are ignored (permissive), so a
 manifest may carry richer schemas; what is checked is checked strictly.
 """
 
@@ -55,6 +55,10 @@ def _object(value: Any, schema: dict[str, Any], where: str) -> list[str]:
         return []
     props: dict[str, Any] = schema.get("properties", {})
     found = [f"{where}: missing {key!r}" for key in schema.get("required", []) if key not in value]
+    if len(value) < schema.get("minProperties", 0):
+        found.append(f"{where}: fewer than {schema['minProperties']} keys")
+    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+        found.append(f"{where}: more than {schema['maxProperties']} keys")
     extra = schema.get("additionalProperties", True)
     for key, item in value.items():
         if key in props:

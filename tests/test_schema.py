@@ -32,3 +32,10 @@ def test_every_violation_is_named_with_its_path() -> None:
     assert errors({}, SCHEMA) == ["$: missing 'label'", "$: missing 'n'"]
     assert errors([], SCHEMA) == ["$: expected object, got list"]
     assert errors(4, {"type": "number", "maximum": 3}) == ["$: above 3"]
+
+
+def test_key_counts_are_bounded() -> None:
+    schema = {"type": "object", "minProperties": 1, "maxProperties": 2}
+    assert errors({"a": 1}, schema) == []
+    assert errors({}, schema) == ["$: fewer than 1 keys"]
+    assert errors({"a": 1, "b": 2, "c": 3}, schema) == ["$: more than 2 keys"]

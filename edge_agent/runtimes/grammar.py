@@ -4,8 +4,8 @@ Own code rather than llama-cpp-python's json-schema converter because the answer
 exactly the form training used: compact JSON, keys in schema order, optional keys skipped in place,
 and every part bounded (enums, maxLength, digit counts, maxItems), so max_tokens follows from it.
 The output is validated again after generation (`edge_agent.schema`): the grammar shapes, the
-validator decides. `maxProperties` is not in the grammar; it bounds max_tokens, and an answer cut
-there fails validation.
+validator decides. `maxProperties` is not in the grammar (counting keys in GBNF multiplies rules); it
+bounds max_tokens, and the validator rejects an answer with more keys.
 """
 
 from __future__ import annotations
