@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +37,15 @@ log = structlog.get_logger("edge_agent.transport")
 Handle = Callable[[Inbound], Awaitable[Outbound | None]]
 Refuse = Callable[[Inbound], Outbound | None]
 UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK codes: 3.1.1 "unacceptable protocol", 5 "unsupported version"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a request came: its packet id means something only within the broker session it came in."""
+
+    mid: int
+    qos: int
+    session: int
 
 
 class Transport:
@@ -64,6 +74,7 @@ class Transport:
         self._outbox: set[int] = set()  # spool rows handed to the current client
         self._early: set[int] = set()  # reply mids acknowledged before we registered them
         self._inflight: set[asyncio.Task[None]] = set()
+        self._session = 0  # bumped whenever the broker starts us a new session (old packet ids void)
         self._closing = False
         self.client = self._make_client()
 
@@ -126,6 +137,8 @@ class Transport:
             if self.settings.mqtt.protocol == "auto" and rc.value in UNSUPPORTED_PROTOCOL:
                 self._call(self._fall_back)
             return
+        if not getattr(_f, "session_present", False):
+            self._session += 1  # acks owed to the old session must not hit new requests with the same ids
         log.info("mqtt_connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port)
         if self.protocol == mqtt.MQTTv5:
             opts = SubscribeOptions(qos=1, noLocal=True)  # our own results never loop back
@@ -173,38 +186,43 @@ class Transport:
             correlation=bytes(correlation) if correlation is not None else None,
             received=time.monotonic(),
         )
-        self._call(lambda: self._dispatch(inbound, message.mid, message.qos))
+        delivery = Delivery(message.mid, message.qos, self._session)
+        self._call(lambda: self._dispatch(inbound, delivery))
 
-    def _dispatch(self, inbound: Inbound, mid: int, qos: int) -> None:
+    def _dispatch(self, inbound: Inbound, delivery: Delivery) -> None:
         if self._closing:  # not acked: the broker keeps it for our next session
             return
         if len(self._inflight) >= self.settings.max_inflight:
-            self._send(self.refuse(inbound), mid, qos)
+            self._send(self.refuse(inbound), delivery)
             return
-        task = asyncio.create_task(self._process(inbound, mid, qos))
+        task = asyncio.create_task(self._process(inbound, delivery))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _process(self, inbound: Inbound, mid: int, qos: int) -> None:
+    async def _process(self, inbound: Inbound, delivery: Delivery) -> None:
         try:
             out = await self.handle(inbound)
         except Exception:  # the handler answers errors itself; this is the last guard
             log.exception("handler_crashed", topic=inbound.topic)
             out = None
-        self._send(out, mid, qos)
+        self._send(out, delivery)
 
-    def _send(self, out: Outbound | None, mid: int, qos: int) -> None:
+    def _send(self, out: Outbound | None, delivery: Delivery) -> None:
         """Publish the reply at QoS 1 and ack the request on its PUBACK: until then the broker keeps the
         request for our session, so a crash means answering it again (cheap, local). A durable reply (a
-        cloud answer) is spooled and the request acked at once, so the cloud is never asked twice."""
+        cloud answer) is spooled and the request acked at once, so the cloud is never asked twice. So is
+        the reply to a QoS 0 request: the broker would not redeliver that one."""
         if out is None:
-            self.client.ack(mid, qos)
-        elif self.spool is None or not out.durable:
-            client = self.client
-            self._publish(out, lambda: client.ack(mid, qos))
+            self._ack(delivery)
+        elif self.spool is None or (not out.durable and delivery.qos > 0):
+            self._publish(out, lambda: self._ack(delivery))
         else:
             self.deliver(out)
-            self.client.ack(mid, qos)
+            self._ack(delivery)
+
+    def _ack(self, delivery: Delivery) -> None:
+        if delivery.session == self._session:
+            self.client.ack(delivery.mid, delivery.qos)
 
     def deliver(self, out: Outbound) -> None:
         """Spool a reply, then publish it; it leaves the spool when the broker has it. Loop thread only."""
@@ -232,12 +250,17 @@ class Transport:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = out.correlation
         info = self.client.publish(out.topic, out.payload, qos=1, properties=props)
+        self._track(info.mid, on_puback)
+
+    def _track(self, mid: int, on_puback: Callable[[], Any]) -> None:
+        """Run `on_puback` when the broker acknowledges `mid`: every QoS 1 publish registers, so a
+        PUBACK never lingers in `_early` to be mistaken for a later publish that reuses its id."""
         with self._lock:
-            done = info.mid in self._early
+            done = mid in self._early
             if done:
-                self._early.discard(info.mid)
+                self._early.discard(mid)
             else:
-                self._pending[info.mid] = on_puback
+                self._pending[mid] = on_puback
         if done:
             on_puback()
 
@@ -246,14 +269,16 @@ class Transport:
             action = self._pending.pop(mid, None)
             if action is None:
                 self._early.add(mid)
-                if len(self._early) > 10000:  # status publishes etc. never register
+                if len(self._early) > 10000:  # a guard: every publish registers (see _track)
                     self._early.clear()
         if action is not None:
             action()
 
     def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
         body = {"status": state, **(self.status() if state == "online" else {})}
-        return self.client.publish(self.status_topic, json.dumps(body), qos=1, retain=True)
+        info = self.client.publish(self.status_topic, json.dumps(body), qos=1, retain=True)
+        self._track(info.mid, lambda: None)
+        return info
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, grace_s: float = 10.0) -> None:

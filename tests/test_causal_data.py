@@ -95,7 +95,7 @@ def test_a_file_that_is_not_utf8_is_a_data_error(tmp_path: Path, task: str) -> N
     path.write_bytes(
         json.dumps({"text": "lights on", "intent": "on"}).encode() + b"\n" + '{"text": "caf\u00e9"}'.encode("latin-1")
     )
-    with pytest.raises(DataError, match="not UTF-8"):
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8"):
         data.read(path, task)  # type: ignore[arg-type]
 
 

@@ -46,7 +46,7 @@ class Scripted:
     def check_input(self, text: str) -> None:
         pass
 
-    def predict(self, texts: list[str], top_k: int = 3, deadline: float | None = None) -> list[Prediction]:
+    def predict(self, texts: list[str], top_k: int = 3, deadlines: list[float] | None = None) -> list[Prediction]:
         out = []
         for text in texts:
             if "slow" in text:

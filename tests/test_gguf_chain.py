@@ -10,15 +10,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
 
+from edge_agent.config import ModelEntry
 from edge_agent.errors import InvalidOutput, Timeout, TooLarge
 from edge_agent.manifest import Manifest, load
-from edge_agent.runtimes import gguf
+from edge_agent.runtimes import Prediction, gguf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from edge_agent.runtimes.grammar import max_bytes
+from edge_agent.runtimes.pool import Served
 from tests.conftest import Agent, write_models
 from tests.mqtt_helpers import Broker, client
 from trainer import cli as trainer_cli
@@ -107,15 +110,22 @@ def test_label_scores_are_exact_or_upper_bounds(classify_rt: GgufRuntime, monkey
     """Against scoring token by token: exact for the labels kept, an upper bound for those pruned."""
     text = "switch the hall lights off"
     pruned, margin = classify_rt.scores(text), gguf.PRUNE
+    monkeypatch.setattr(gguf, "PRUNE", 0.0)  # everything but the greedy label keeps its bound
+    bounded = classify_rt.scores(text)
     monkeypatch.setattr(gguf, "PRUNE", 1e9)  # no pruning: every label scored exactly
     full = classify_rt.scores(text)
+    exact = []
     for j, toks in enumerate(classify_rt.label_ids):
         logits, total = classify_rt.llm.prefill(classify_rt.prompt_ids(text)), 0.0
         for token in toks:
             total += float(log_softmax(logits)[token])
             logits = classify_rt.llm.append(token)
+        exact.append(total)
         assert abs(total - full[j]) < 1e-3
         assert pruned[j] >= total - 1e-3 and (pruned[j] < pruned.max() - margin or abs(pruned[j] - total) < 1e-3)
+        assert bounded[j] >= total - 1e-3
+    best = int(np.argmax(exact))
+    assert abs(bounded[best] - exact[best]) < 1e-3  # the greedy label is the best one here, scored exactly
 
 
 def test_scoring_agrees_with_generation(classify_rt: GgufRuntime) -> None:
@@ -141,12 +151,21 @@ def test_work_past_the_deadline_stops_and_the_next_request_is_unharmed(
     text = "turn on the lights in the kitchen"
     for runtime in (classify_rt, extract_rt):
         with pytest.raises(Timeout, match="deadline"):
-            runtime.predict([text], deadline=time.monotonic() - 1)
-    assert extract_rt.predict([text], deadline=time.monotonic() + 60)[0].fields == {
+            runtime.predict([text], deadlines=[time.monotonic() - 1])
+    assert extract_rt.predict([text], deadlines=[time.monotonic() + 60])[0].fields == {
         "intent": "lights_on",
         "house_place": "kitchen",
     }
-    assert classify_rt.predict([text], deadline=time.monotonic() + 60)[0].label == "lights_on"
+    assert classify_rt.predict([text], deadlines=[time.monotonic() + 60])[0].label == "lights_on"
+
+
+def test_in_a_batch_only_the_text_past_its_deadline_times_out(classifier: Path, classify_rt: GgufRuntime) -> None:
+    served = Served(ModelEntry(name="c", path=classifier), load(classifier), classify_rt, batch_max=2)
+    try:
+        late, ok = served._run(["switch the hall lights off", "will it rain today"], [0.0, time.monotonic() + 60])
+    finally:
+        served.executor.shutdown()
+    assert isinstance(late, Timeout) and isinstance(ok, Prediction) and ok.label == "weather"
 
 
 def test_answers_are_bounded_by_the_longest_training_answer(extractor: Path, extract_rt: GgufRuntime) -> None:

@@ -88,6 +88,59 @@ def test_a_local_reply_made_while_the_broker_is_away_arrives_without_the_spool(
 
     assert asyncio.run(scenario()) == [b"answer:1"]
     assert written == [] and spool.counts()["replies"] == 0
+    assert asyncio.run(next_session_sees(persistent_broker, b"2")) == [b"2"]  # "1" was acked: never redelivered
+
+
+async def next_session_sees(broker: Broker, marker: bytes) -> list[bytes]:
+    """What the agent's persistent session gets on its next connection, up to `marker` (published
+    now): an unacked earlier request would be redelivered before it."""
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    async def record(msg: Inbound) -> None:
+        seen.append(msg.payload)
+        if msg.payload == marker:
+            done.set()
+
+    t = Transport(settings(broker.port), ["in/#"], record, lambda m: None)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(t.run(stop))
+    await asyncio.wait_for(t.ready.wait(), 10)
+    with client(broker.port) as c:
+        await asyncio.to_thread(c.publish, "in/x", marker)
+        await asyncio.wait_for(done.wait(), 10)
+    stop.set()
+    await runner
+    return seen
+
+
+def test_the_reply_to_a_qos0_request_is_spooled(broker: Broker, tmp_path: Path) -> None:
+    """The broker never redelivers a QoS 0 message, so its answer is kept until the broker has it."""
+
+    async def handle(msg: Inbound) -> Outbound:
+        return Outbound("out/q0", b"answer:" + msg.payload)
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    written: list[bytes] = []
+    put = spool.put_reply
+    spool.put_reply = lambda out: written.append(out.payload) or put(out)  # type: ignore[method-assign]
+
+    async def scenario() -> bytes:
+        t = Transport(settings(broker.port), ["in/#"], handle, lambda m: None, spool)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(t.run(stop))
+        await asyncio.wait_for(t.ready.wait(), 10)
+        with client(broker.port) as c:
+            c.subscribe("out/q0")
+            await asyncio.to_thread(lambda: c.client.publish("in/x", "0", qos=0).wait_for_publish(10))
+            got = (await asyncio.to_thread(c.get, 10, "out/q0")).payload
+        await asyncio.wait_for(drained(spool), 10)
+        stop.set()
+        await runner
+        return got
+
+    assert asyncio.run(scenario()) == b"answer:0"
+    assert written == [b"answer:0"]
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -15,10 +15,12 @@ from typing import Any
 
 from edge_agent.errors import ArtifactError
 from trainer.causal import cli as causal_cli
-from trainer.errors import EX_DATAERR, TrainerError, UsageError
+from trainer.errors import EX_DATAERR, EX_USAGE, TrainerError, UsageError
 from trainer.recipe import Recipe
 
 Handler = Callable[[argparse.Namespace], Any]
+TRAINER_MODULES = ("torch", "transformers", "peft", "accelerate", "tqdm", "onnx", "sentencepiece", "matplotlib")
+EXTRAS = {"llama_cpp": "gguf", "onnxruntime": "onnx", **dict.fromkeys(TRAINER_MODULES, "trainer")}  # module: extra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtifactError as exc:
         print(f"edge-trainer: error: {exc}", file=sys.stderr)
         return EX_DATAERR
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        extra = EXTRAS[root]
+        print(f"edge-trainer: error: {args.command} needs {root}: pip install 'edge-agent[{extra}]'", file=sys.stderr)
+        return EX_USAGE
     except KeyboardInterrupt:
         print("edge-trainer: interrupted", file=sys.stderr)
         return 130

@@ -32,13 +32,14 @@ def read(path: Path) -> list[Record]:
     if not path.is_file():
         raise DataError(path, None, "no such file")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        try:
-            for number, raw in enumerate(fh, start=1):
-                if raw.strip():
-                    records.append(_parse(path, number, raw))
-        except UnicodeDecodeError as exc:
-            raise DataError(path, None, f"not UTF-8 ({exc.reason})") from None
+    with path.open("rb") as fh:  # decoded line by line, so a bad byte is reported with its line
+        for number, data in enumerate(fh, start=1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(path, number, f"not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+            if raw.strip():
+                records.append(_parse(path, number, raw))
     if not records:
         raise DataError(path, 1, "file is empty (no JSON records)")
     return records

@@ -47,9 +47,10 @@ class Runtime(Protocol):
     def check_input(self, text: str) -> None:
         """Raise TooLarge before any work when the text exceeds the model's limits."""
 
-    def predict(self, texts: list[str], top_k: int = 3, deadline: float | None = None) -> list[Prediction]:
+    def predict(self, texts: list[str], top_k: int = 3, deadlines: list[float] | None = None) -> list[Prediction]:
         """Predictions for a batch of texts, in order. A runtime whose work can run long (generation)
-        stops with Timeout once `deadline` (time.monotonic()) passes, freeing the model's worker."""
+        stops with Timeout once a text's deadline (time.monotonic(), one per text) passes, freeing the
+        model's worker."""
         ...
 
     def close(self) -> None:

@@ -137,10 +137,12 @@ class GgufRuntime:
         if len(text) > limit:
             raise TooLarge(f"text has {len(text)} characters; model {self.manifest.name} takes {limit}")
 
-    def predict(self, texts: list[str], top_k: int = 3, deadline: float | None = None) -> list[Prediction]:
+    def predict(self, texts: list[str], top_k: int = 3, deadlines: list[float] | None = None) -> list[Prediction]:
+        """One text after the other, each stopped with Timeout once its own deadline passes."""
+        until: list[float | None] = list(deadlines) if deadlines is not None else [None] * len(texts)
         if self.manifest.task == "extract":
-            return [self._extract(text, deadline) for text in texts]
-        return [self._classify(text, top_k, deadline) for text in texts]
+            return [self._extract(text, limit) for text, limit in zip(texts, until, strict=True)]
+        return [self._classify(text, top_k, limit) for text, limit in zip(texts, until, strict=True)]
 
     def _classify(self, text: str, top_k: int, deadline: float | None) -> Prediction:
         z = self.scores(text, deadline) / self.manifest.temperature
@@ -199,23 +201,25 @@ class GgufRuntime:
     def _exact(self, chunk: list[int], first: np.ndarray, at: int) -> list[float]:
         """Exact scores of these labels: their prefix tree in one decode, as branches of the prompt."""
         rows, where = self._tree([self.label_ids[j] for j in chunk], at)
-        for k in range(len(chunk)):
-            self.llm.branch(k + 1, at)
-        self.llm.decode(rows)
-        cache: dict[int, np.ndarray] = {}
-        out = []
-        for j in chunk:
-            toks = self.label_ids[j]
-            total = float(first[toks[0]])
-            for depth in range(1, len(toks)):
-                row = where[tuple(toks[:depth])]
-                if row not in cache:
-                    cache[row] = log_softmax(self.llm.logits(row))
-                total += float(cache[row][toks[depth]])
-            out.append(total)
-        for k in range(len(chunk)):
-            self.llm.drop(k + 1)
-        return out
+        try:
+            for k in range(len(chunk)):
+                self.llm.branch(k + 1, at)
+            self.llm.decode(rows)
+            cache: dict[int, np.ndarray] = {}
+            out = []
+            for j in chunk:
+                toks = self.label_ids[j]
+                total = float(first[toks[0]])
+                for depth in range(1, len(toks)):
+                    row = where[tuple(toks[:depth])]
+                    if row not in cache:
+                        cache[row] = log_softmax(self.llm.logits(row))
+                    total += float(cache[row][toks[depth]])
+                out.append(total)
+            return out
+        finally:  # the branches never outlive the request, whatever happened
+            for k in range(len(chunk)):
+                self.llm.drop(k + 1)
 
     @staticmethod
     def _tree(labels: list[list[int]], at: int) -> tuple[list[Row], dict[tuple[int, ...], int]]:

@@ -85,8 +85,8 @@ class OnnxRuntime:
             raise ArtifactError(f"artifact {self.manifest.name} has no intent head")
         return self._run(self._encode(texts))[self.io.intent_logits]
 
-    def predict(self, texts: list[str], top_k: int = 3, deadline: float | None = None) -> list[Prediction]:
-        """One pass over the batch (milliseconds: `deadline` is not needed inside it)."""
+    def predict(self, texts: list[str], top_k: int = 3, deadlines: list[float] | None = None) -> list[Prediction]:
+        """One pass over the batch (milliseconds: `deadlines` are not needed inside it)."""
         encodings = self._encode(texts)
         out = self._run(encodings)
         preds = []

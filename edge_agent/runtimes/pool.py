@@ -85,20 +85,19 @@ class Served:
             now = time.monotonic()
             live = [j for j in jobs if not j.future.done() and j.deadline > now]
             if live:
-                deadline = max(j.deadline for j in live)
-                results = await loop.run_in_executor(self.executor, self._run, [j.text for j in live], deadline)
+                deadlines = [j.deadline for j in live]
+                results = await loop.run_in_executor(self.executor, self._run, [j.text for j in live], deadlines)
                 for job, result in zip(live, results, strict=True):
                     _settle(job.future, result)
 
-    def _run(self, texts: list[str], deadline: float) -> list[Prediction | AgentError]:
-        """One pass; when a batch fails, each text is retried alone so one bad text fails alone."""
+    def _run(self, texts: list[str], deadlines: list[float]) -> list[Prediction | AgentError]:
+        """One pass; when a batch fails, each text is retried alone so one bad text (or one past its
+        deadline) fails alone."""
         try:
-            return list(self.runtime.predict(texts, self.entry.top_k, deadline))
+            return list(self.runtime.predict(texts, self.entry.top_k, deadlines))
         except Exception as exc:
-            if isinstance(exc, Timeout):
-                return [exc for _ in texts]
             if len(texts) > 1:
-                return [self._run([t], deadline)[0] for t in texts]
+                return [self._run([t], [d])[0] for t, d in zip(texts, deadlines, strict=True)]
             return [exc if isinstance(exc, AgentError) else Internal(f"{type(exc).__name__}: {exc}")]
 
 

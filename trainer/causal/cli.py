@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.causal.recipe import CausalRecipe
-from trainer.errors import TrainerError
-
-EXTRAS = {"llama_cpp": "gguf", "torch": "trainer", "transformers": "trainer", "peft": "trainer"}  # module: extra
 
 TASKS = ("classify", "extract")
 
@@ -160,10 +157,4 @@ def _stage(name: str) -> Any:
     """The stage module, imported only when its verb runs (torch and transformers are slow to import)."""
     import importlib
 
-    try:
-        return importlib.import_module(f"trainer.causal.{name}")
-    except ModuleNotFoundError as exc:
-        extra = EXTRAS.get((exc.name or "").split(".")[0])
-        if extra is None:
-            raise
-        raise TrainerError(f"the causal path needs {exc.name} here: pip install 'edge-agent[{extra}]'") from None
+    return importlib.import_module(f"trainer.causal.{name}")

@@ -89,8 +89,10 @@ def load_tokenizer(base: Path) -> Any:
         config = transformers.AutoConfig.from_pretrained(base)
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{base}: transformers cannot load its tokenizer: {_first_line(exc)}") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
     archs = getattr(config, "architectures", None) or []
-    if archs and not any(arch.endswith("ForCausalLM") for arch in archs):
+    if archs and not set(archs) & {*CAUSAL.values()}:
         raise UsageError(f"{base}: not a causal LM (its config names {', '.join(archs)})")
     embedded = int(config.vocab_size)
     if not embedded // 2 <= len(tokenizer) <= embedded:
@@ -130,14 +132,14 @@ def read(path: Path, task: CausalTask, schema: dict[str, Any] | None = None) -> 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """Numbered non-blank lines; a file that is not UTF-8 is a DataError at its first bad line."""
-    number = 0
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for number, raw in enumerate(fh, start=1):
-                if raw.strip():
-                    yield number, raw
-    except UnicodeDecodeError:
-        raise DataError(path, number + 1, "not UTF-8 text (save the file as UTF-8)") from None
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(path, number, "not UTF-8 text; save the file as UTF-8") from None
+            if line.strip():
+                yield number, line
 
 
 def _first_object(path: Path) -> dict[str, Any]:
