@@ -33,13 +33,15 @@ def decode_bio(
 
     word_of = list(words) if words is not None else [None] * len(tags)
     prev_word: int | None = None
+    prev_hi = word_start = 0
     for tag, (lo, hi), prob, word in zip(tags, offsets, probs, word_of, strict=True):
-        same_word = (word is not None and word == prev_word) if words is not None else lo == end
-        prev_word = word
+        same_word = (word is not None and word == prev_word) if words is not None else lo == prev_hi
+        prev_word, prev_hi = word, hi
         if hi <= lo:  # special token
             close()
             kind = None
             continue
+        word_start = word_start if same_word else lo
         prefix, _, name = tag.partition("-")
         glued = kind is not None and same_word and prefix != "B"
         if glued or (prefix == "I" and kind == name):
@@ -47,6 +49,8 @@ def decode_bio(
             continue
         close()
         kind = name if prefix in ("B", "I") else None
-        start, end, scores = lo, hi, [prob]
+        # a span never starts inside a word: a tagged piece after untagged ones takes its whole word
+        start = word_start if kind is not None and same_word else lo
+        end, scores = hi, [prob]
     close()
     return spans

@@ -37,3 +37,12 @@ def test_with_word_ids_only_pieces_of_the_same_word_join() -> None:
     spans = decode_bio(text, tags, offs, [0.9] * len(tags), words)
     assert [s.value for s in spans] == ["emma"]
     assert [s.value for s in decode_bio(text, tags, offs, [0.9] * len(tags))] == ["emma's"]
+
+
+def test_a_span_never_starts_inside_a_word() -> None:
+    text = "nine am cst to est"
+    offs = [(0, 0), (0, 4), (5, 7), (8, 10), (10, 11), (12, 14), (15, 18), (0, 0)]
+    words = [None, 0, 1, 2, 2, 3, 4, None]  # "cs" "##t" are one word
+    tags = ["O", "O", "O", "O", "B-time_zone", "O", "B-time_zone", "O"]
+    spans = decode_bio(text, tags, offs, [0.9] * len(tags), words)
+    assert [(s.value, s.start) for s in spans] == [("cst", 8), ("est", 15)]
