@@ -6,6 +6,13 @@ import re
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ArtifactError
+from edge_agent.manifest import Manifest
+from edge_agent.runtimes.pool import default_loader
 
 HEAVY = {"torch", "transformers", "peft", "optimum", "accelerate", "bitsandbytes"}
 
@@ -50,3 +57,14 @@ def test_importing_every_module_loads_no_heavy_package() -> None:
         "assert len(mods) > 10, mods\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_gguf_artifact_on_a_device_without_the_gguf_extra_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delitem(sys.modules, "edge_agent.runtimes.gguf", raising=False)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now fails as if not installed
+    entry = {"path": "model.gguf", "role": "model", "sha256": "0" * 64, "size": 0}
+    manifest = Manifest(name="m", version="1", task="classify", runtime="gguf", files=[entry], labels=["a", "b"])
+    with pytest.raises(ArtifactError, match=r"runtime gguf needs llama_cpp: pip install 'edge-agent\[gguf\]'"):
+        default_loader(tmp_path, manifest, 1)

@@ -24,14 +24,20 @@ Loader = Callable[[Path, Manifest, int], Runtime]
 
 def default_loader(folder: Path, manifest: Manifest, threads: int) -> Runtime:
     """Pick the runtime the manifest names; its heavy import happens only here."""
-    if manifest.runtime == "onnx":
-        from edge_agent.runtimes.onnx import OnnxRuntime
+    try:
+        if manifest.runtime == "onnx":
+            from edge_agent.runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(folder, manifest, threads)
-    if manifest.runtime == "gguf":
-        from edge_agent.runtimes.gguf import GgufRuntime
+            return OnnxRuntime(folder, manifest, threads)
+        if manifest.runtime == "gguf":
+            from edge_agent.runtimes.gguf import GgufRuntime
 
-        return GgufRuntime(folder, manifest, threads)
+            return GgufRuntime(folder, manifest, threads)
+    except ModuleNotFoundError as exc:
+        extra = {"onnx": "onnx", "gguf": "gguf"}[manifest.runtime]
+        raise ArtifactError(
+            f"artifact {manifest.name}: runtime {manifest.runtime} needs {exc.name}: pip install 'edge-agent[{extra}]'"
+        ) from None
     raise ArtifactError(f"artifact {manifest.name}: runtime {manifest.runtime!r} is not available here")
 
 
