@@ -6,12 +6,14 @@ chat template) to extract JSON fields; both are trained until they answer their 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 
 pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
 
@@ -25,7 +27,7 @@ from edge_agent.runtimes.pool import Served
 from tests.conftest import Agent, write_models
 from tests.mqtt_helpers import Broker, client
 from trainer import cli as trainer_cli
-from trainer.causal import data, gguf_export
+from trainer.causal import converter, data, gguf_export
 from trainer.causal.tiny import build_tiny_artifact, corpus, make_base, write_records
 from trainer.errors import TrainerError
 
@@ -84,6 +86,23 @@ def test_manifest_records_every_variant_and_its_real_tensor_types(classifier: Pa
     assert load(classifier).metrics["dev"]["intent_accuracy"] == 1.0
     assert load(extractor).metrics["dev"]["json_valid"] == 1.0
     assert load(extractor).prompt.stop == ["<|im_end|>"]  # type: ignore[union-attr]
+
+
+def test_the_gguf_computes_what_the_merged_model_computes(extractor: Path, tmp_path: Path) -> None:
+    """Converter parity, measured at export: next-token log-probs, torch vs llama.cpp, fp32 here."""
+    work = extractor.parent / ".work-tiny-qwen2-extract"
+    measured = json.loads((work / "export" / "stage.json").read_text())["results"]["parity"]
+    assert measured["prompts"] > 0 and measured["max_logprob_diff"] < 1e-2
+    broken = tmp_path / "broken"  # what a conversion bug looks like: one tensor off, the tokenizer intact
+    shutil.copytree(work / "merged", broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if k.endswith("layers.0.self_attn.q_proj.weight"))
+    weights[name] = weights[name] * 4
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    converter.convert(broken, tmp_path / "broken.gguf", "f32")
+    spec = data.TaskSpec.load(work / "export")
+    with pytest.raises(TrainerError, match="differ from the merged model"):
+        gguf_export.parity(work / "merged", tmp_path, "broken.gguf", spec, list(EXAMPLES))
 
 
 def test_classify_scores_the_label_set(classify_rt: GgufRuntime) -> None:

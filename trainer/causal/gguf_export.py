@@ -16,7 +16,7 @@ from typing import Any
 
 import llama_cpp
 
-from edge_agent.runtimes.gguf import GgufRuntime
+from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from trainer import stage
 from trainer.causal import converter, data, prompts
 from trainer.causal.publish import build_manifest
@@ -25,6 +25,8 @@ from trainer.errors import TrainerError, UsageError
 OUTTYPES = {"float16": "f16", "float32": "f32", "bfloat16": "bf16"}
 QUANTS = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
 SAMPLES = 32  # dev prompts and answers compared token for token
+PARITY_PROMPTS = 8  # prompts whose next-token distribution is compared, HF model vs converted GGUF
+PARITY_NATS = 0.25  # worst allowed log-prob difference on HF's top-5 tokens (a conversion bug costs nats)
 TRICKY = ["Ünïcode, emoji 🚀 and   spaces", "a line\nbreak {text} </s> <|im_end|> <s>"]
 
 
@@ -49,6 +51,7 @@ def run(merged: Path, out: Path, quants: list[str] | None = None, threads: int =
     results["sizes"] = {name: (out / rel).stat().st_size for name, rel in files.items()}
     results["tensor_types"] = {name: converter.tensor_types(out / rel, cache) for name, rel in files.items()}
     results["checks"] = {name: verify(out, rel, spec, tokenizer, samples) for name, rel in files.items()}
+    results["parity"] = parity(merged, out, files[reference], spec, samples[0])
     params = {
         "quants": quants,
         "converter": f"llama-cpp-python {converter.VERSION} sdist",
@@ -99,6 +102,39 @@ def verify(
         "bos_eos": "match",
         "chat_template": _has_template(tokenizer),
     }
+
+
+def parity(merged: Path, folder: Path, relpath: str, spec: data.TaskSpec, texts: list[str]) -> dict[str, Any]:
+    """The converted model computes what the merged HF model computes: next-token log-probs after the
+    first dev prompts, torch (fp32) against llama.cpp on the unquantized GGUF. Catches what a token
+    check cannot (wrong RoPE or norm settings, a tensor mapped wrong). TrainerError beyond PARITY_NATS."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = data.load_tokenizer(merged)
+    model: Any = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    runtime = GgufRuntime(folder, build_manifest(folder, [(relpath, "model")], spec), threads=1)
+    worst, agree, prompt = 0.0, 0, spec.prompt_model
+    chosen = [t for t in texts if len(prompts.plain(tokenizer, t)) <= spec.max_input_tokens][-PARITY_PROMPTS:]
+    try:
+        for text in chosen:
+            ids = prompts.prompt_ids(tokenizer, prompt, text)
+            with torch.no_grad():
+                theirs = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
+            ours = log_softmax(runtime.llm.prefill(ids).astype("float64"))
+            if ours.shape != theirs.shape:
+                raise TrainerError(f"{folder / relpath}: vocabulary of {ours.size} tokens, HF model has {theirs.size}")
+            top = theirs.argsort()[-5:]
+            worst = max(worst, float(abs(ours[top] - theirs[top]).max()))
+            agree += int(ours.argmax() == theirs.argmax())
+    finally:
+        runtime.close()
+    if worst > PARITY_NATS:
+        raise TrainerError(
+            f"{folder / relpath}: the GGUF's next-token log-probs differ from the merged model's by {worst:.2f} "
+            f"nats (limit {PARITY_NATS}): the conversion is wrong for this architecture"
+        )
+    return {"prompts": len(chosen), "max_logprob_diff": round(worst, 5), "top1_agree": agree}
 
 
 def _has_template(tokenizer: Any) -> str:
