@@ -62,7 +62,8 @@ def test_importing_every_module_loads_no_heavy_package() -> None:
 def test_a_gguf_artifact_on_a_device_without_the_gguf_extra_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delitem(sys.modules, "edge_agent.runtimes.gguf", raising=False)
+    for module in ("edge_agent.runtimes.gguf", "edge_agent.runtimes.llamacpp"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now fails as if not installed
     entry = {"path": "model.gguf", "role": "model", "sha256": "0" * 64, "size": 0}
     manifest = Manifest(name="m", version="1", task="classify", runtime="gguf", files=[entry], labels=["a", "b"])
