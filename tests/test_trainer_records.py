@@ -9,6 +9,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.errors import EX_DATAERR
+from trainer.records import read
 
 GOOD = [
     {
@@ -120,3 +121,10 @@ def test_good_data_writes_labels_encoded_splits_and_metadata(tmp_path: Path) -> 
     first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
     assert first["tags"][0] == 0 and first["tags"][-1] == 0  # [CLS] and [SEP] are O
     assert labels["tags"][first["tags"][4]] == "B-room"
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    lines = [json.dumps({"text": "lights on", "intent": "on"}), json.dumps({"text": "lights off", "intent": "off"})]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    assert [r.intent for r in read(path)] == ["on", "off"]

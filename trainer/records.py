@@ -35,7 +35,7 @@ def read(path: Path) -> list[Record]:
     with path.open("rb") as fh:  # decoded line by line, so a bad byte is reported with its line
         for number, data in enumerate(fh, start=1):
             try:
-                raw = data.decode("utf-8")
+                raw = data.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not data
             except UnicodeDecodeError as exc:
                 raise DataError(path, number, f"not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
             if raw.strip():

@@ -135,7 +135,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not data
             except UnicodeDecodeError:
                 raise DataError(path, number, "not UTF-8 text; save the file as UTF-8") from None
             if line.strip():
