@@ -75,6 +75,7 @@ class Transport:
         self._early: set[int] = set()  # reply mids acknowledged before we registered them
         self._inflight: set[asyncio.Task[None]] = set()
         self._session = 0  # bumped whenever the broker starts us a new session (old packet ids void)
+        self._active: set[tuple[int, int]] = set()  # (session, mid) of QoS 1 requests not yet acked
         self._closing = False
         self.client = self._make_client()
 
@@ -192,6 +193,11 @@ class Transport:
     def _dispatch(self, inbound: Inbound, delivery: Delivery) -> None:
         if self._closing:  # not acked: the broker keeps it for our next session
             return
+        if delivery.qos:
+            with self._lock:
+                if (delivery.session, delivery.mid) in self._active:
+                    return  # the broker resent a request we are still answering (after a reconnect)
+                self._active.add((delivery.session, delivery.mid))
         if len(self._inflight) >= self.settings.max_inflight:
             self._send(self.refuse(inbound), delivery)
             return
@@ -211,16 +217,19 @@ class Transport:
         """Publish the reply at QoS 1 and ack the request on its PUBACK: until then the broker keeps the
         request for our session, so a crash means answering it again (cheap, local). A durable reply (a
         cloud answer) is spooled and the request acked at once, so the cloud is never asked twice. So is
-        the reply to a QoS 0 request: the broker would not redeliver that one."""
+        the reply to a QoS 0 request made while the broker is away: the broker would not redeliver that
+        request (while connected, such a reply goes straight out: no fsync on the hot path)."""
         if out is None:
             self._ack(delivery)
-        elif self.spool is None or (not out.durable and delivery.qos > 0):
+        elif self.spool is None or (not out.durable and (delivery.qos > 0 or self.client.is_connected())):
             self._publish(out, lambda: self._ack(delivery))
         else:
             self.deliver(out)
             self._ack(delivery)
 
     def _ack(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._active.discard((delivery.session, delivery.mid))
         if delivery.session == self._session:
             self.client.ack(delivery.mid, delivery.qos)
 

@@ -187,7 +187,7 @@ def test_in_a_batch_only_the_text_past_its_deadline_times_out(classifier: Path, 
     assert isinstance(late, Timeout) and isinstance(ok, Prediction) and ok.label == "weather"
 
 
-def test_answers_are_bounded_by_the_longest_training_answer(extractor: Path, extract_rt: GgufRuntime) -> None:
+def test_answers_are_bounded_by_the_answers_seen_in_training(extractor: Path, extract_rt: GgufRuntime) -> None:
     """Not by the schema's worst case: that sizes the context (KV memory) for thousands of tokens."""
     manifest = load(extractor)
     assert manifest.max_answer_tokens is not None

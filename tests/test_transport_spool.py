@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.spool import Spool
-from edge_agent.transport import Transport
+from edge_agent.transport import Delivery, Transport
 from tests.mqtt_helpers import Broker, client
 from tests.test_router_e2e import SessionClient
 from tests.test_transport import settings
@@ -114,33 +114,94 @@ async def next_session_sees(broker: Broker, marker: bytes) -> list[bytes]:
     return seen
 
 
-def test_the_reply_to_a_qos0_request_is_spooled(broker: Broker, tmp_path: Path) -> None:
-    """The broker never redelivers a QoS 0 message, so its answer is kept until the broker has it."""
+def test_a_qos0_reply_is_spooled_only_while_the_broker_is_away(persistent_broker: Broker, tmp_path: Path) -> None:
+    """The broker never redelivers a QoS 0 request: a reply made while it is away waits in the spool;
+    one made while it is there goes straight out (no fsync on the hot path)."""
+    release = asyncio.Event()
 
     async def handle(msg: Inbound) -> Outbound:
-        return Outbound("out/q0", b"answer:" + msg.payload)
+        if msg.payload == b"late":
+            await release.wait()
+        return Outbound("me/replies", b"answer:" + msg.payload)
 
     spool = Spool(tmp_path / "spool.sqlite")
     written: list[bytes] = []
     put = spool.put_reply
     spool.put_reply = lambda out: written.append(out.payload) or put(out)  # type: ignore[method-assign]
 
-    async def scenario() -> bytes:
-        t = Transport(settings(broker.port), ["in/#"], handle, lambda m: None, spool)
+    async def scenario() -> list[bytes]:
+        t = Transport(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
         stop = asyncio.Event()
         runner = asyncio.create_task(t.run(stop))
         await asyncio.wait_for(t.ready.wait(), 10)
-        with client(broker.port) as c:
-            c.subscribe("out/q0")
-            await asyncio.to_thread(lambda: c.client.publish("in/x", "0", qos=0).wait_for_publish(10))
-            got = (await asyncio.to_thread(c.get, 10, "out/q0")).payload
-        await asyncio.wait_for(drained(spool), 10)
+        me = SessionClient(persistent_broker.port, "tester-q0")
+        try:
+            got = []
+            for text in ("now", "late"):
+                await asyncio.to_thread(lambda p=text: me.client.publish("in/x", p, qos=0).wait_for_publish(10))
+                if text == "now":
+                    got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
+            await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
+            persistent_broker.stop()
+            await asyncio.wait_for(until(lambda: not t.client.is_connected()), 10)
+            release.set()  # answered while the broker is away
+            await asyncio.wait_for(until(lambda: bool(written)), 10)
+            t.ready.clear()
+            persistent_broker.start()
+            await asyncio.wait_for(t.ready.wait(), 30)
+            got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
+            await asyncio.wait_for(drained(spool), 10)
+        finally:
+            me.close()
         stop.set()
         await runner
         return got
 
-    assert asyncio.run(scenario()) == b"answer:0"
-    assert written == [b"answer:0"]
+    assert asyncio.run(scenario()) == [b"answer:now", b"answer:late"]
+    assert written == [b"answer:late"]
+
+
+def test_a_request_the_broker_resends_while_it_is_being_answered_is_answered_once(
+    persistent_broker: Broker, tmp_path: Path
+) -> None:
+    release = asyncio.Event()
+    handled: list[bytes] = []
+    dispatched: list[bytes] = []
+
+    async def handle(msg: Inbound) -> Outbound:
+        handled.append(msg.payload)
+        await release.wait()
+        return Outbound("me/replies", b"answer:" + msg.payload)
+
+    class Counting(Transport):
+        def _dispatch(self, inbound: Inbound, delivery: Delivery) -> None:
+            dispatched.append(inbound.payload)
+            super()._dispatch(inbound, delivery)
+
+    async def scenario() -> list[bytes]:
+        t = Counting(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, Spool(tmp_path / "s.sqlite"))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(t.run(stop))
+        await asyncio.wait_for(t.ready.wait(), 10)
+        me = SessionClient(persistent_broker.port, "tester-dup")
+        try:
+            await asyncio.to_thread(me.publish, "in/x", "1")
+            await asyncio.wait_for(until(lambda: len(handled) == 1), 10)
+            t.ready.clear()
+            persistent_broker.stop()
+            persistent_broker.start()  # our session is resumed: the unacked request comes again (DUP)
+            await asyncio.wait_for(until(lambda: len(dispatched) == 2), 30)
+            release.set()
+            got = [(await asyncio.to_thread(me.messages.get, True, 30)).payload]
+        finally:
+            me.close()
+        stop.set()
+        await runner
+        return got
+
+    assert asyncio.run(scenario()) == [b"answer:1"]
+    assert handled == [b"1"] and dispatched == [b"1", b"1"]
+    assert asyncio.run(next_session_sees(persistent_broker, b"2")) == [b"2"]
 
 
 async def until(condition: Callable[[], bool]) -> None:

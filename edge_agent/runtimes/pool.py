@@ -34,6 +34,8 @@ def default_loader(folder: Path, manifest: Manifest, threads: int) -> Runtime:
 
             return GgufRuntime(folder, manifest, threads)
     except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("onnxruntime", "tokenizers", "numpy", "llama_cpp"):
+            raise  # our own code is missing something: a bug, not an install to fix
         extra = {"onnx": "onnx", "gguf": "gguf"}[manifest.runtime]
         raise ArtifactError(
             f"artifact {manifest.name}: runtime {manifest.runtime} needs {exc.name}: pip install 'edge-agent[{extra}]'"
@@ -103,8 +105,13 @@ class Served:
             return list(self.runtime.predict(texts, self.entry.top_k, deadlines))
         except Exception as exc:
             if len(texts) > 1:
-                return [self._run([t], [d])[0] for t, d in zip(texts, deadlines, strict=True)]
+                return [self._alone(t, d) for t, d in zip(texts, deadlines, strict=True)]
             return [exc if isinstance(exc, AgentError) else Internal(f"{type(exc).__name__}: {exc}")]
+
+    def _alone(self, text: str, deadline: float) -> Prediction | AgentError:
+        if time.monotonic() > deadline:  # its time went to the failed batch: no second run
+            return Timeout(f"no answer from model {self.entry.name} within the deadline")
+        return self._run([text], [deadline])[0]
 
 
 def _settle(future: asyncio.Future[Prediction], result: Prediction | AgentError) -> None:

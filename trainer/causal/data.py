@@ -213,9 +213,9 @@ def run(train: Path, dev: Path, out: Path, base: Path, task: CausalTask = "class
     tokenizer = load_tokenizer(base)
     train_ex = read(train, task)
     spec = spec_for(train_ex, tokenizer, task, train, max_tokens)
-    if task == "extract":
-        spec.max_answer_tokens = answer_bound(train_ex, spec, tokenizer)
     dev_ex = read(dev, task, spec.fields_schema)
+    if task == "extract":
+        spec.max_answer_tokens = answer_bound([*train_ex, *dev_ex], spec, tokenizer)
     spec.base, spec.tokenizer = str(base), {"vocab_size": len(tokenizer), "class": type(tokenizer).__name__}
     spec.data = {"train": stage.file_info(train), "dev": stage.file_info(dev)}
     _check_dev(dev, dev_ex, spec)
@@ -235,14 +235,15 @@ def run(train: Path, dev: Path, out: Path, base: Path, task: CausalTask = "class
     return out
 
 
-def answer_bound(train: list[Example], spec: TaskSpec, tokenizer: Any) -> int:
-    """Twice the longest training answer, in tokens, plus a little. The schema's own bound counts every
-    string at its maxLength in 4-byte characters (thousands of tokens for a wide schema), and the
-    context, hence KV memory on the device, is sized from it; an answer longer than this is degenerate
-    and is cut, fails validation and escalates as invalid_output."""
+def answer_bound(examples: list[Example], spec: TaskSpec, tokenizer: Any) -> int:
+    """The longest answer generation may produce, in tokens: the longest seen (train and dev) plus room
+    for a whole input copied into it, or twice the longest, whichever is more. The schema's own bound
+    counts every string at its maxLength in 4-byte characters (thousands of tokens for a wide schema),
+    and the context, hence KV memory on the device, is sized from it; an answer longer than this one is
+    degenerate: it is cut, fails validation and escalates as invalid_output."""
     prompt = spec.prompt_model
-    longest = max(len(prompts.answer_ids(tokenizer, prompt, spec.answer(ex))) for ex in train)
-    return 2 * longest + 8
+    longest = max(len(prompts.answer_ids(tokenizer, prompt, spec.answer(ex))) for ex in examples)
+    return max(2 * longest, longest + spec.max_input_tokens) + 8
 
 
 def _check_dev(path: Path, dev: list[Example], spec: TaskSpec) -> None:

@@ -51,7 +51,7 @@ def run(merged: Path, out: Path, quants: list[str] | None = None, threads: int =
     results["sizes"] = {name: (out / rel).stat().st_size for name, rel in files.items()}
     results["tensor_types"] = {name: converter.tensor_types(out / rel, cache) for name, rel in files.items()}
     results["checks"] = {name: verify(out, rel, spec, tokenizer, samples) for name, rel in files.items()}
-    results["parity"] = parity(merged, out, files[reference], spec, samples[0])
+    results["parity"] = parity(merged, out, files[reference], spec, samples[0], tokenizer)
     params = {
         "quants": quants,
         "converter": f"llama-cpp-python {converter.VERSION} sdist",
@@ -104,23 +104,28 @@ def verify(
     }
 
 
-def parity(merged: Path, folder: Path, relpath: str, spec: data.TaskSpec, texts: list[str]) -> dict[str, Any]:
+def parity(
+    merged: Path, folder: Path, relpath: str, spec: data.TaskSpec, texts: list[str], tokenizer: Any = None
+) -> dict[str, Any]:
     """The converted model computes what the merged HF model computes: next-token log-probs after the
     first dev prompts, torch (fp32) against llama.cpp on the unquantized GGUF. Catches what a token
     check cannot (wrong RoPE or norm settings, a tensor mapped wrong). TrainerError beyond PARITY_NATS."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    tokenizer = data.load_tokenizer(merged)
+    tokenizer = tokenizer if tokenizer is not None else data.load_tokenizer(merged)
+    chosen = [t for t in texts if len(prompts.plain(tokenizer, t)) <= spec.max_input_tokens][-PARITY_PROMPTS:]
+    if not chosen:
+        raise TrainerError(f"no sample prompt fits {spec.max_input_tokens} tokens: parity cannot be checked")
     model: Any = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     runtime = GgufRuntime(folder, build_manifest(folder, [(relpath, "model")], spec), threads=1)
     worst, agree, prompt = 0.0, 0, spec.prompt_model
-    chosen = [t for t in texts if len(prompts.plain(tokenizer, t)) <= spec.max_input_tokens][-PARITY_PROMPTS:]
     try:
         for text in chosen:
             ids = prompts.prompt_ids(tokenizer, prompt, text)
             with torch.no_grad():
-                theirs = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
+                logits = model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+                theirs = torch.log_softmax(logits.double(), -1).numpy()
             ours = log_softmax(runtime.llm.prefill(ids).astype("float64"))
             if ours.shape != theirs.shape:
                 raise TrainerError(f"{folder / relpath}: vocabulary of {ours.size} tokens, HF model has {theirs.size}")
