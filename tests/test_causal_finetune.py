@@ -10,6 +10,7 @@ import torch
 
 from trainer.causal import data, finetune, merge, tiny
 from trainer.causal.recipe import CausalRecipe
+from trainer.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,8 @@ def test_a_rerun_resumes_from_the_last_checkpoint(data_dir: Path, tmp_path: Path
     history = json.loads((out / "stage.json").read_text())["results"]["history"]
     assert [h["step"] for h in history] == [3, 4, 6]  # epoch ends (3 steps), first run's end, then 5-6 only
     assert (out / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(UsageError, match=r"made with another recipe; resuming would mix two trainings"):
+        finetune.run(data_dir, out, recipe(max_steps=8, checkpoint_every=2, lr=1e-3))
 
 
 @pytest.mark.gpu

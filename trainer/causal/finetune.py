@@ -43,7 +43,7 @@ def run(data_dir: Path, out: Path, recipe: CausalRecipe | None = None, base: Pat
     mode = choose_mode(recipe.qlora)
     model = with_lora(load_base(base, mode), recipe, mode)
     started = time.monotonic()
-    history = Trainer(model, recipe, train, dev, out / CHECKPOINTS, pad_id(base)).fit()
+    history = Trainer(model, recipe, train, dev, out / CHECKPOINTS, pad_id(base), identity(recipe, spec, base)).fit()
     model.save_pretrained(out / ADAPTER)
     shutil.copy(data_dir / data.TASK_FILE, out / data.TASK_FILE)
     stage.write(
@@ -54,6 +54,16 @@ def run(data_dir: Path, out: Path, recipe: CausalRecipe | None = None, base: Pat
         {"history": history, "seconds": round(time.monotonic() - started, 1)},
     )
     return out
+
+
+def identity(recipe: CausalRecipe, spec: data.TaskSpec, base: Path) -> dict[str, Any]:
+    """What decides the batches and the weights: a checkpoint made under another of these is not resumed.
+    Threads and checkpoint spacing may change between runs, and so may the length (epochs, max_steps):
+    training on from a checkpoint is what a rerun is for."""
+    free = ("threads", "checkpoint_every", "epochs", "max_steps")
+    kept = {k: v for k, v in asdict(recipe).items() if k not in free}
+    sums = {split: info.get("sha256") for split, info in spec.data.items()}
+    return {"recipe": kept, "data": sums, "base": str(base), "task": spec.task}
 
 
 def choose_mode(qlora: str) -> str:
@@ -144,8 +154,10 @@ class Trainer:
         dev: list[dict[str, Any]],
         ckpt: Path,
         pad: int,
+        identity: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.recipe, self.train, self.dev, self.ckpt, self.pad = model, recipe, train, dev, ckpt, pad
+        self.identity = identity or {}  # what a checkpoint must match to be resumed
         self.per_epoch = max(1, (len(train) + recipe.batch_size - 1) // recipe.batch_size)
         self.total = recipe.max_steps or self.per_epoch * recipe.epochs
         params = [p for p in model.parameters() if p.requires_grad]
@@ -227,6 +239,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "history": self.history,
+            "identity": self.identity,
         }
         path = self.ckpt / f"step-{self.step:07d}.pt"
         torch.save(state, path.with_suffix(".tmp"))
@@ -241,6 +254,13 @@ class Trainer:
         if not found:
             return
         state = torch.load(found[-1], map_location=self.device, weights_only=False)
+        theirs = state.get("identity", {})
+        changed = sorted(k for k in {*theirs, *self.identity} if theirs.get(k) != self.identity.get(k))
+        if changed:
+            raise UsageError(
+                f"{found[-1]}: made with another {', '.join(changed)}; resuming would mix two trainings: "
+                f"give a new --out, or delete {self.ckpt}"
+            )
         set_peft_model_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
