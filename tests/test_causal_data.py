@@ -114,3 +114,40 @@ def test_converter_pin_refuses_another_llama_cpp_version(monkeypatch: pytest.Mon
     monkeypatch.setattr(converter, "VERSION", "0.0.1")
     with pytest.raises(TrainerError, match=r"pinned to 0\.0\.1"):
         converter.ensure()
+
+
+def byte_bpe_base(folder: Path) -> Path:
+    """A Qwen2 with a byte-level BPE tokenizer trained here: llama.cpp's converter knows such tokenizers
+    only by the hash of their output (the published models'), so it cannot take this one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=alphabet)
+    tok.train_from_iterator(["turn on the lights", "will it rain today"] * 10, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(fast), num_key_value_heads=2, **sizes)).save_pretrained(folder)
+    return folder
+
+
+def test_a_tokenizer_llama_cpp_cannot_convert_stops_the_build_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("llama_cpp")
+    from trainer import cli
+
+    base = byte_bpe_base(tmp_path / "base")
+    records = tiny.write_records(tmp_path / "train.jsonl")
+    argv = ["build-causal", "--base", str(base), "--train", str(records), "--dev", str(records)]
+    argv += ["--name", "bpe", "--out", str(tmp_path / "bpe"), "--work", str(tmp_path / "work")]
+    capsys.readouterr()  # what making the base printed
+    assert cli.main(argv) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "pre-tokenizer was not recognized" in error[0] and "nothing was trained" in error[0]
+    assert not (tmp_path / "work" / "finetune").exists()

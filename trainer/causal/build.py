@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer import evaluate, publish
-from trainer.causal import data, finetune, gguf_export, merge
+from trainer.causal import converter, data, finetune, gguf_export, merge
 from trainer.causal import evaluate as causal_eval
 from trainer.causal import publish as causal_publish
 from trainer.causal.prompts import CausalTask
@@ -44,6 +44,7 @@ def build(train: Path, dev: Path, options: CausalBuild, recipe: CausalRecipe | N
     if options.serve not in [*options.quants, gguf_export.OUTTYPES.get(options.dtype, "")]:
         raise UsageError(f"--serve {options.serve}: not among the variants built ({', '.join(options.quants)})")
     work = options.work or options.out.parent / f".work-{options.name}"
+    converter.check_vocab(options.base)  # seconds now, rather than a failed export after the fine-tune
     data_dir = data.run(train, dev, work / "data", options.base, options.task, options.max_tokens)
     tuned = finetune.run(data_dir, work / "finetune", recipe)
     merged = merge.run(tuned, work / "merged", options.dtype)

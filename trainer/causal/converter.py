@@ -99,16 +99,32 @@ def _extract(sdist: Path, into: Path) -> None:
                 tar.extract(member, into, filter="data")
 
 
-def convert(merged: Path, out: Path, outtype: str, cache: Path | None = None) -> Path:
+def convert(merged: Path, out: Path, outtype: str, cache: Path | None = None, extra: list[str] | None = None) -> Path:
     """Run the pinned converter on a Hugging Face folder; its own gguf-py comes first on the path."""
     folder = ensure(cache)
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
     cmd = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(merged), "--outfile", str(out)]
-    done = subprocess.run([*cmd, "--outtype", outtype], capture_output=True, text=True, env=env)
+    done = subprocess.run([*cmd, "--outtype", outtype, *(extra or [])], capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out.is_file():
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise TrainerError(f"convert_hf_to_gguf failed on {merged}: {lines[-1] if lines else done.returncode}")
+        last = lines[-1].strip() if lines else str(done.returncode)
+        if ":" not in last and len(lines) > 2:  # a bare AssertionError: say which check failed
+            last = f"{last} at `{lines[-3].strip()}`"
+        raise TrainerError(f"convert_hf_to_gguf failed on {merged}: {last}")
     return out
+
+
+def check_vocab(base: Path, cache: Path | None = None) -> None:
+    """Fail before any training when llama.cpp's converter cannot take the base's tokenizer (it knows
+    byte-level BPE tokenizers by the hash of their output: a model it does not know stops the export
+    otherwise, after the fine-tune). Writes only the vocabulary, in a few seconds."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vocab-check-") as tmp:
+        try:
+            convert(base, Path(tmp) / "vocab.gguf", "f32", cache, ["--vocab-only"])
+        except TrainerError as exc:
+            raise TrainerError(f"{exc} (vocabulary check before training: nothing was trained)") from None
 
 
 TENSOR_TYPES = """
