@@ -39,9 +39,13 @@ def test_a_rerun_resumes_from_the_last_checkpoint(data_dir: Path, tmp_path: Path
     out = tmp_path / "ft"
     finetune.run(data_dir, out, recipe(max_steps=4, checkpoint_every=2))
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step-0000002.pt", "step-0000004.pt"]
+    last = out / "checkpoints" / "step-0000004.pt"
+    state = torch.load(last, weights_only=False)
+    torch.save({**state, "seconds": 1e6}, last)  # as if the first run had trained for 11 days
     finetune.run(data_dir, out, recipe(max_steps=6, checkpoint_every=2))
-    history = json.loads((out / "stage.json").read_text())["results"]["history"]
-    assert [h["step"] for h in history] == [3, 4, 6]  # epoch ends (3 steps), first run's end, then 5-6 only
+    results = json.loads((out / "stage.json").read_text())["results"]
+    assert [h["step"] for h in results["history"]] == [3, 4, 6]  # epoch ends (3 steps), first run's end, then 5-6
+    assert results["seconds"] > 1e6  # the training's time, every run of it, not the last run's
     assert (out / "adapter" / "adapter_config.json").is_file()
     with pytest.raises(UsageError, match=r"made with another recipe; resuming would mix two trainings"):
         finetune.run(data_dir, out, recipe(max_steps=8, checkpoint_every=2, lr=1e-3))

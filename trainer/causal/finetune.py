@@ -42,8 +42,8 @@ def run(data_dir: Path, out: Path, recipe: CausalRecipe | None = None, base: Pat
         torch.set_num_threads(recipe.threads)
     mode = choose_mode(recipe.qlora)
     model = with_lora(load_base(base, mode), recipe, mode)
-    started = time.monotonic()
-    history = Trainer(model, recipe, train, dev, out / CHECKPOINTS, pad_id(base), identity(recipe, spec, base)).fit()
+    trainer = Trainer(model, recipe, train, dev, out / CHECKPOINTS, pad_id(base), identity(recipe, spec, base))
+    history = trainer.fit()
     model.save_pretrained(out / ADAPTER)
     shutil.copy(data_dir / data.TASK_FILE, out / data.TASK_FILE)
     stage.write(
@@ -51,7 +51,7 @@ def run(data_dir: Path, out: Path, recipe: CausalRecipe | None = None, base: Pat
         "causal-finetune",
         {"recipe": asdict(recipe), "mode": mode, "base": str(base)},
         {"train": data_dir / "train.jsonl"},
-        {"history": history, "seconds": round(time.monotonic() - started, 1)},
+        {"history": history, "seconds": round(trainer.elapsed(), 1)},
     )
     return out
 
@@ -167,6 +167,11 @@ class Trainer:
             self.optimizer, lambda s: min((s + 1) / warm, max(0.0, (self.total - s) / max(1, self.total - warm)))
         )
         self.step, self.history = 0, list[dict[str, float]]()
+        self.before, self.started = 0.0, time.monotonic()  # seconds spent by earlier runs of this training
+
+    def elapsed(self) -> float:
+        """Training seconds across every run that led here (a resumed run adds to its checkpoint's)."""
+        return self.before + time.monotonic() - self.started
 
     @property
     def device(self) -> torch.device:
@@ -240,6 +245,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "history": self.history,
             "identity": self.identity,
+            "seconds": self.elapsed(),
         }
         path = self.ckpt / f"step-{self.step:07d}.pt"
         torch.save(state, path.with_suffix(".tmp"))
@@ -265,4 +271,5 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.before, self.started = float(state.get("seconds", 0.0)), time.monotonic()
         tqdm.write(f"causal-finetune: resuming from {found[-1].name}")
