@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +32,23 @@ def read(path: Path) -> list[Record]:
     """All records of a JSONL file; blank lines are skipped, an empty file is an error."""
     if not path.is_file():
         raise DataError(path, None, "no such file")
-    records = []
-    with path.open("rb") as fh:  # decoded line by line, so a bad byte is reported with its line
-        for number, data in enumerate(fh, start=1):
-            try:
-                raw = data.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not data
-            except UnicodeDecodeError as exc:
-                raise DataError(path, number, f"not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
-            if raw.strip():
-                records.append(_parse(path, number, raw))
+    records = [_parse(path, number, raw) for number, raw in lines(path)]
     if not records:
         raise DataError(path, 1, "file is empty (no JSON records)")
     return records
+
+
+def lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines, decoded one by one so a bad byte is reported with its line (a BOM is
+    not data)."""
+    with path.open("rb") as fh:
+        for number, data in enumerate(fh, start=1):
+            try:
+                raw = data.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(path, number, f"not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+            if raw.strip():
+                yield number, raw
 
 
 def _parse(path: Path, line: int, raw: str) -> Record:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,22 +129,10 @@ def read(path: Path, task: CausalTask, schema: dict[str, Any] | None = None) -> 
     ]
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered non-blank lines; a file that is not UTF-8 is a DataError at its first bad line."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not data
-            except UnicodeDecodeError:
-                raise DataError(path, number, "not UTF-8 text; save the file as UTF-8") from None
-            if line.strip():
-                yield number, line
-
-
 def _first_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, None, "no such file")
-    for number, raw in _lines(path):
+    for number, raw in records.lines(path):
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -155,7 +142,7 @@ def _first_object(path: Path) -> dict[str, Any]:
 
 
 def _read_fields(path: Path) -> list[Example]:
-    return [_fields_line(path, number, raw) for number, raw in _lines(path)]
+    return [_fields_line(path, number, raw) for number, raw in records.lines(path)]
 
 
 def _fields_line(path: Path, line: int, raw: str) -> Example:
