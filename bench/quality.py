@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
-from trainer import calibration, evaluate, metrics, pipeline, records, serving  # noqa: E402
+from trainer import calibration, evaluate, metrics, pipeline, records, serving, stage  # noqa: E402
 from trainer.recipe import Recipe  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
@@ -171,7 +171,7 @@ def _word_spans(text: str, tags: list[str], offsets: list[tuple[int, int]], word
 
 def fp32_model(artifact: Path, manifest: mf.Manifest) -> tuple[Path, mf.Manifest]:
     """The same artifact with the fp32 ONNX from the export stage in place of the int8 model."""
-    export_dir = pipeline.work_dir(pipeline.BuildOptions(name=manifest.name, out=artifact)) / "export"
+    export_dir = stage.work_dir(manifest.name, artifact) / "export"
     files = [
         mf.file_entry(export_dir, "model.fp32.onnx", "model"),
         mf.file_entry(export_dir, "tokenizer.json", "tokenizer"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import data, evaluate, export, finetune, publish
+from trainer import data, evaluate, export, finetune, publish, stage
 from trainer.recipe import Recipe
 
 
@@ -27,15 +27,10 @@ class BuildOptions:
     key: bytes | None = None
 
 
-def work_dir(options: BuildOptions) -> Path:
-    """Intermediate stages live beside the artifact, never inside it: OUT/../.work-NAME/."""
-    return options.work or options.out.parent / f".work-{options.name}"
-
-
 def build(train: Path, dev: Path, options: BuildOptions, recipe: Recipe | None = None) -> Path:
     """Run every stage; returns the published artifact folder."""
     publish.check_identity(options.name, options.version)
-    work = work_dir(options)
+    work = stage.work_dir(options.name, options.out, options.work)
     data_dir = data.run(train, dev, work / "data", options.base, options.max_tokens)
     model_dir = finetune.run(data_dir, work / "finetune", options.base, recipe)
     export_dir = export.run(model_dir, data_dir, work / "export")

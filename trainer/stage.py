@@ -43,6 +43,11 @@ def write(
     return path
 
 
+def work_dir(name: str, out: Path, work: Path | None = None) -> Path:
+    """Intermediate stages live beside the artifact, never inside it: OUT/../.work-NAME/ (both paths)."""
+    return work or out.parent / f".work-{name}"
+
+
 def read(folder: Path, stage: str) -> dict[str, Any]:
     """The metadata of a stage's output folder; a clear error when the folder is something else."""
     path = folder / META

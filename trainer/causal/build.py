@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer import evaluate, publish
+from trainer import evaluate, publish, stage
 from trainer.causal import converter, data, finetune, gguf_export, merge
 from trainer.causal import evaluate as causal_eval
 from trainer.causal import publish as causal_publish
@@ -43,7 +43,7 @@ def build(train: Path, dev: Path, options: CausalBuild, recipe: CausalRecipe | N
     publish.check_identity(options.name, options.version)
     if options.serve not in [*options.quants, gguf_export.OUTTYPES.get(options.dtype, "")]:
         raise UsageError(f"--serve {options.serve}: not among the variants built ({', '.join(options.quants)})")
-    work = options.work or options.out.parent / f".work-{options.name}"
+    work = stage.work_dir(options.name, options.out, options.work)
     converter.check_vocab(options.base)  # seconds now, rather than a failed export after the fine-tune
     data_dir = data.run(train, dev, work / "data", options.base, options.task, options.max_tokens)
     tuned = finetune.run(data_dir, work / "finetune", recipe)
