@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -72,18 +73,27 @@ def start_agent(models: Path, port: int, tmp: Path, threads: int) -> tuple[subpr
     return proc, startup
 
 
-def round_trips(port: int, batch: list[str]) -> list[tuple[str, float, float]]:
-    """(text, round trip ms, the reply's own latency_ms: message received -> reply built, in the agent)"""
+def timed(port: int, topic: str, batch: list[str]) -> list[tuple[float, dict[str, Any]]]:
+    """Sequential MQTT 5 requests (response topic set), each with its round trip in ms and its reply."""
     c = Client(port)
     c.subscribe("bench/reply")
     out = []
     for i, text in enumerate(batch):
         t0 = time.perf_counter()
-        c.publish("edge-agent/bench/req/m", json.dumps({"text": text, "id": i}), "bench/reply")
+        c.publish(topic, json.dumps({"text": text, "id": i}), "bench/reply")
         reply = c.get(timeout=10, topic="bench/reply").json()
-        out.append((text, (time.perf_counter() - t0) * 1000, float(reply["latency_ms"]), reply["timings"]["local_ms"]))
-        assert reply["id"] == i and "label" in reply, reply
+        out.append(((time.perf_counter() - t0) * 1000, reply))
     c.close()
+    return out
+
+
+def round_trips(port: int, batch: list[str]) -> list[tuple[str, float, float, float]]:
+    """(text, round trip ms, the reply's own latency_ms: message received -> reply built, in the agent,
+    and its timings.local_ms)"""
+    out = []
+    for i, (text, (ms, reply)) in enumerate(zip(batch, timed(port, "edge-agent/bench/req/m", batch), strict=True)):
+        assert reply["id"] == i and "label" in reply, reply
+        out.append((text, ms, float(reply["latency_ms"]), float(reply["timings"]["local_ms"])))
     return out
 
 
@@ -112,15 +122,7 @@ def echo_baseline(port: int, batch: list[str]) -> np.ndarray:
     manual ack): what any Python service behind this broker pays before doing anything."""
     proc = subprocess.Popen([sys.executable, "-c", ECHO, str(port)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    c = Client(port)
-    c.subscribe("bench/echo")
-    out = []
-    for i, text in enumerate(batch):
-        t0 = time.perf_counter()
-        c.publish("echo/req", json.dumps({"text": text, "id": i}), "bench/echo")
-        c.get(timeout=10, topic="bench/echo")
-        out.append((time.perf_counter() - t0) * 1000)
-    c.close()
+    out = [ms for ms, _ in timed(port, "echo/req", batch)]
     proc.terminate()
     proc.wait(10)
     return np.array(out)
