@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from edge_agent.messages import Inbound, Outbound
@@ -61,30 +62,23 @@ def test_a_local_reply_made_while_the_broker_is_away_arrives_without_the_spool(
         return Outbound("me/replies", b"answer:" + msg.payload)
 
     spool = Spool(tmp_path / "spool.sqlite")
-    written: list[Outbound] = []
-    put = spool.put_reply
-    spool.put_reply = lambda out: written.append(out) or put(out)  # type: ignore[method-assign]
+    written = spooled(spool)
 
     async def scenario() -> list[bytes]:
         t = Transport(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(t.run(stop))
-        await asyncio.wait_for(t.ready.wait(), 10)
-        me = SessionClient(persistent_broker.port, "tester-local")  # subscribed to me/replies, session kept
-        try:
-            await asyncio.to_thread(me.publish, "in/x", "1")
-            await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
-            t.ready.clear()
-            persistent_broker.stop()
-            release.set()  # the answer is made while the broker is away
-            persistent_broker.start()
-            await asyncio.wait_for(t.ready.wait(), 30)
-            got = [(await asyncio.to_thread(me.messages.get, True, 30)).payload]  # a redelivery may add one more
-        finally:
-            me.close()
-        stop.set()
-        await runner
-        return got
+        async with serving(t):
+            me = SessionClient(persistent_broker.port, "tester-local")  # subscribed to me/replies, session kept
+            try:
+                await asyncio.to_thread(me.publish, "in/x", "1")
+                await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
+                t.ready.clear()
+                persistent_broker.stop()
+                release.set()  # the answer is made while the broker is away
+                persistent_broker.start()
+                await asyncio.wait_for(t.ready.wait(), 30)
+                return [(await asyncio.to_thread(me.messages.get, True, 30)).payload]  # a redelivery may add one
+            finally:
+                me.close()
 
     assert asyncio.run(scenario()) == [b"answer:1"]
     assert written == [] and spool.counts()["replies"] == 0
@@ -102,15 +96,10 @@ async def next_session_sees(broker: Broker, marker: bytes) -> list[bytes]:
         if msg.payload == marker:
             done.set()
 
-    t = Transport(settings(broker.port), ["in/#"], record, lambda m: None)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(t.run(stop))
-    await asyncio.wait_for(t.ready.wait(), 10)
-    with client(broker.port) as c:
-        await asyncio.to_thread(c.publish, "in/x", marker)
-        await asyncio.wait_for(done.wait(), 10)
-    stop.set()
-    await runner
+    async with serving(Transport(settings(broker.port), ["in/#"], record, lambda m: None)):
+        with client(broker.port) as c:
+            await asyncio.to_thread(c.publish, "in/x", marker)
+            await asyncio.wait_for(done.wait(), 10)
     return seen
 
 
@@ -125,37 +114,31 @@ def test_a_qos0_reply_is_spooled_only_while_the_broker_is_away(persistent_broker
         return Outbound("me/replies", b"answer:" + msg.payload)
 
     spool = Spool(tmp_path / "spool.sqlite")
-    written: list[bytes] = []
-    put = spool.put_reply
-    spool.put_reply = lambda out: written.append(out.payload) or put(out)  # type: ignore[method-assign]
+    written = spooled(spool)
 
     async def scenario() -> list[bytes]:
         t = Transport(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(t.run(stop))
-        await asyncio.wait_for(t.ready.wait(), 10)
-        me = SessionClient(persistent_broker.port, "tester-q0")
-        try:
-            got = []
-            for text in ("now", "late"):
-                await asyncio.to_thread(lambda p=text: me.client.publish("in/x", p, qos=0).wait_for_publish(10))
-                if text == "now":
-                    got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
-            await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
-            persistent_broker.stop()
-            await asyncio.wait_for(until(lambda: not t.client.is_connected()), 10)
-            release.set()  # answered while the broker is away
-            await asyncio.wait_for(until(lambda: bool(written)), 10)
-            t.ready.clear()
-            persistent_broker.start()
-            await asyncio.wait_for(t.ready.wait(), 30)
-            got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
-            await asyncio.wait_for(drained(spool), 10)
-        finally:
-            me.close()
-        stop.set()
-        await runner
-        return got
+        async with serving(t):
+            me = SessionClient(persistent_broker.port, "tester-q0")
+            try:
+                got = []
+                for text in ("now", "late"):
+                    await asyncio.to_thread(lambda p=text: me.client.publish("in/x", p, qos=0).wait_for_publish(10))
+                    if text == "now":
+                        got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
+                await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
+                persistent_broker.stop()
+                await asyncio.wait_for(until(lambda: not t.client.is_connected()), 10)
+                release.set()  # answered while the broker is away
+                await asyncio.wait_for(until(lambda: bool(written)), 10)
+                t.ready.clear()
+                persistent_broker.start()
+                await asyncio.wait_for(t.ready.wait(), 30)
+                got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
+                await asyncio.wait_for(drained(spool), 10)
+                return got
+            finally:
+                me.close()
 
     assert asyncio.run(scenario()) == [b"answer:now", b"answer:late"]
     assert written == [b"answer:late"]
@@ -180,28 +163,44 @@ def test_a_request_the_broker_resends_while_it_is_being_answered_is_answered_onc
 
     async def scenario() -> list[bytes]:
         t = Counting(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, Spool(tmp_path / "s.sqlite"))
-        stop = asyncio.Event()
-        runner = asyncio.create_task(t.run(stop))
-        await asyncio.wait_for(t.ready.wait(), 10)
-        me = SessionClient(persistent_broker.port, "tester-dup")
-        try:
-            await asyncio.to_thread(me.publish, "in/x", "1")
-            await asyncio.wait_for(until(lambda: len(handled) == 1), 10)
-            t.ready.clear()
-            persistent_broker.stop()
-            persistent_broker.start()  # our session is resumed: the unacked request comes again (DUP)
-            await asyncio.wait_for(until(lambda: len(dispatched) == 2), 30)
-            release.set()
-            got = [(await asyncio.to_thread(me.messages.get, True, 30)).payload]
-        finally:
-            me.close()
-        stop.set()
-        await runner
-        return got
+        async with serving(t):
+            me = SessionClient(persistent_broker.port, "tester-dup")
+            try:
+                await asyncio.to_thread(me.publish, "in/x", "1")
+                await asyncio.wait_for(until(lambda: len(handled) == 1), 10)
+                t.ready.clear()
+                persistent_broker.stop()
+                persistent_broker.start()  # our session is resumed: the unacked request comes again (DUP)
+                await asyncio.wait_for(until(lambda: len(dispatched) == 2), 30)
+                release.set()
+                return [(await asyncio.to_thread(me.messages.get, True, 30)).payload]
+            finally:
+                me.close()
 
     assert asyncio.run(scenario()) == [b"answer:1"]
     assert handled == [b"1"] and dispatched == [b"1", b"1"]
     assert asyncio.run(next_session_sees(persistent_broker, b"2")) == [b"2"]
+
+
+@contextlib.asynccontextmanager
+async def serving(t: Transport) -> AsyncIterator[Transport]:
+    """The transport running and connected for the block; stopped (in-flight work finished) after it."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(t.run(stop))
+    try:
+        await asyncio.wait_for(t.ready.wait(), 10)
+        yield t
+    finally:
+        stop.set()
+        await runner
+
+
+def spooled(spool: Spool) -> list[bytes]:
+    """The payloads of every reply written to `spool` from now on."""
+    written: list[bytes] = []
+    put = spool.put_reply
+    spool.put_reply = lambda out: written.append(out.payload) or put(out)  # type: ignore[method-assign]
+    return written
 
 
 async def until(condition: Callable[[], bool]) -> None:
