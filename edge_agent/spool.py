@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS replies (
 );
 CREATE TABLE IF NOT EXISTS waiting (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    response_topic TEXT, correlation BLOB, expires REAL NOT NULL
+    response_topic TEXT, correlation BLOB, expires REAL NOT NULL, arrived REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -48,6 +48,9 @@ class Spool:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(waiting)")}
+        if "arrived" not in columns:  # a spool written before requests kept their arrival time
+            self.db.execute("ALTER TABLE waiting ADD COLUMN arrived REAL NOT NULL DEFAULT 0")
 
     # -- replies waiting for the broker ---------------------------------------------------
     def put_reply(self, out: Outbound) -> int:
@@ -67,17 +70,20 @@ class Spool:
 
     # -- requests waiting for the cloud ---------------------------------------------------
     def wait(self, model: str, msg: Inbound, ttl_s: float) -> int:
+        """Park a request. Requests can reach here out of arrival order (each waits for its own failed
+        cloud call), so the wall-clock arrival time is kept and orders them."""
+        arrived = time.time() - (time.monotonic() - msg.received)
         cur = self.db.execute(
-            "INSERT INTO waiting (model, topic, payload, response_topic, correlation, expires)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (model, msg.topic, msg.payload, msg.response_topic, msg.correlation, time.time() + ttl_s),
+            "INSERT INTO waiting (model, topic, payload, response_topic, correlation, expires, arrived)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (model, msg.topic, msg.payload, msg.response_topic, msg.correlation, time.time() + ttl_s, arrived),
         )
         return int(cur.lastrowid or 0)
 
     def waiting(self) -> list[Waiting]:
-        """Every waiting request, oldest first; `received` is set so each keeps its own deadline budget."""
+        """Every waiting request, in arrival order; `received` is set so each keeps its own deadline budget."""
         rows = self.db.execute(
-            "SELECT id, model, topic, payload, response_topic, correlation, expires FROM waiting ORDER BY id"
+            "SELECT id, model, topic, payload, response_topic, correlation, expires FROM waiting ORDER BY arrived, id"
         )
         now = time.monotonic()
         return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -45,3 +46,26 @@ def test_counts_and_done(tmp_path: Path) -> None:
     assert spool.counts() == {"replies": 1, "waiting": 1}
     spool.done_waiting(wid)
     assert spool.counts() == {"replies": 1, "waiting": 0}
+
+
+def test_waiting_requests_come_back_in_arrival_order_not_parking_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite")
+    early, late = Inbound("t", b"early", received=time.monotonic() - 5), Inbound("t", b"late")
+    spool.wait("m", late, ttl_s=60)  # parked first: its cloud call failed sooner
+    spool.wait("m", early, ttl_s=60)
+    assert [w.inbound.payload for w in spool.waiting()] == [b"early", b"late"]
+
+
+def test_a_spool_from_before_arrival_times_still_opens_and_keeps_its_requests(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE waiting (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, topic TEXT NOT NULL,"
+        " payload BLOB NOT NULL, response_topic TEXT, correlation BLOB, expires REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO waiting (model, topic, payload, expires) VALUES ('m', 't', X'6f6c64', 1e12)")
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    spool.wait("m", Inbound("t", b"new"), ttl_s=60)
+    assert [w.inbound.payload for w in spool.waiting()] == [b"old", b"new"]
