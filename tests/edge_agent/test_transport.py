@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
-from edge_agent.config import AgentSettings, MqttSettings
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.transport import Transport
-from tests.mqtt_helpers import Broker, client
-
-
-def settings(port: int, **kw: object) -> AgentSettings:
-    return AgentSettings(device_id="t1", mqtt=MqttSettings(port=port), models_file=Path("unused"), **kw)  # type: ignore[arg-type]
+from tests.support.agent import agent_settings as settings
+from tests.support.broker import Broker, client
 
 
 def test_overload_gets_an_overloaded_reply_not_a_drop(broker: Broker) -> None:

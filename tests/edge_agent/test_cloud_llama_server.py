@@ -18,9 +18,9 @@ import pytest
 from edge_agent.config import CloudSettings
 from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.cloud import CloudClient
-from tests.mqtt_helpers import free_port, wait_port
-from tests.test_cloud import LABELS, manifest
-from tests.tiny_gguf import build_tiny_gguf
+from tests.support.broker import free_port, wait_port
+from tests.support.cloud import LABELS, manifest
+from tests.support.gguf import build_tiny_gguf
 
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
 

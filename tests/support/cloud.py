@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from edge_agent.manifest import FileEntry, Manifest
+
 Teacher = Callable[[str], str]
 
 
@@ -161,3 +163,17 @@ def serve(cloud: FakeCloud | None = None, port: int = 0) -> Iterator[FakeCloud]:
         cloud.release.set()
         server.shutdown()
         server.server_close()
+
+
+LABELS = ["lights_on", "lights_off", "weather"]
+FIELDS = {
+    "type": "object",
+    "properties": {"device": {"type": "string"}, "level": {"type": "integer", "minimum": 0, "maximum": 100}},
+    "required": ["device", "level"],
+    "additionalProperties": False,
+}
+
+
+def manifest(task: str = "classify", **kw: Any) -> Manifest:
+    files = [FileEntry(path="model.onnx", role="model", sha256="0" * 64, size=1)]
+    return Manifest(name="m", version="1", task=task, runtime="onnx", files=files, labels=LABELS, **kw)  # type: ignore[arg-type]

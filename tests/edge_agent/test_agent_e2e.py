@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from edge_agent.manifest import read
-from tests.conftest import Agent, write_models
-from tests.mqtt_helpers import Broker, client
+from tests.support.agent import Agent, write_models
+from tests.support.broker import Broker, client
 
 
 @pytest.fixture()
@@ -139,7 +139,7 @@ def test_request_sent_while_agent_down_is_answered_after_restart(
 
 
 def test_missing_artifact_run_exits_78(broker: Broker, tmp_path: Path) -> None:
-    from tests.test_config import run_cli
+    from tests.support.agent import run_cli
 
     models = write_models(tmp_path, [{"name": "gone", "path": str(tmp_path / "nowhere")}])
     result = run_cli("run", "--models", str(models), "--port", str(broker.port))
@@ -147,7 +147,7 @@ def test_missing_artifact_run_exits_78(broker: Broker, tmp_path: Path) -> None:
 
 
 def test_corrupted_artifact_is_refused(tiny_artifact: Path, tmp_path: Path) -> None:
-    from tests.test_config import run_cli
+    from tests.support.agent import run_cli
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_artifact, copy)
@@ -159,7 +159,7 @@ def test_corrupted_artifact_is_refused(tiny_artifact: Path, tmp_path: Path) -> N
 
 
 def test_classify_cli(tiny_artifact: Path, tmp_path: Path) -> None:
-    from tests.test_config import run_cli
+    from tests.support.agent import run_cli
 
     models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
     result = run_cli("classify", "--models", str(models), "--model", "tiny", "turn the lights off")

@@ -146,3 +146,34 @@ def client(port: int, v5: bool = True) -> Iterator[Client]:
 
 def _no_delay(_c: Any, _u: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SessionClient:
+    """An MQTT 3.1.1 client with a persistent session: what it subscribed to survives a broker restart."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False
+        )
+        self.client.on_message = lambda _c, _u, m: self.messages.put(
+            Received(m.topic, bytes(m.payload), None, bool(m.retain))
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        subscribed: queue.Queue[int] = queue.Queue()
+        self.client.on_subscribe = lambda *a: subscribed.put(1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe("me/replies", qos=1)
+        subscribed.get(timeout=10)
+
+    def publish(self, topic: str, payload: str) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def replies(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        end = time.monotonic() + timeout
+        return [json.loads(self.messages.get(timeout=max(0.01, end - time.monotonic())).payload) for _ in range(count)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

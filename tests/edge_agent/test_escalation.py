@@ -29,9 +29,9 @@ from edge_agent.runtimes.cloud import CloudClient
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
 from edge_agent.waitlist import Waitlist
-from tests import fake_cloud
-from tests.fake_cloud import GARBAGE, HOLD, FakeCloud, content, status
-from tests.mqtt_helpers import free_port
+from tests.support import cloud as fake_cloud
+from tests.support.broker import free_port
+from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, status
 
 LABELS = ["lights_on", "lights_off", "weather"]
 

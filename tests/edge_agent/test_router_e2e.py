@@ -7,25 +7,20 @@ and restarted, the cloud port refuses connections. Waits are on messages or on t
 from __future__ import annotations
 
 import json
-import queue
 import shutil
 import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.manifest import read
-from tests import fake_cloud
-from tests.conftest import Agent, start_agent, write_models
-from tests.fake_cloud import HOLD, FakeCloud
-from tests.mqtt_helpers import Broker, Received, client, free_port
-from tests.test_config import run_cli
+from tests.support import cloud as fake_cloud
+from tests.support.agent import Agent, run_cli, start_agent, write_models
+from tests.support.broker import Broker, SessionClient, client, free_port
+from tests.support.cloud import HOLD, FakeCloud
 
 
 def cloud_env(url: str, **extra: str) -> dict[str, str]:
@@ -48,37 +43,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         if time.monotonic() > end:
             raise TimeoutError(what)
         time.sleep(0.05)
-
-
-class SessionClient:
-    """An MQTT 3.1.1 client with a persistent session: what it subscribed to survives a broker restart."""
-
-    def __init__(self, port: int, client_id: str) -> None:
-        self.messages: queue.Queue[Received] = queue.Queue()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False
-        )
-        self.client.on_message = lambda _c, _u, m: self.messages.put(
-            Received(m.topic, bytes(m.payload), None, bool(m.retain))
-        )
-        self.client.reconnect_delay_set(0.1, 0.5)
-        subscribed: queue.Queue[int] = queue.Queue()
-        self.client.on_subscribe = lambda *a: subscribed.put(1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe("me/replies", qos=1)
-        subscribed.get(timeout=10)
-
-    def publish(self, topic: str, payload: str) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
-
-    def replies(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-        end = time.monotonic() + timeout
-        return [json.loads(self.messages.get(timeout=max(0.01, end - time.monotonic())).payload) for _ in range(count)]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture()

@@ -10,9 +10,8 @@ from pathlib import Path
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.spool import Spool
 from edge_agent.transport import Delivery, Transport
-from tests.mqtt_helpers import Broker, client
-from tests.test_router_e2e import SessionClient
-from tests.test_transport import settings
+from tests.support.agent import agent_settings as settings
+from tests.support.broker import Broker, SessionClient, client
 
 
 def test_spooled_replies_from_a_previous_run_go_out_in_order_then_leave_the_spool(

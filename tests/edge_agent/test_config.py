@@ -1,24 +1,10 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge_agent.config import load_models, load_settings
 from edge_agent.errors import EX_CONFIG, ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge_agent", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-    )
+from tests.support.agent import run_cli
 
 
 def test_settings_priority_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

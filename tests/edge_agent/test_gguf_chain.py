@@ -24,8 +24,8 @@ from edge_agent.runtimes import Prediction, gguf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from edge_agent.runtimes.grammar import max_bytes
 from edge_agent.runtimes.pool import Served
-from tests.conftest import Agent, write_models
-from tests.mqtt_helpers import Broker, client
+from tests.support.agent import Agent, write_models
+from tests.support.broker import Broker, client
 from trainer import cli as trainer_cli
 from trainer.causal import converter, data, gguf_export
 from trainer.causal.tiny import build_tiny_artifact, corpus, make_base, write_records

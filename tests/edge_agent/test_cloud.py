@@ -11,25 +11,12 @@ from typing import Any
 import pytest
 
 from edge_agent.config import CloudSettings
-from edge_agent.manifest import FileEntry, Manifest
+from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.cloud import CloudClient, CloudFailure, answer_schema, endpoint_name
-from tests import fake_cloud
-from tests.fake_cloud import GARBAGE, HOLD, FakeCloud, answer, content, status
-from tests.mqtt_helpers import free_port
-
-LABELS = ["lights_on", "lights_off", "weather"]
-FIELDS = {
-    "type": "object",
-    "properties": {"device": {"type": "string"}, "level": {"type": "integer", "minimum": 0, "maximum": 100}},
-    "required": ["device", "level"],
-    "additionalProperties": False,
-}
-
-
-def manifest(task: str = "classify", **kw: Any) -> Manifest:
-    files = [FileEntry(path="model.onnx", role="model", sha256="0" * 64, size=1)]
-    return Manifest(name="m", version="1", task=task, runtime="onnx", files=files, labels=LABELS, **kw)  # type: ignore[arg-type]
+from tests.support import cloud as fake_cloud
+from tests.support.broker import free_port
+from tests.support.cloud import FIELDS, GARBAGE, HOLD, LABELS, FakeCloud, answer, content, manifest, status
 
 
 def settings(url: str, **kw: Any) -> CloudSettings:
