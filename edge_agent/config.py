@@ -87,6 +87,15 @@ class CloudSettings(BaseModel):
         return None
 
 
+def _check_filter(value: str) -> str:
+    """A valid MQTT topic filter (wildcards only as whole levels, # last), or ValueError."""
+    levels = value.split("/")
+    for i, level in enumerate(levels):
+        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
+            raise ValueError(f"invalid topic filter {value!r}")
+    return value
+
+
 def _default_state_dir() -> Path:
     """systemd's StateDirectory= when set (first entry), else ./var."""
     return Path(os.environ.get("STATE_DIRECTORY", "var").split(":")[0])
@@ -101,6 +110,12 @@ class AgentSettings(BaseSettings):
     prefix: str = Field(default="edge-agent/{device_id}", description="topic prefix of the request API")
     models_file: Path = Path("models.yaml")
     mqtt: MqttSettings = MqttSettings()
+    reply_topics: list[str] = Field(
+        default=[], description="topic filters a client's reply address must match (empty: any address)"
+    )
+    reply_to_agent_topics: bool = Field(
+        default=False, description="let clients have replies published inside the agents' own API topics"
+    )
     max_payload_bytes: int = Field(default=65536, ge=64)
     max_inflight: int = Field(default=64, ge=1, description="accepted, unfinished messages")
     deadline_ms: int = Field(default=5000, ge=1, description="default when a request sets none")
@@ -123,6 +138,18 @@ class AgentSettings(BaseSettings):
         if not value or any(c in value for c in "/+#\0"):
             raise ValueError("must be non-empty and hold none of / + # NUL")
         return value
+
+    @field_validator("reply_topics")
+    @classmethod
+    def _filters_ok(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            _check_filter(topic)
+        return value
+
+    @property
+    def fleet_filter(self) -> str:
+        """Every device's prefix as one filter (`edge-agent/+`): replies never go into the fleet's API."""
+        return self.prefix.replace("{device_id}", "+").rstrip("/")
 
     @property
     def topic_prefix(self) -> str:
@@ -182,11 +209,7 @@ class Binding(BaseModel):
     @field_validator("topic")
     @classmethod
     def _filter_ok(cls, value: str) -> str:
-        levels = value.split("/")
-        for i, level in enumerate(levels):
-            if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
-                raise ValueError(f"invalid topic filter {value!r}")
-        return value
+        return _check_filter(value)
 
     @field_validator("output")
     @classmethod
