@@ -117,7 +117,10 @@ class AgentSettings(BaseSettings):
         default=False, description="let clients have replies published inside the agents' own API topics"
     )
     max_payload_bytes: int = Field(default=65536, ge=64)
-    max_inflight: int = Field(default=64, ge=1, description="accepted, unfinished messages")
+    max_inflight: int = Field(default=64, ge=1, description="messages answered at once (MQTT 5 Receive Maximum)")
+    backlog_bytes: int = Field(
+        default=8 << 20, ge=0, description="payload bytes of QoS 1 requests (MQTT 5) that may wait for a free slot"
+    )
     deadline_ms: int = Field(default=5000, ge=1, description="default when a request sets none")
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads per model")
     batch_max: int = Field(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,6 +71,8 @@ class Delivery:
         self._pending: dict[int, Settle] = {}  # publish mid -> what its PUBACK settles
         self._outbox: set[int] = set()  # spool rows published by this process, not yet acknowledged
         self._inflight: set[asyncio.Task[None]] = set()
+        self._backlog: deque[tuple[Inbound, Receipt]] = deque()  # admitted, waiting for a free slot
+        self._backlog_bytes = 0
         self._active: set[tuple[int, int]] = set()  # (session, mid) of QoS 1 messages not yet settled
         self._session = 0  # bumped when the broker starts us a new session (old packet ids void)
         self._closing = False
@@ -127,12 +130,30 @@ class Delivery:
             if key in self._active:
                 return  # the broker resent a message we are still answering (after a reconnect)
             self._active.add(key)
-        if len(self._inflight) >= self.settings.max_inflight:  # QoS 0 or MQTT 3.1.1: no flow control
+        if len(self._inflight) < self.settings.max_inflight:
+            self._start(event.inbound, receipt)
+        elif receipt.qos and self.client.v5 and self._room(event.inbound):
+            self._backlog.append((event.inbound, receipt))  # waits for a slot: a burst is served, not refused
+            self._backlog_bytes += len(event.inbound.payload)
+        else:  # QoS 0 or MQTT 3.1.1: nothing holds the sender back, so tell it
             self._settle(self.handler.overloaded(event.inbound), receipt)
-            return
-        task = asyncio.create_task(self._process(event.inbound, receipt))
+
+    def _room(self, inbound: Inbound) -> bool:
+        """Receive Maximum asks the broker to hold back what we cannot take, but a broker may send more
+        (mosquitto 2.0 does once we publish too): the backlog is bounded in bytes instead."""
+        return self._backlog_bytes + len(inbound.payload) <= self.settings.backlog_bytes
+
+    def _start(self, inbound: Inbound, receipt: Receipt) -> None:
+        task = asyncio.create_task(self._process(inbound, receipt))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._backlog and not self._closing:
+            inbound, receipt = self._backlog.popleft()
+            self._backlog_bytes -= len(inbound.payload)
+            self._start(inbound, receipt)
 
     async def _process(self, inbound: Inbound, receipt: Receipt) -> None:
         self._settle(await self.handler.handle(inbound), receipt)
@@ -227,6 +248,8 @@ class Delivery:
 
     async def _drain(self, grace_s: float) -> None:
         self._closing = True  # stay subscribed: the persistent session queues what comes next
+        self._backlog.clear()  # not acked: the broker redelivers them to our next session
+        self._backlog_bytes = 0
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=grace_s)
         if self.client.connected():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import ModelEntry
-from edge_agent.router import Policy, Reason, blocked, cloud_first, escalation, policy, waits_for_cloud
+from edge_agent.router import Policy, Reason, blocked, cloud_first, escalation, policy, stays_local, waits_for_cloud
 from edge_agent.runtimes import Prediction
 
 
@@ -46,12 +46,17 @@ def test_policy_route(model_route: str, asked: str | None, cloud: bool, route: s
         ("auto", True, None, True, Reason.INVALID_OUTPUT),
         ("auto", True, None, False, Reason.MODEL_MISSING),
         ("cloud", True, pred(0.99), False, Reason.FORCED),
-        ("local", False, pred(0.1), False, None),
-        ("auto", False, pred(0.1), False, None),  # no cloud: local is all there is
+        ("local", False, pred(0.1), False, Reason.LOW_CONFIDENCE),  # wanted, though it cannot go: the reply says so
+        ("auto", False, pred(0.1), False, Reason.LOW_CONFIDENCE),
     ],
 )
 def test_escalation(route: str, cloud: bool, local: Prediction | None, invalid: bool, reason: Reason | None) -> None:
     assert escalation(Policy(route, 0.5, cloud), local, invalid) == reason  # type: ignore[arg-type]
+
+
+def test_why_an_unconfident_answer_stays_local() -> None:
+    assert stays_local(policy(entry(), 0.5, None, False)) is Reason.NO_CLOUD
+    assert stays_local(policy(entry(route="local"), 0.5, None, True)) is Reason.LOCAL_ONLY
 
 
 @pytest.mark.parametrize(
