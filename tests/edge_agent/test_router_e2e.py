@@ -77,7 +77,7 @@ def test_low_confidence_escalates_end_to_end(
     assert body["local_label"] in labels and 0 < body["local_confidence"] < 1
     assert body["timings"]["local_ms"] > 0 and body["timings"]["cloud_ms"] > 0
     assert status["router"]["breaker"]["state"] == "closed" and "global" in status["router"]["budget"]
-    assert status["spool"] == {"replies": 0, "waiting": 0}
+    assert status["spool"] == {"replies": 0, "refused": 0, "waiting": 0}
     assert agents[0].stop() == 0
     out = tmp_path / "export.jsonl"
     exported = run_cli(
