@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent import logs  # noqa: E402  (run as a script)
+from edge_agent.cloud import CloudClient, answer_schema  # noqa: E402
 from edge_agent.config import AgentSettings, CloudSettings, ModelsFile  # noqa: E402
 from edge_agent.escalation import Escalator  # noqa: E402
 from edge_agent.handler import Handler  # noqa: E402
 from edge_agent.manifest import load  # noqa: E402
 from edge_agent.messages import Inbound  # noqa: E402
-from edge_agent.runtimes.cloud import CloudClient, answer_schema  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 from edge_agent.runtimes.pool import ModelPool  # noqa: E402
 from tests import fake_cloud  # noqa: E402

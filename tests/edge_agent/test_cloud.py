@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from edge_agent.cloud import CloudClient, CloudFailure, answer_schema, endpoint_name
 from edge_agent.config import CloudSettings
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient, CloudFailure, answer_schema, endpoint_name
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
 from tests.support.cloud import FIELDS, GARBAGE, HOLD, LABELS, FakeCloud, answer, content, manifest, status

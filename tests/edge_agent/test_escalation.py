@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import structlog
 
+from edge_agent.cloud import CloudClient
 from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler
 from edge_agent.manifest import Manifest, file_entry, write
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
 from edge_agent.waitlist import Waitlist
