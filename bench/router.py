@@ -34,7 +34,7 @@ from edge_agent.manifest import load  # noqa: E402
 from edge_agent.messages import Inbound  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 from edge_agent.runtimes.pool import ModelPool  # noqa: E402
-from tests import fake_cloud  # noqa: E402
+from tests.support import cloud as fake_cloud  # noqa: E402
 from trainer.calibration import selective  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
