@@ -8,11 +8,13 @@ router treats a confused cloud the same as a broken one. The API key is sent, ne
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import random
 import re
 import time
 from collections.abc import Callable
+from datetime import timezone
 from typing import Any
 
 import httpx
@@ -24,6 +26,8 @@ from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Entity, Prediction
 
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # ASCII only: str.isdigit() also takes "²", which float() refuses
+RETRY_AFTER_MAX_S = 60.0  # a server asking for more is capped; the request deadline usually ends it sooner
 
 
 class CloudFailure(CloudUnavailable):
@@ -148,14 +152,28 @@ class CloudClient:
             raise CloudFailure("cloud_error", f"{type(exc).__name__} talking to {self.name}") from None
 
     def _delay(self, attempt: int, response: httpx.Response) -> float:
-        """Retry-After when the server says so, else backoff * 2^attempt scaled by a 0.5..1.5 jitter."""
-        after = response.headers.get("retry-after", "")
-        if after.replace(".", "", 1).isdigit():
-            return float(after)
+        """Retry-After when the server says so readably, else backoff * 2^attempt scaled by a 0.5..1.5 jitter."""
+        after = retry_after_s(response.headers.get("retry-after", ""), time.time())
+        if after is not None:
+            return after
         return float(self.settings.backoff_s * 2**attempt * (0.5 + self.jitter()))
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def retry_after_s(value: str, now: float) -> float | None:
+    """Retry-After as seconds to wait (delay-seconds or HTTP-date, capped); None when it is unreadable."""
+    value = value.strip()
+    if SECONDS.fullmatch(value):
+        return min(float(value), RETRY_AFTER_MAX_S)  # float() of a long digit string is inf, never an error
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_MAX_S)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def message_content(response: httpx.Response) -> str:

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from edge_agent.cloud import CloudClient, CloudFailure, answer_schema, endpoint_name
+from edge_agent.cloud import (
+    RETRY_AFTER_MAX_S,
+    CloudClient,
+    CloudFailure,
+    answer_schema,
+    endpoint_name,
+    retry_after_s,
+)
 from edge_agent.config import CloudSettings
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Prediction
@@ -163,3 +170,25 @@ def test_classify_extract_grounds_entities_in_the_text(cloud: FakeCloud) -> None
 
 def test_endpoint_name_hides_credentials() -> None:
     assert endpoint_name("https://user:pw@api.example.com/v1?key=x") == "https://api.example.com/v1"
+
+
+@pytest.mark.parametrize("after", ["\xb2", "\xb9\xb2", "-1", "nan", "inf", "1e3", "0x10", "1.5.5", "soon", ""])
+def test_unreadable_retry_after_falls_back_to_backoff(cloud: FakeCloud, after: str) -> None:
+    cloud.then(status(429, retry_after=after), answer("lights_on"))
+    assert ask(settings(cloud.base_url, retries=1), budget_s=1.0).label == "lights_on"
+    assert len(cloud.seen) == 2
+
+
+def test_retry_after_as_an_http_date(cloud: FakeCloud) -> None:
+    cloud.then(status(429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"), answer("lights_on"))
+    assert ask(settings(cloud.base_url, retries=1), budget_s=1.0).label == "lights_on"  # past: retry now
+    cloud.then(status(429, retry_after="Thu, 31 Dec 2099 23:59:59 GMT"))
+    exc, took = failure(settings(cloud.base_url, retries=1), budget_s=1.0)
+    assert exc.reason == "cloud_timeout" and took < 0.5
+
+
+def test_retry_after_is_read_strictly_and_capped() -> None:
+    assert retry_after_s("9" * 400, now=0.0) == RETRY_AFTER_MAX_S
+    assert retry_after_s("2.5", now=0.0) == 2.5
+    assert retry_after_s("Thu, 01 Jan 1970 00:01:40 GMT", now=70.0) == 30.0
+    assert retry_after_s("\xb2", now=0.0) is None
