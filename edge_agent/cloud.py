@@ -13,7 +13,8 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timezone
 from typing import Any
 
@@ -97,10 +98,15 @@ class CloudClient:
         self.http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport)
 
     async def ask(self, manifest: Manifest, text: str, deadline: float) -> Prediction:
-        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up."""
-        wanted = answer_schema(manifest)
-        content = await self._post(self.request_body(manifest, wanted, text), deadline)
-        return read_answer(content, wanted, manifest, text)
+        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up.
+
+        Total: whatever goes wrong ends as a CloudFailure, so the caller (and its breaker) sees every failure.
+        """
+        with failing_as("cloud_error", f"asking {self.name}"):
+            wanted = answer_schema(manifest)
+            content = await self._post(self.request_body(manifest, wanted, text), deadline)
+        with failing_as("cloud_invalid", "reading the answer"):
+            return read_answer(content, wanted, manifest, text)
 
     def request_body(self, manifest: Manifest, wanted: dict[str, Any], text: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -144,9 +150,9 @@ class CloudClient:
         left = min(self.settings.timeout_s, deadline - time.monotonic())
         if left <= 0:
             raise CloudFailure("cloud_timeout", "the deadline passed before the cloud was asked")
-        try:
-            return await self.http.post("chat/completions", json=body, timeout=left)
-        except httpx.TimeoutException:
+        try:  # wait_for bounds the whole attempt: httpx's timeout is per read, and a trickle resets it
+            return await asyncio.wait_for(self.http.post("chat/completions", json=body, timeout=left), left)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             raise CloudFailure("cloud_timeout", f"no answer from {self.name} within {left:.3f}s") from None
         except httpx.HTTPError as exc:
             raise CloudFailure("cloud_error", f"{type(exc).__name__} talking to {self.name}") from None
@@ -160,6 +166,18 @@ class CloudClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+@contextmanager
+def failing_as(reason: str, doing: str) -> Iterator[None]:
+    """The one place where an exception that is not yet a CloudFailure becomes one (RecursionError, ...)."""
+    try:
+        yield
+    except CloudFailure:
+        raise
+    except Exception as exc:
+        said = str(exc)[:160].encode("ascii", "backslashreplace").decode()
+        raise CloudFailure(reason, f"{doing}: {type(exc).__name__}: {said}") from exc
 
 
 def retry_after_s(value: str, now: float) -> float | None:
@@ -198,6 +216,7 @@ def read_answer(content: str, wanted: dict[str, Any], manifest: Manifest, text: 
     problems = schema.errors(value, wanted)
     if problems:
         raise CloudFailure("cloud_invalid", f"the answer does not validate: {problems[0]}")
+    json.dumps(value, ensure_ascii=False).encode()  # a lone surrogate would break the reply later: fail here
     if manifest.task == "extract":
         return Prediction(label=None, confidence=1.0, fields=value)
     entities = [_ground(text, e) for e in value.get("entities", [])]

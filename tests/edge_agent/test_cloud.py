@@ -23,7 +23,19 @@ from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Prediction
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
-from tests.support.cloud import FIELDS, GARBAGE, HOLD, LABELS, FakeCloud, answer, content, manifest, status
+from tests.support.cloud import (
+    FIELDS,
+    GARBAGE,
+    HOLD,
+    LABELS,
+    FakeCloud,
+    answer,
+    content,
+    manifest,
+    raw,
+    status,
+    trickle,
+)
 
 
 def settings(url: str, **kw: Any) -> CloudSettings:
@@ -192,3 +204,78 @@ def test_retry_after_is_read_strictly_and_capped() -> None:
     assert retry_after_s("2.5", now=0.0) == 2.5
     assert retry_after_s("Thu, 01 Jan 1970 00:01:40 GMT", now=70.0) == 30.0
     assert retry_after_s("\xb2", now=0.0) is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "1" * 5000
+
+
+def test_a_text_json_cannot_encode_is_a_cloud_error_not_a_crash(cloud: FakeCloud) -> None:
+    with pytest.raises(CloudFailure) as info:
+        ask(settings(cloud.base_url), text="lights \ud800 on")  # a lone surrogate: httpx cannot encode it
+    assert info.value.reason == "cloud_error" and "UnicodeEncodeError" in info.value.message
+    assert cloud.seen == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP.encode(),
+        b'{"choices": [{"message": {"content": "x"}}], "usage": ' + DEEP.encode() + b"}",
+        b'{"choices": [{"message": {"content": "x"}}], "n": ' + HUGE_INT.encode() + b"}",
+        b"[]",
+        b'"weather"',
+        b"null",
+        b'{"choices": "x"}',
+        b'{"choices": [{"message": []}]}',
+        b'{"choices": [{"message": {"content": 1}}]}',
+        b"\xff\xfe not utf-8",
+    ],
+    ids=[
+        "deep",
+        "deep-usage",
+        "huge-int",
+        "list",
+        "string",
+        "null",
+        "choices-str",
+        "message-list",
+        "content-int",
+        "bytes",
+    ],
+)
+def test_a_reply_that_is_no_chat_completion_is_a_cloud_error(cloud: FakeCloud, body: bytes) -> None:
+    cloud.default = raw(body)
+    exc, _ = failure(settings(cloud.base_url))
+    assert exc.reason == "cloud_error" and exc.message and len(cloud.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        DEEP,
+        '{"label": ' + DEEP + "}",
+        '{"label": "weather", "n": ' + HUGE_INT + "}",
+        HUGE_INT,
+        "[1, 2]",
+        "null",
+        '{"label": "weather\\ud800"}',
+    ],
+    ids=["deep", "deep-label", "huge-int-key", "huge-int", "list", "null", "surrogate"],
+)
+def test_an_answer_that_cannot_be_read_is_invalid(cloud: FakeCloud, text: str) -> None:
+    cloud.default = content(text)
+    exc, _ = failure(settings(cloud.base_url, response_format="prompt"))
+    assert exc.reason == "cloud_invalid" and exc.message
+
+
+def test_an_extracted_field_that_is_no_unicode_is_invalid(cloud: FakeCloud) -> None:
+    cloud.default = content('{"device": "lamp\\ud800", "level": 40}')  # would break the reply's UTF-8 later
+    exc, _ = failure(settings(cloud.base_url), m=manifest("extract", fields_schema=FIELDS))
+    assert exc.reason == "cloud_invalid"
+
+
+def test_a_trickling_reply_ends_at_timeout_s(cloud: FakeCloud) -> None:
+    cloud.then(trickle("weather", every_s=0.02))  # ~3 s for the whole body; each byte resets httpx's read timeout
+    exc, took = failure(settings(cloud.base_url, timeout_s=0.5, retries=0), budget_s=10)
+    assert exc.reason == "cloud_timeout" and took < 1.5

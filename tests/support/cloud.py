@@ -1,8 +1,9 @@
 """A real OpenAI-compatible HTTP server on loopback that misbehaves on request.
 
 Each incoming chat completion takes the next scripted behaviour (or the default one): answer,
-answer with arbitrary content, hold until released, fail with a status code, send garbage. It
-records what it was sent, and tests wait on `arrived` rather than sleeping.
+answer with arbitrary content, hold until released, fail with a status code, send garbage or
+any raw body, trickle an answer out a byte at a time. It records what it was sent, and tests
+wait on `arrived` rather than sleeping.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ Teacher = Callable[[str], str]
 
 @dataclass(frozen=True)
 class Act:
-    """One scripted behaviour. kind: answer | content | hold | status | garbage."""
+    """One scripted behaviour. kind: answer | content | hold | status | garbage | raw | trickle."""
 
     kind: str
     value: Any = None
     retry_after: str | None = None
+    every_s: float = 0.0
 
 
 def answer(label: str) -> Act:
@@ -41,6 +43,16 @@ def content(text: str) -> Act:
 
 def status(code: int, retry_after: str | None = None) -> Act:
     return Act("status", code, retry_after)
+
+
+def raw(body: bytes) -> Act:
+    """A 200 whose body is exactly these bytes."""
+    return Act("raw", body)
+
+
+def trickle(label: str, every_s: float) -> Act:
+    """A valid answer whose body comes one byte every `every_s` (a link that is slow, not silent)."""
+    return Act("trickle", label, every_s=every_s)
 
 
 HOLD = Act("hold")
@@ -128,12 +140,16 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b"<html>not json at all")
             elif act.kind == "content":
                 self._send(200, completion(act.value))
+            elif act.kind == "raw":
+                self._send(200, act.value)
+            elif act.kind == "trickle":
+                self._send(200, completion(json.dumps({"label": act.value})), every_s=act.every_s)
             else:
                 wants_entities = '"entities"' in str(seen.body["messages"][0]["content"])
                 said = {"label": act.value, **({"entities": []} if wants_entities else {})}
                 self._send(200, completion(json.dumps(said)))
 
-        def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None, every_s: float = 0) -> None:
             try:
                 self.send_response(code)
                 self.send_header("content-type", "application/json")
@@ -141,9 +157,19 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(body)
+                self._write(body, every_s)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (its deadline): that is the point of the test
+
+        def _write(self, body: bytes, every_s: float) -> None:
+            if not every_s:
+                self.wfile.write(body)
+                return
+            for i in range(len(body)):
+                if i:
+                    cloud.release.wait(every_s)  # paces the link; no test waits on it
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
 
     return Handler
 
