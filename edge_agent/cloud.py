@@ -3,6 +3,7 @@
 The cloud answers within the model's own vocabulary: one of its labels, or fields of its schema.
 Every answer is validated here; one that does not validate is a failure like an HTTP 500, so the
 router treats a confused cloud the same as a broken one. The API key is sent, never logged.
+Servers differ in which `response_format` they take; `auto` finds out per endpoint (see FORMATS).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timezone
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import structlog
 
 from edge_agent import schema
 from edge_agent.config import CloudSettings
@@ -29,6 +31,14 @@ from edge_agent.runtimes import Entity, Prediction
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # ASCII only: str.isdigit() also takes "²", which float() refuses
 RETRY_AFTER_MAX_S = 60.0  # a server asking for more is capped; the request deadline usually ends it sooner
+
+Format = Literal["json_schema", "json_object", "prompt"]
+FORMATS: tuple[Format, ...] = ("json_schema", "json_object", "prompt")  # auto's order, strictest first
+# How servers refuse a response_format: OpenAI and vLLM 400, FastAPI's default 422, llama_cpp.server 500
+# (it wraps the validation error); each names the field in the body, which tells a refusal from an outage.
+REFUSAL_CODES = (400, 422, 500)
+
+log = structlog.get_logger("edge_agent.cloud")
 
 
 class CloudFailure(CloudUnavailable):
@@ -91,6 +101,7 @@ class CloudClient:
     ) -> None:
         self.settings = settings
         self.name = endpoint_name(settings.base_url)
+        self.format: Format = "json_schema" if settings.response_format == "auto" else settings.response_format
         self.jitter = jitter
         key = settings.api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -104,11 +115,36 @@ class CloudClient:
         """
         with failing_as("cloud_error", f"asking {self.name}"):
             wanted = answer_schema(manifest)
-            content = await self._post(self.request_body(manifest, wanted, text), deadline)
+            content = await self._in_a_format_it_takes(manifest, wanted, text, deadline)
         with failing_as("cloud_invalid", "reading the answer"):
             return read_answer(content, wanted, manifest, text)
 
-    def request_body(self, manifest: Manifest, wanted: dict[str, Any], text: str) -> dict[str, Any]:
+    async def _in_a_format_it_takes(
+        self, manifest: Manifest, wanted: dict[str, Any], text: str, deadline: float
+    ) -> str:
+        """The answer's text; in auto a refused format moves on to the next at once (no retry, no failure)."""
+        while True:
+            used = self.format
+            try:
+                return await self._post(self.request_body(manifest, wanted, text, used), deadline)
+            except FormatRefused as refused:
+                self._fall_back(used, str(refused))
+
+    def _fall_back(self, refused: Format, why: str) -> None:
+        """Remember the next format after `refused` (later asks go straight there); CloudFailure outside auto."""
+        if self.settings.response_format != "auto" or refused == "prompt":
+            raise CloudFailure(
+                "cloud_error", f"{self.name} refuses response_format {refused} ({why}); set response_format: auto"
+            )
+        later = FORMATS[FORMATS.index(refused) + 1]
+        if FORMATS.index(later) > FORMATS.index(self.format):  # a concurrent ask may be further already
+            log.info("cloud_format_refused", endpoint=self.name, refused=refused, now=later, why=why)
+            self.format = later
+
+    def request_body(
+        self, manifest: Manifest, wanted: dict[str, Any], text: str, mode: Format | None = None
+    ) -> dict[str, Any]:
+        """A chat completion asking for the answer in `mode` (default: the format that works here)."""
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": [
@@ -118,7 +154,7 @@ class CloudClient:
             "temperature": 0,
             "max_tokens": 100 if manifest.task == "classify" else 512,
         }
-        mode = self.settings.response_format
+        mode = mode or self.format
         if mode == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
@@ -129,13 +165,18 @@ class CloudClient:
         return body
 
     async def _post(self, body: dict[str, Any], deadline: float) -> str:
-        """POST with retries on 429/5xx only, jittered exponential backoff, never past the deadline."""
+        """POST with retries on 429/5xx only, jittered exponential backoff, never past the deadline.
+
+        A refusal of the response_format is raised as FormatRefused at once: retrying cannot change it.
+        """
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             response = await self._once(body, deadline)
             code = response.status_code
             if code < 400:
                 return message_content(response)
+            if "response_format" in body and refuses_format(response):
+                raise FormatRefused(f"HTTP {code}")
             if code != 429 and code < 500:
                 raise CloudFailure("cloud_error", f"HTTP {code} from {self.name}")
             if attempt + 1 == attempts:
@@ -166,6 +207,15 @@ class CloudClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+class FormatRefused(Exception):
+    """The server will not take the request's response_format: an answer about the request, not an outage."""
+
+
+def refuses_format(response: httpx.Response) -> bool:
+    """An error that names response_format, with a status servers use for that (REFUSAL_CODES)."""
+    return response.status_code in REFUSAL_CODES and "response_format" in response.text[:4096]
 
 
 @contextmanager

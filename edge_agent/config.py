@@ -67,9 +67,10 @@ class CloudSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, description="per attempt; the request deadline cuts it shorter")
     retries: int = Field(default=2, ge=0, description="extra attempts on 429 and 5xx only")
     backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles, with jitter")
-    response_format: Literal["json_schema", "json_object", "prompt"] = Field(
-        default="json_schema",
-        description="json_schema: OpenAI structured outputs; json_object: with `schema` (llama.cpp); "
+    response_format: Literal["auto", "json_schema", "json_object", "prompt"] = Field(
+        default="auto",
+        description="auto: json_schema, then json_object, then prompt as the server refuses each (remembered); "
+        "json_schema: OpenAI structured outputs; json_object: with `schema` (llama-cpp-python); "
         "prompt: instructions only. Answers are validated in every mode.",
     )
     budget: Budget = Budget()

@@ -28,18 +28,20 @@ from tests.support.cloud import (
     GARBAGE,
     HOLD,
     LABELS,
+    REFUSALS,
     FakeCloud,
     answer,
     content,
     manifest,
     raw,
+    refusal,
     status,
     trickle,
 )
 
 
 def settings(url: str, **kw: Any) -> CloudSettings:
-    return CloudSettings(base_url=url, model="teacher", backoff_s=0.01, **kw)
+    return CloudSettings(base_url=url, model="teacher", **{"backoff_s": 0.01, **kw})
 
 
 def ask(
@@ -60,6 +62,30 @@ def failure(cfg: CloudSettings, budget_s: float = 5.0, m: Manifest | None = None
     with pytest.raises(CloudFailure) as info:
         ask(cfg, m=m, budget_s=budget_s)
     return info.value, time.monotonic() - start
+
+
+def ask_in_turn(cfg: CloudSettings, count: int, budget_s: float = 5.0) -> list[Prediction | CloudFailure]:
+    """`count` asks through one client, one after the other: what it learns about the endpoint carries over."""
+
+    async def go() -> list[Prediction | CloudFailure]:
+        client = CloudClient(cfg, jitter=lambda: 0.0)
+        got: list[Prediction | CloudFailure] = []
+        try:
+            for _ in range(count):
+                try:
+                    got.append(await client.ask(manifest(), "is it raining", time.monotonic() + budget_s))
+                except CloudFailure as exc:
+                    got.append(exc)
+            return got
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def formats(cloud: FakeCloud) -> list[str | None]:
+    """The response_format type of each request the cloud saw (None: prompt only)."""
+    return [seen.body.get("response_format", {}).get("type") for seen in cloud.seen]
 
 
 @pytest.fixture()
@@ -279,3 +305,45 @@ def test_a_trickling_reply_ends_at_timeout_s(cloud: FakeCloud) -> None:
     cloud.then(trickle("weather", every_s=0.02))  # ~3 s for the whole body; each byte resets httpx's read timeout
     exc, took = failure(settings(cloud.base_url, timeout_s=0.5, retries=0), budget_s=10)
     assert exc.reason == "cloud_timeout" and took < 1.5
+
+
+def test_auto_is_the_default() -> None:
+    assert CloudSettings(base_url="https://api.example.com/v1", model="m").response_format == "auto"
+
+
+@pytest.mark.parametrize("server", list(REFUSALS))
+def test_auto_falls_back_to_json_object_and_remembers_it(cloud: FakeCloud, server: str) -> None:
+    cloud.then(refusal(server))
+    got = ask_in_turn(settings(cloud.base_url, retries=0), 2)
+    assert [getattr(p, "label", p) for p in got] == ["weather", "weather"]
+    assert formats(cloud) == ["json_schema", "json_object", "json_object"]  # the second ask goes straight there
+    assert cloud.seen[1].body["response_format"]["schema"] == answer_schema(manifest())
+
+
+def test_auto_falls_back_to_prompt_at_once_without_backoff(cloud: FakeCloud) -> None:
+    cloud.then(refusal("openai"), refusal("fastapi"), content("lights_off"))
+    got = ask_in_turn(settings(cloud.base_url, retries=0, backoff_s=30), 2, budget_s=2)  # a backoff would time out
+    assert [getattr(p, "label", p) for p in got] == ["lights_off", "weather"]
+    assert formats(cloud) == ["json_schema", "json_object", None, None]
+
+
+def test_a_refusal_in_prompt_mode_is_a_cloud_error_and_not_retried(cloud: FakeCloud) -> None:
+    cloud.then(refusal("openai"), refusal("vllm"), status(400))
+    exc, _ = failure(settings(cloud.base_url, retries=3))
+    assert exc.reason == "cloud_error" and "400" in exc.message
+    assert formats(cloud) == ["json_schema", "json_object", None]
+
+
+def test_a_refused_explicit_format_is_a_cloud_error_and_not_retried(cloud: FakeCloud) -> None:
+    cloud.default = refusal("llama-cpp-python")  # a 500, which would otherwise be retried
+    exc, _ = failure(settings(cloud.base_url, response_format="json_schema", retries=2))
+    assert exc.reason == "cloud_error" and "response_format" in exc.message and len(cloud.seen) == 1
+
+
+def test_errors_that_do_not_name_the_format_keep_it(cloud: FakeCloud) -> None:
+    too_long = b'{"error": {"message": "maximum context length exceeded", "param": "messages"}}'
+    cloud.then(status(400, body=too_long), status(503), answer("lights_on"))
+    got = ask_in_turn(settings(cloud.base_url, retries=1), 2)
+    assert isinstance(got[0], CloudFailure) and got[0].reason == "cloud_error"
+    assert getattr(got[1], "label", None) == "lights_on"  # the 503 was retried, in the same format
+    assert formats(cloud) == ["json_schema", "json_schema", "json_schema"]

@@ -31,7 +31,7 @@ from edge_agent.spool import Spool
 from edge_agent.waitlist import Waitlist
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
-from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, status
+from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, refusal, status
 
 LABELS = ["lights_on", "lights_off", "weather"]
 
@@ -394,3 +394,20 @@ def test_the_api_key_never_reaches_the_logs(tmp_path: Path, monkeypatch: pytest.
 
         run(tmp_path, cloud.base_url, body, api_key_env="SECRET_KEY_VAR")
         assert cloud.seen[0].headers["Authorization"] == "Bearer sk-do-not-log-me"
+
+
+def test_a_refused_response_format_is_no_outage_for_the_breaker(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.then(refusal("llama-cpp-python"), refusal("openai"))  # json_schema, then json_object refused
+
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("unsure: will it rain")
+        assert (reply["source"], reply["label"]) == ("cloud", "weather")
+        breaker = rig.escalator.snapshot()["breaker"]
+        assert (breaker["state"], breaker["failures"]) == ("closed", 0)
+
+    run(tmp_path, cloud.base_url, body, breaker_failures=1)
+    assert [seen.body.get("response_format", {}).get("type") for seen in cloud.seen] == [
+        "json_schema",
+        "json_object",
+        None,
+    ]

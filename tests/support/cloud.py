@@ -31,6 +31,7 @@ class Act:
     value: Any = None
     retry_after: str | None = None
     every_s: float = 0.0
+    body: bytes = b""
 
 
 def answer(label: str) -> Act:
@@ -41,8 +42,26 @@ def content(text: str) -> Act:
     return Act("content", text)
 
 
-def status(code: int, retry_after: str | None = None) -> Act:
-    return Act("status", code, retry_after)
+def status(code: int, retry_after: str | None = None, body: bytes = b'{"error": {"message": "scripted"}}') -> Act:
+    return Act("status", code, retry_after, body=body)
+
+
+# How servers refuse a response_format they do not take: the status and the body's shape (messages abridged).
+_OPENAI = "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."
+_PYDANTIC = "literal_error at ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
+REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
+    # llama_cpp.server's route handler turns FastAPI's validation error into a 500
+    "llama-cpp-python": (500, {"error": {"message": _PYDANTIC, "type": "internal_server_error", "param": None}}),
+    "openai": (400, {"error": {"message": _OPENAI, "type": "invalid_request_error", "param": "response_format"}}),
+    "vllm": (400, {"object": "error", "message": _PYDANTIC, "type": "BadRequestError", "code": 400}),
+    "fastapi": (422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"]}]}),
+}
+
+
+def refusal(server: str = "llama-cpp-python") -> Act:
+    """The response_format of this request refused, the way `server` does it."""
+    code, body = REFUSALS[server]
+    return status(code, body=json.dumps(body).encode())
 
 
 def raw(body: bytes) -> Act:
@@ -135,7 +154,7 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
                 act = answer(cloud.teacher(seen.text))
             if act.kind == "status":
                 extra = {"Retry-After": act.retry_after} if act.retry_after else {}
-                self._send(act.value, b'{"error": {"message": "scripted"}}', extra)
+                self._send(act.value, act.body, extra)
             elif act.kind == "garbage":
                 self._send(200, b"<html>not json at all")
             elif act.kind == "content":
