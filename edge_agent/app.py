@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from edge_agent import __version__, systemd
+from edge_agent.cloud import CloudClient
 from edge_agent.config import AgentSettings, ModelEntry, ModelsFile
 from edge_agent.delivery import Delivery
 from edge_agent.errors import ArtifactError, ConfigError
@@ -17,7 +18,6 @@ from edge_agent.handler import Handler
 from edge_agent.manifest import Manifest
 from edge_agent.manifest import read as read_manifest
 from edge_agent.mqtt_client import MqttClient
-from edge_agent.runtimes.cloud import CloudClient
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
 from edge_agent.supervisor import Supervisor

@@ -5,16 +5,19 @@ Loading collects every problem before failing, so an operator fixes a config in 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
@@ -67,9 +70,10 @@ class CloudSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, description="per attempt; the request deadline cuts it shorter")
     retries: int = Field(default=2, ge=0, description="extra attempts on 429 and 5xx only")
     backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles, with jitter")
-    response_format: Literal["json_schema", "json_object", "prompt"] = Field(
-        default="json_schema",
-        description="json_schema: OpenAI structured outputs; json_object: with `schema` (llama.cpp); "
+    response_format: Literal["auto", "json_schema", "json_object", "prompt"] = Field(
+        default="auto",
+        description="auto: json_schema, then json_object, then prompt as the server refuses each (remembered); "
+        "json_schema: OpenAI structured outputs; json_object: with `schema` (llama-cpp-python); "
         "prompt: instructions only. Answers are validated in every mode.",
     )
     budget: Budget = Budget()
@@ -77,6 +81,18 @@ class CloudSettings(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0, description="open time before a probe")
     wait_ttl_s: float = Field(default=3600.0, gt=0, description="how long route=cloud requests wait for it")
     wait_max: int = Field(default=1000, ge=0, description="route=cloud requests that may wait at once")
+    allow_insecure_http: bool = Field(
+        default=False, description="allow http:// to a host that is not loopback: the API key and texts travel in clear"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_parses(cls, value: str) -> str:
+        try:
+            httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        return value
 
     def api_key(self) -> str | None:
         """The key, or None when none is configured; OSError/KeyError name what is missing."""
@@ -94,6 +110,18 @@ def _check_filter(value: str) -> str:
         if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
             raise ValueError(f"invalid topic filter {value!r}")
     return value
+
+
+def _loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1, written canonically (anything else is treated as remote)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _default_state_dir() -> Path:
@@ -153,6 +181,22 @@ class AgentSettings(BaseSettings):
     def fleet_filter(self) -> str:
         """Every device's prefix as one filter (`edge-agent/+`): replies never go into the fleet's API."""
         return self.prefix.replace("{device_id}", "+").rstrip("/")
+
+    @field_validator("cloud")
+    @classmethod
+    def _key_not_in_clear(cls, value: CloudSettings | None) -> CloudSettings | None:
+        """Refused at load; checked here, not on CloudSettings, which is also built directly (placeholder limits)."""
+        if value is None or value.allow_insecure_http:
+            return value
+        url = httpx.URL(value.base_url)  # the client's own parser: the host checked is the host it calls
+        if url.scheme == "http" and not _loopback(url.host):
+            raise PydanticCustomError(
+                "insecure_http",
+                "base_url: http:// to {host} would send the API key in clear; "
+                "use https://, or set cloud.allow_insecure_http: true",
+                {"host": url.host},
+            )
+        return value
 
     @property
     def topic_prefix(self) -> str:

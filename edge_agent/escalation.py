@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from edge_agent import router, schema
+from edge_agent.cloud import CloudClient, CloudFailure
 from edge_agent.config import AgentSettings, CloudSettings, ModelEntry, ModelsFile
 from edge_agent.errors import AgentError, CloudUnavailable, InvalidOutput, Unavailable
 from edge_agent.feedback import FeedbackLog, record
@@ -24,7 +25,6 @@ from edge_agent.manifest import Manifest
 from edge_agent.messages import Answer, Request
 from edge_agent.router import Reason
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient, CloudFailure
 from edge_agent.runtimes.pool import Served
 
 log = structlog.get_logger("edge_agent.escalation")

@@ -19,19 +19,19 @@ from typing import Any
 import pytest
 import structlog
 
+from edge_agent.cloud import CloudClient
 from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler, Parked, Reply
 from edge_agent.manifest import Manifest, file_entry, write
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
 from edge_agent.waitlist import Waitlist
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
-from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, status
+from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, refusal, status
 
 LABELS = ["lights_on", "lights_off", "weather"]
 
@@ -445,3 +445,20 @@ def test_a_probe_failing_outside_cloud_failure_does_not_stick_the_breaker_half_o
                 await rig.handler.pool.stop()
 
         asyncio.run(go())
+
+
+def test_a_refused_response_format_is_no_outage_for_the_breaker(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.then(refusal("llama-cpp-python"), refusal("openai"))  # json_schema, then json_object refused
+
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("unsure: will it rain")
+        assert (reply["source"], reply["label"]) == ("cloud", "weather")
+        breaker = rig.escalator.snapshot()["breaker"]
+        assert (breaker["state"], breaker["failures"]) == ("closed", 0)
+
+    run(tmp_path, cloud.base_url, body, breaker_failures=1)
+    assert [seen.body.get("response_format", {}).get("type") for seen in cloud.seen] == [
+        "json_schema",
+        "json_object",
+        None,
+    ]

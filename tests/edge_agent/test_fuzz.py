@@ -76,8 +76,9 @@ def test_fuzzed_messages_never_stop_or_wedge_the_daemon(
     probe.subscribe("me/probe")
     rss: list[int] = []
 
-    @settings(max_examples=BURSTS, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=BURSTS, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(st.lists(messages, min_size=BURST, max_size=BURST))
     def burst(batch: list[tuple[str, bytes, int, str | None]]) -> None:
         for topic, payload, qos, response_topic in batch:

@@ -87,7 +87,9 @@ def test_hostile_requests_over_the_inflight_limit_are_refused_with_a_reply_and_f
         replies = [c.get().json() for _ in range(30)]
         assert sorted(r["id"] for r in replies) == sorted(f"h{i}" for i in range(30))
         for i in range(100):
-            c.client.publish(f"{agent.prefix}/req/tiny", json.dumps({"text": "on", "id": i, "reply_to": "me/ok"}), qos=1)
+            c.client.publish(
+                f"{agent.prefix}/req/tiny", json.dumps({"text": "on", "id": i, "reply_to": "me/ok"}), qos=1
+            )
         c.subscribe("me/ok")
     with client(broker.port, v5=False) as c:
         c.subscribe("me/ok2")
