@@ -8,16 +8,21 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the device install (Ubuntu 22.04 / JetPack 6) runs 3.10: the same parser, as a backport
+    import tomli as tomllib
 
 TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
 
