@@ -97,8 +97,10 @@ def _count(path: Path) -> int:
 
 
 def _trim(path: Path, keep: int) -> int:
-    """Keep the newest `keep` lines; the swap is atomic (temp file + rename)."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[-keep:]
+    """Keep the newest `keep` lines; the swap is atomic (temp file + rename). Rows end at "\n" only:
+    U+2028, U+2029 and U+0085 stay raw inside them (json.dumps with ensure_ascii=False), unlike splitlines."""
+    with path.open(encoding="utf-8", newline="\n") as fh:
+        lines = fh.readlines()[-keep:]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(lines), encoding="utf-8")
     os.replace(tmp, path)

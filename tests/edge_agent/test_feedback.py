@@ -41,3 +41,13 @@ def test_log_is_bounded_per_model_and_keeps_the_newest(tmp_path: Path) -> None:
     for i in range(40, 45):
         again.append("a", {"text": f"t{i}", "intent": "x"})
     assert len(list(again.rows("a"))) <= 11
+
+
+def test_line_separators_in_a_text_survive_a_trim(tmp_path: Path) -> None:
+    """json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and U+0085 raw; str.splitlines would cut rows there."""
+    log = FeedbackLog(tmp_path / "fb", max_rows=4)
+    texts = [f"t{i} line\u2028para\u2029next\x85end" for i in range(12)]
+    for text in texts:
+        log.append("a", {"text": text, "intent": "x"})
+    kept = [json.loads(line)["text"] for line in log.rows("a")]
+    assert len(kept) >= 4 and kept == texts[-len(kept) :]
