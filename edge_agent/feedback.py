@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from edge_agent.runtimes import Entity, Prediction
 
 MASK = "[REDACTED]"
+CHUNK = 1 << 16  # bytes per read when counting and trimming
 
 
 def redact(text: str, patterns: list[re.Pattern[str]]) -> str:
@@ -93,15 +96,43 @@ def _count(path: Path) -> int:
     if not path.is_file():
         return 0
     with path.open("rb") as fh:
-        return sum(1 for _ in fh)
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(CHUNK), b""))
 
 
 def _trim(path: Path, keep: int) -> int:
-    """Keep the newest `keep` lines; the swap is atomic (temp file + rename). Rows end at "\n" only:
-    U+2028, U+2029 and U+0085 stay raw inside them (json.dumps with ensure_ascii=False), unlike splitlines."""
-    with path.open(encoding="utf-8", newline="\n") as fh:
-        lines = fh.readlines()[-keep:]
+    """Keep the newest `keep` rows: find where they start from the end, copy that tail in chunks to a temp
+    file and rename it over the log (atomic). Memory stays at a chunk, whatever the file's size."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        start, rows = _tail(src, os.fstat(src.fileno()).st_size, keep)
+        src.seek(start)
+        shutil.copyfileobj(src, dst, CHUNK)
+        dst.flush()
+        os.fsync(dst.fileno())  # the rename must not land before the data (a device loses power)
     os.replace(tmp, path)
-    return len(lines)
+    return rows
+
+
+def _tail(fh: BinaryIO, size: int, keep: int) -> tuple[int, int]:
+    """Offset where the newest `keep` rows begin, and how many rows that is. Rows end at b"\n" only:
+    U+2028, U+2029 and U+0085 stay raw inside them (json.dumps with ensure_ascii=False)."""
+    start, rows = size, 0
+    if size == 0:
+        return start, rows
+    for newline in chain(_newlines_backwards(fh, size - 1), [-1]):  # -1: the file's first row starts at 0
+        if rows == keep:
+            break
+        start, rows = newline + 1, rows + 1
+    return start, rows
+
+
+def _newlines_backwards(fh: BinaryIO, end: int) -> Iterator[int]:
+    """Offsets of b"\n" before `end`, the last first, reading CHUNK bytes at a time back from there."""
+    while end > 0:
+        begin = max(0, end - CHUNK)
+        fh.seek(begin)
+        block = fh.read(end - begin)
+        at = len(block)
+        while (at := block.rfind(b"\n", 0, at)) >= 0:
+            yield begin + at
+        end = begin

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 from edge_agent.feedback import MASK, FeedbackLog, record
@@ -51,3 +52,20 @@ def test_line_separators_in_a_text_survive_a_trim(tmp_path: Path) -> None:
         log.append("a", {"text": text, "intent": "x"})
     kept = [json.loads(line)["text"] for line in log.rows("a")]
     assert len(kept) >= 4 and kept == texts[-len(kept) :]
+
+
+def test_a_trim_reads_the_tail_not_the_whole_file(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path / "fb", max_rows=200)  # a tail of a few read chunks
+    row = json.dumps({"text": "a sensor said something long " * 30, "intent": "x"}) + "\n"
+    (tmp_path / "fb").mkdir()
+    log.path("a").write_text(row * 8000, encoding="utf-8")  # ~7 MB left by an older agent with a larger bound
+    tracemalloc.start()
+    try:
+        log.append("a", {"text": "newest", "intent": "x"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    lines = list(log.rows("a"))
+    assert len(lines) == 200 and json.loads(lines[-1])["text"] == "newest" and set(lines[:-1]) == {row}
+    assert peak < 1_000_000, f"peak {peak} bytes while trimming a {len(row) * 8000} byte file"
+    assert sorted(p.name for p in (tmp_path / "fb").iterdir()) == ["a.jsonl"]
