@@ -120,6 +120,9 @@ class AgentSettings(BaseSettings):
     cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
     state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
     feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
+    feedback_max_bytes: int = Field(
+        default=16 << 20, ge=4096, description="per model file; oldest rows go first, a row larger is not kept"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device_id")

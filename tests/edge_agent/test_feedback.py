@@ -54,6 +54,18 @@ def test_line_separators_in_a_text_survive_a_trim(tmp_path: Path) -> None:
     assert len(kept) >= 4 and kept == texts[-len(kept) :]
 
 
+def test_log_is_bounded_in_bytes_and_keeps_the_newest(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path / "fb", max_rows=100_000, max_bytes=4096)
+    for i in range(300):
+        assert log.append("a", {"text": f"t{i} " + "é" * 40, "intent": "x"})
+        assert log.path("a").stat().st_size <= 4096
+    kept = [json.loads(line)["text"].split()[0] for line in log.rows("a")]
+    assert len(kept) > 10
+    assert kept == [f"t{i}" for i in range(300 - len(kept), 300)]
+    assert not log.append("a", {"text": "x" * 5000, "intent": "x"})  # can never fit: not kept, the bound holds
+    assert log.path("a").stat().st_size <= 4096 and sum(1 for _ in log.rows("a")) == len(kept)
+
+
 def test_a_trim_reads_the_tail_not_the_whole_file(tmp_path: Path) -> None:
     log = FeedbackLog(tmp_path / "fb", max_rows=200)  # a tail of a few read chunks
     row = json.dumps({"text": "a sensor said something long " * 30, "intent": "x"}) + "\n"
