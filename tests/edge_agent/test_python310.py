@@ -38,6 +38,26 @@ except ConfigError as exc:
     print("ConfigError", exc)
 """
 
+MISS_A_DEADLINE = """
+import asyncio, sys, time
+from pathlib import Path
+from edge_agent.config import ModelEntry, ModelsFile
+from edge_agent.errors import Timeout
+from edge_agent.runtimes.pool import ModelPool
+
+async def main():
+    pool = ModelPool.load(ModelsFile(models=[ModelEntry(name="m", path=Path(sys.argv[1]))]), threads=1, batch_max=1)
+    pool.start()
+    try:
+        await pool.served["m"].predict("turn off the lights", deadline=time.monotonic())
+    except Timeout as exc:
+        print("Timeout:", exc)
+    finally:
+        await pool.stop()
+
+asyncio.run(main())
+"""
+
 
 @pytest.fixture(scope="session")  # session: set up before (and so skips before) the session-wide tiny_artifact
 def py310() -> str:
@@ -78,6 +98,11 @@ def test_a_toml_settings_file_reads_on_310(py310: str, tmp_path: Path) -> None:
     first, second = run(py310, READ_TOML, str(good), str(bad)).splitlines()
     assert first == "{'device_id': 'jetson', 'mqtt': {'port': 1884}}"
     assert second.startswith("ConfigError") and "not valid toml" in second
+
+
+def test_a_missed_deadline_is_a_timeout_on_310(py310: str, tiny_artifact: Path) -> None:
+    """3.10's asyncio.wait_for raises asyncio.TimeoutError, not yet the builtin TimeoutError (3.11 merged them)."""
+    assert run(py310, MISS_A_DEADLINE, str(tiny_artifact)).startswith("Timeout: no answer from model m")
 
 
 def test_the_daemon_on_310_answers_a_request(py310: str, broker: Broker, tiny_artifact: Path, tmp_path: Path) -> None:
