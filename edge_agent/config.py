@@ -9,11 +9,11 @@ import ipaddress
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -21,6 +21,11 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the device install (Ubuntu 22.04 / JetPack 6) runs 3.10: the same parser, as a backport
+    import tomli as tomllib
 
 TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
 
@@ -161,6 +166,9 @@ class AgentSettings(BaseSettings):
     cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
     state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
     feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
+    feedback_max_bytes: int = Field(
+        default=16 << 20, ge=4096, description="per model file; oldest rows go first, a row larger is not kept"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device_id")

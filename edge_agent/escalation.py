@@ -84,7 +84,9 @@ class Escalator:
         self.breaker = Breaker(limits.breaker_failures, limits.breaker_cooldown_s, clock)
         self.trends = {m.name: Trend() for m in models.models}
         self.redact = {m.name: [re.compile(p) for p in m.redact] for m in models.models}
-        self.feedback = FeedbackLog(settings.state_dir / "feedback", settings.feedback_max_rows)
+        self.feedback = FeedbackLog(
+            settings.state_dir / "feedback", settings.feedback_max_rows, settings.feedback_max_bytes
+        )
         self.on_change = on_change  # breaker or budget state changed: the status should say so
         self._background: set[asyncio.Task[None]] = set()
 

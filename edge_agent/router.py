@@ -7,15 +7,18 @@ decision is a table a test can read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 
 from edge_agent.config import ModelEntry
 from edge_agent.messages import Route
 from edge_agent.runtimes import Prediction
 
 
-class Reason(StrEnum):
-    """Why a request went (or tried to go) to the cloud, or why it came back without it."""
+class Reason(str, Enum):
+    """Why a request went (or tried to go) to the cloud, or why it came back without it.
+
+    A str Enum whose str() is its value (StrEnum's behaviour; StrEnum is 3.11+, the device runs 3.10).
+    """
 
     LOW_CONFIDENCE = "low_confidence"
     INVALID_OUTPUT = "invalid_output"
@@ -29,6 +32,9 @@ class Reason(StrEnum):
     CLOUD_INVALID = "cloud_invalid"
     NO_CLOUD = "no_cloud"
     LOCAL_ONLY = "local_only"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Served:
         self.queue.put_nowait(_Job(text, deadline, future))
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
+        except asyncio.TimeoutError:  # on 3.10 not the builtin TimeoutError (3.11 made them one)
             raise Timeout(f"no answer from model {self.entry.name} within the deadline") from None
 
     async def work(self) -> None:

@@ -17,6 +17,15 @@ def test_settings_priority_file_then_env_then_flags(tmp_path: Path, monkeypatch:
     assert s.topic_prefix == "edge-agent/flag-id"
 
 
+def test_feedback_is_bounded_in_bytes_by_default_and_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().feedback_max_bytes == 16 * 1024 * 1024
+    monkeypatch.setenv("EDGE_AGENT_FEEDBACK_MAX_BYTES", "65536")
+    assert load_settings().feedback_max_bytes == 65536
+    monkeypatch.setenv("EDGE_AGENT_FEEDBACK_MAX_BYTES", "100")  # not even one row would fit
+    with pytest.raises(ConfigError, match="feedback_max_bytes"):
+        load_settings()
+
+
 def test_settings_problems_all_reported(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("threads: 0\nmax_inflight: -1\nbogus: 1\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,9 @@ def test_only_forced_requests_without_their_own_deadline_wait() -> None:
     assert waits_for_cloud("cloud", explicit_deadline=False)
     assert not waits_for_cloud("cloud", explicit_deadline=True)
     assert not waits_for_cloud("auto", explicit_deadline=False)
+
+
+def test_a_reason_reads_as_its_value_in_logs_replies_and_feedback() -> None:
+    reason = Reason.LOW_CONFIDENCE
+    assert str(reason) == f"{reason}" == "low_confidence" and json.dumps(reason) == '"low_confidence"'
+    assert reason == "low_confidence" and Reason("cloud_timeout") is Reason.CLOUD_TIMEOUT

@@ -44,15 +44,21 @@ class Agent:
 
 
 def start_agent(
-    broker: Broker, models_file: Path, tmp: Path, device_id: str = "dev1", env: dict[str, str] | None = None
+    broker: Broker,
+    models_file: Path,
+    tmp: Path,
+    device_id: str = "dev1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Agent:
-    """Start the daemon and wait for its retained `online` status (the readiness signal)."""
+    """Start the daemon with `python` (another install's, or this one) and wait for its retained `online`
+    status (the readiness signal)."""
     log = tmp / f"agent-{device_id}.log"
     watcher = Client(broker.port)
     prefix = f"edge-agent/{device_id}"
     watcher.subscribe(f"{prefix}/status")
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "edge_agent",
         "run",
