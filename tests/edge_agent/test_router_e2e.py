@@ -11,10 +11,8 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from edge_agent.manifest import read
 from tests.support import cloud as fake_cloud
@@ -43,16 +41,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         if time.monotonic() > end:
             raise TimeoutError(what)
         time.sleep(0.05)
-
-
-@pytest.fixture()
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(10)
 
 
 def test_low_confidence_escalates_end_to_end(
