@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -299,3 +300,41 @@ def spooled(spool: Spool) -> list[bytes]:
 async def until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+class FullDisk(Spool):
+    """A spool whose disk fails on every write (full, or an I/O error)."""
+
+    def put_reply(self, out: Outbound) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def wait(self, model: str, msg: Inbound, ttl_s: float) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_a_paid_reply_the_disk_cannot_keep_is_still_published_and_its_request_acked_on_puback(
+    persistent_broker: Broker, tmp_path: Path
+) -> None:
+    async def handle(msg: Inbound) -> Outbound:
+        return Outbound("me/replies", b"paid:" + msg.payload, durable=True)
+
+    async def scenario() -> list[bytes]:
+        t = make_delivery(settings(persistent_broker.port), ["in/#"], handle, spool=FullDisk(tmp_path / "s.sqlite"))
+        async with serving(t):
+            me = SessionClient(persistent_broker.port, "tester-disk")
+            try:
+                await asyncio.to_thread(me.publish, "in/x", "1")
+                return [(await asyncio.to_thread(me.messages.get, True, 30)).payload]
+            finally:
+                me.close()
+
+    assert asyncio.run(scenario()) == [b"paid:1"]
+    assert asyncio.run(next_session_sees(persistent_broker, b"2")) == [b"2"]  # "1" was acked
+
+
+def test_a_request_that_cannot_be_parked_is_refused_not_lost(tmp_path: Path) -> None:
+    from edge_agent.config import CloudSettings
+    from edge_agent.waitlist import Waitlist
+
+    waitlist = Waitlist(FullDisk(tmp_path / "s.sqlite"), CloudSettings(base_url="http://127.0.0.1:1/v1", model="m"))
+    assert waitlist.park("m", Inbound("edge-agent/d/req/m", b'{"text": "x"}')) is False  # the handler replies an error
