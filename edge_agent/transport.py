@@ -15,6 +15,7 @@ import contextlib
 import json
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,7 @@ class Transport:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         client.on_connect = self._on_connect
+        client.on_connect_fail = _connect_failed
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -308,6 +310,12 @@ class Transport:
             await asyncio.to_thread(info.wait_for_publish, 2.0)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _connect_failed(_c: mqtt.Client, _u: Any) -> None:
+    """No CONNACK at all: broker unreachable, or its TLS certificate does not verify (CA, host name).
+    paho passes no reason but calls this inside its `except OSError:`, so the handled exception is it."""
+    log.warning("mqtt_connect_failed", reason=str(sys.exc_info()[1]))
 
 
 def _no_delay(_c: mqtt.Client, _u: Any, sock: Any) -> None:
