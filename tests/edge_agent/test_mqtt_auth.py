@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import Agent, spawn_agent, start_agent, write_models
+from tests.support.agent import ROOT, Agent, spawn_agent, start_agent, write_models
 from tests.support.broker import Auth, Broker, BrokerConfig, TlsFiles, client, write_passwords
 from tests.support.pki import Issued, issue_server, make_ca
 
@@ -139,3 +139,47 @@ def test_a_broker_certificate_it_cannot_verify_is_refused(
         reasons = never_online(agent, broker, "mqtt_connect_failed")
         assert all("certificate verify failed" in r and why in r for r in reasons), reasons
         assert agent.stop() == 0
+
+
+def readme_acl() -> str:
+    """The ACL example of README.md, as an operator would copy it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("# /etc/mosquitto/edge-agent.acl\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readme_acl_lets_each_user_do_its_part_only(
+    tmp_path: Path, tiny_artifact: Path, agents: list[Agent]
+) -> None:
+    users = {"pi-kitchen": "agent-pw", "dashboard": "client-pw", "operator": "operator-pw"}
+    (tmp_path / "edge-agent.acl").write_text(readme_acl())
+    config = BrokerConfig(
+        allow_anonymous=False,
+        password_file=write_passwords(tmp_path / "passwd", users),
+        acl_file=tmp_path / "edge-agent.acl",
+        user=getpass.getuser(),
+    )
+    broker = config.broker(tmp_path / "acl.conf", Auth(username="operator", password=users["operator"]))
+    broker.start()
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    try:
+        env = {"EDGE_AGENT_MQTT__USERNAME": "pi-kitchen", "EDGE_AGENT_MQTT__PASSWORD": users["pi-kitchen"]}
+        agents.append(start_agent(broker, models, tmp_path, device_id="pi-kitchen", env=env))
+        dashboard = Auth(username="dashboard", password=users["dashboard"])
+        with client(broker.port, auth=broker.auth) as operator, client(broker.port, auth=dashboard) as dash:
+            operator.subscribe("edge-agent/#")
+            dash.subscribe("clients/dashboard/replies/#")
+            dash.publish("edge-agent/pi-kitchen/cmd/reboot", "{}")  # operators only
+            dash.publish("edge-agent/pi-kitchen/status", '{"status": "offline"}')  # the agent only
+            dash.publish(
+                "edge-agent/pi-kitchen/req/tiny", '{"text": "lights on", "id": 1}', "clients/dashboard/replies/1"
+            )
+            assert dash.get(topic="clients/dashboard/replies/1").json()["id"] == 1
+            # in order from one publisher: the two denied messages would have come before the request
+            status, request = operator.get(), operator.get()
+            assert status.retain and status.json()["status"] == "online"
+            assert request.topic == "edge-agent/pi-kitchen/req/tiny"
+            operator.publish("edge-agent/pi-kitchen/cmd/reboot", "{}")
+            assert operator.get().topic == "edge-agent/pi-kitchen/cmd/reboot"
+    finally:
+        broker.stop()
