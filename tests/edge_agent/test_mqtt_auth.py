@@ -120,7 +120,7 @@ def test_refused_credentials_never_come_online_and_keep_retrying(
         agent = spawn_agent(broker.port, models, tmp_path, env=agent_env(pki, tmp_path, username, password))
         agents.append(agent)
         reasons = never_online(agent, broker, "mqtt_connect_refused")
-        assert reasons == ["Not authorized"] * 2, reasons
+        assert len(reasons) == 2 and set(reasons) <= {"Not authorized", "Bad user name or password"}, reasons
         assert agent.stop() == 0
 
 
