@@ -24,9 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.mqtt_peer import Peer, mosquitto  # noqa: E402
 from edge_agent.manifest import load  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
-from tests.mqtt_helpers import Client, make_broker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
 
@@ -59,14 +59,14 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def start_agent(models: Path, port: int, tmp: Path, threads: int) -> tuple[subprocess.Popen[bytes], float]:
-    watcher = Client(port)
+    watcher = Peer(port)
     watcher.subscribe("edge-agent/bench/status")
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "edge_agent", "run", "--models", str(models), "--port", str(port)]
     cmd += ["--device-id", "bench", "--log-level", "warning"]
     env = {**os.environ, "EDGE_AGENT_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, stderr=(tmp / "agent.log").open("wb"), env=env, cwd=ROOT)
-    while watcher.get(timeout=60, topic="edge-agent/bench/status").json().get("status") != "online":
+    while watcher.next("edge-agent/bench/status", timeout=60).get("status") != "online":
         pass
     startup = time.monotonic() - t0
     watcher.close()
@@ -75,13 +75,13 @@ def start_agent(models: Path, port: int, tmp: Path, threads: int) -> tuple[subpr
 
 def timed(port: int, topic: str, batch: list[str]) -> list[tuple[float, dict[str, Any]]]:
     """Sequential MQTT 5 requests (response topic set), each with its round trip in ms and its reply."""
-    c = Client(port)
+    c = Peer(port)
     c.subscribe("bench/reply")
     out = []
     for i, text in enumerate(batch):
         t0 = time.perf_counter()
         c.publish(topic, json.dumps({"text": text, "id": i}), "bench/reply")
-        reply = c.get(timeout=10, topic="bench/reply").json()
+        reply = c.next("bench/reply")
         out.append(((time.perf_counter() - t0) * 1000, reply))
     c.close()
     return out
@@ -131,16 +131,16 @@ def echo_baseline(port: int, batch: list[str]) -> np.ndarray:
 def throughput(port: int, batch: list[str], window: int = 32) -> float:
     """Answered requests per second with up to `window` in flight (below max_inflight, 64 by default:
     beyond it the agent answers `overloaded`, which must not count as throughput)."""
-    c = Client(port)
+    c = Peer(port)
     c.subscribe("bench/burst")
     sent = answered = 0
     t0 = time.perf_counter()
     while answered < len(batch):
         while sent < len(batch) and sent - answered < window:
             payload = json.dumps({"text": batch[sent], "id": sent, "reply_to": "bench/burst"})
-            c.client.publish("edge-agent/bench/req/m", payload, qos=1)
+            c.publish("edge-agent/bench/req/m", payload, wait=False)
             sent += 1
-        reply = c.get(timeout=30, topic="bench/burst").json()
+        reply = c.next("bench/burst", timeout=30)
         assert "label" in reply, reply  # an error reply (overloaded...) would make the figure a lie
         answered += 1
     elapsed = time.perf_counter() - t0
@@ -156,21 +156,18 @@ def main() -> None:
     args = parser.parse_args()
     batch = texts(args.n)
     model_ms = model_times(args.artifact, batch, args.threads)
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory() as tmpdir, mosquitto(Path(tmpdir)) as port:
         tmp = Path(tmpdir)
-        broker = make_broker(tmp)
-        broker.start()
         models = tmp / "models.yaml"
         models.write_text(yaml.safe_dump({"models": [{"name": "m", "path": str(args.artifact.resolve())}]}))
-        proc, startup = start_agent(models, broker.port, tmp, args.threads)
+        proc, startup = start_agent(models, port, tmp, args.threads)
         rss_ready, _ = rss_mb(proc.pid)
-        rtts = round_trips(broker.port, batch)
-        qps = throughput(broker.port, batch[:1000])
-        echo = echo_baseline(broker.port, batch[:1000])
+        rtts = round_trips(port, batch)
+        qps = throughput(port, batch[:1000])
+        echo = echo_baseline(port, batch[:1000])
         rss_now, rss_peak = rss_mb(proc.pid)
         proc.terminate()
         proc.wait(20)
-        broker.stop()
     rows = {
         "round trip via mosquitto (ms)": np.array([r for _, r, *_ in rtts]),
         "in-process model time (ms)": np.array([model_ms[t] for t, *_ in rtts]),

@@ -26,15 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent import logs  # noqa: E402  (run as a script)
+from edge_agent.cloud import CloudClient, answer_schema  # noqa: E402
 from edge_agent.config import AgentSettings, CloudSettings, ModelsFile  # noqa: E402
 from edge_agent.escalation import Escalator  # noqa: E402
-from edge_agent.handler import Handler  # noqa: E402
+from edge_agent.handler import Handler, Reply  # noqa: E402
 from edge_agent.manifest import load  # noqa: E402
 from edge_agent.messages import Inbound  # noqa: E402
-from edge_agent.runtimes.cloud import CloudClient, answer_schema  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 from edge_agent.runtimes.pool import ModelPool  # noqa: E402
-from tests import fake_cloud  # noqa: E402
+from tests.support import cloud as fake_cloud  # noqa: E402
 from trainer.calibration import selective  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
@@ -191,8 +191,8 @@ async def ask(handler: Handler, text: str, route: str) -> tuple[float, dict[str,
     t0 = time.perf_counter()
     out = await handler.handle(Inbound("edge-agent/b/req/m", payload, "r", received=time.monotonic()))
     ms = (time.perf_counter() - t0) * 1000
-    assert out is not None
-    return ms, json.loads(out.payload)
+    assert isinstance(out, Reply), out
+    return ms, json.loads(out.out.payload)
 
 
 if __name__ == "__main__":

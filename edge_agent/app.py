@@ -9,16 +9,18 @@ from typing import Any
 import structlog
 
 from edge_agent import __version__, systemd
+from edge_agent.cloud import CloudClient
 from edge_agent.config import AgentSettings, ModelEntry, ModelsFile
+from edge_agent.delivery import Delivery
 from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler
 from edge_agent.manifest import Manifest
 from edge_agent.manifest import read as read_manifest
-from edge_agent.runtimes.cloud import CloudClient
+from edge_agent.mqtt_client import MqttClient
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
-from edge_agent.transport import Transport
+from edge_agent.supervisor import Supervisor
 from edge_agent.waitlist import Waitlist
 
 log = structlog.get_logger("edge_agent.app")
@@ -68,27 +70,29 @@ def _manifest_only(entry: ModelEntry) -> Manifest | None:
 
 async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, missing: Missing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight work and publish `offline`."""
+    changed = asyncio.Event()  # breaker or budget moved: the retained status says so
     cloud = CloudClient(settings.cloud) if settings.cloud else None
-    escalator = Escalator(settings, models, cloud)
+    escalator = Escalator(settings, models, cloud, on_change=changed.set)
     spool = Spool(settings.state_dir / "spool.sqlite")
-    handler = Handler(settings, models, pool, escalator, spool, missing)
-    transport = Transport(settings, handler.subscriptions(), handler.handle, handler.overloaded, spool)
-    transport.status = lambda: status(settings, pool, escalator, spool, missing)
-    escalator.on_change = transport.publish_status
-    waitlist = Waitlist(spool, handler.retry, handler.expired, transport.deliver, escalator.breaker.retry_in)
-    handler.on_wait = waitlist.wake.set
+    waitlist = Waitlist(spool, settings.cloud)
+    handler = Handler(settings, models, pool, escalator, waitlist, missing)
+    client = MqttClient(settings, handler.subscriptions(), f"{settings.topic_prefix}/status")
+    delivery = Delivery(
+        settings, client, handler, spool, lambda: status(settings, pool, escalator, spool, missing), changed
+    )
+    supervisor = Supervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pool.start()
-    side = [_announce(transport), systemd.watchdog(), waitlist.run()]
-    tasks = [asyncio.create_task(coro) for coro in side]
+    pool.start(supervisor.start)
+    supervisor.start("waitlist", lambda: waitlist.run(handler, delivery.deliver, escalator.breaker.retry_in))
+    supervisor.start("watchdog", lambda: systemd.watchdog(supervisor.alive))
+    supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
     try:
-        await transport.run(stop)
+        await delivery.run(stop)
     finally:
-        for task in tasks:
-            task.cancel()
+        await supervisor.stop()
         await pool.stop()
         await escalator.drain()
         if cloud is not None:
@@ -115,7 +119,7 @@ def status(
     return body
 
 
-async def _announce(transport: Transport) -> None:
-    await transport.ready.wait()
+async def _announce(delivery: Delivery, subscriptions: list[str]) -> None:
+    await delivery.ready.wait()
     systemd.notify("READY=1")
-    log.info("ready", status_topic=transport.status_topic, subscriptions=transport.subscriptions)
+    log.info("ready", status_topic=delivery.client.status_topic, subscriptions=subscriptions)

@@ -14,7 +14,7 @@ from edge_agent import __version__
 from edge_agent.config import AgentSettings, ModelsFile, cloud_problems, load_models, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
 from edge_agent.manifest import load as load_manifest
-from edge_agent.messages import reply
+from edge_agent.messages import Answer, body
 
 EX_DATAERR = 65
 
@@ -121,8 +121,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     except AgentError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return EX_DATAERR
-    body = reply(None, entry.name, served.manifest.version, prediction, (time.monotonic() - start) * 1000)
-    print(json.dumps(body, ensure_ascii=False))
+    latency = (time.monotonic() - start) * 1000
+    answer = Answer(prediction, "local")
+    if prediction.confidence < served.threshold:  # as the agent would mark it without a cloud
+        answer = Answer(prediction, "local-fallback", "local_only", "low_confidence")
+    print(json.dumps(body(None, entry.name, answer, served.manifest.version, latency), ensure_ascii=False))
     return 0
 
 

@@ -5,13 +5,15 @@ Loading collects every problem before failing, so an operator fixes a config in 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
+import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -19,6 +21,11 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the device install (Ubuntu 22.04 / JetPack 6) runs 3.10: the same parser, as a backport
+    import tomli as tomllib
 
 TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
 
@@ -68,9 +75,10 @@ class CloudSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, description="per attempt; the request deadline cuts it shorter")
     retries: int = Field(default=2, ge=0, description="extra attempts on 429 and 5xx only")
     backoff_s: float = Field(default=0.2, ge=0, description="first retry delay; doubles, with jitter")
-    response_format: Literal["json_schema", "json_object", "prompt"] = Field(
-        default="json_schema",
-        description="json_schema: OpenAI structured outputs; json_object: with `schema` (llama.cpp); "
+    response_format: Literal["auto", "json_schema", "json_object", "prompt"] = Field(
+        default="auto",
+        description="auto: json_schema, then json_object, then prompt as the server refuses each (remembered); "
+        "json_schema: OpenAI structured outputs; json_object: with `schema` (llama-cpp-python); "
         "prompt: instructions only. Answers are validated in every mode.",
     )
     budget: Budget = Budget()
@@ -78,6 +86,18 @@ class CloudSettings(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0, description="open time before a probe")
     wait_ttl_s: float = Field(default=3600.0, gt=0, description="how long route=cloud requests wait for it")
     wait_max: int = Field(default=1000, ge=0, description="route=cloud requests that may wait at once")
+    allow_insecure_http: bool = Field(
+        default=False, description="allow http:// to a host that is not loopback: the API key and texts travel in clear"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_parses(cls, value: str) -> str:
+        try:
+            httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        return value
 
     def api_key(self) -> str | None:
         """The key, or None when none is configured; OSError/KeyError name what is missing."""
@@ -99,6 +119,27 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
+def _check_filter(value: str) -> str:
+    """A valid MQTT topic filter (wildcards only as whole levels, # last), or ValueError."""
+    levels = value.split("/")
+    for i, level in enumerate(levels):
+        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
+            raise ValueError(f"invalid topic filter {value!r}")
+    return value
+
+
+def _loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1, written canonically (anything else is treated as remote)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def _default_state_dir() -> Path:
     """systemd's StateDirectory= when set (first entry), else ./var."""
     return Path(os.environ.get("STATE_DIRECTORY", "var").split(":")[0])
@@ -113,8 +154,17 @@ class AgentSettings(BaseSettings):
     prefix: str = Field(default="edge-agent/{device_id}", description="topic prefix of the request API")
     models_file: Path = Path("models.yaml")
     mqtt: MqttSettings = MqttSettings()
+    reply_topics: list[str] = Field(
+        default=[], description="topic filters a client's reply address must match (empty: any address)"
+    )
+    reply_to_agent_topics: bool = Field(
+        default=False, description="let clients have replies published inside the agents' own API topics"
+    )
     max_payload_bytes: int = Field(default=65536, ge=64)
-    max_inflight: int = Field(default=64, ge=1, description="accepted, unfinished messages")
+    max_inflight: int = Field(default=64, ge=1, description="messages answered at once (MQTT 5 Receive Maximum)")
+    backlog_bytes: int = Field(
+        default=8 << 20, ge=0, description="payload bytes of QoS 1 requests (MQTT 5) that may wait for a free slot"
+    )
     deadline_ms: int = Field(default=5000, ge=1, description="default when a request sets none")
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads per model")
     batch_max: int = Field(
@@ -127,6 +177,9 @@ class AgentSettings(BaseSettings):
     cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
     state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
     feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
+    feedback_max_bytes: int = Field(
+        default=16 << 20, ge=4096, description="per model file; oldest rows go first, a row larger is not kept"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device_id")
@@ -145,6 +198,34 @@ class AgentSettings(BaseSettings):
                 _read_key(value)
             except ValueError as exc:
                 raise PydanticCustomError("signing_key", "{problem}", {"problem": str(exc)}) from None
+        return value
+
+    @field_validator("reply_topics")
+    @classmethod
+    def _filters_ok(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            _check_filter(topic)
+        return value
+
+    @property
+    def fleet_filter(self) -> str:
+        """Every device's prefix as one filter (`edge-agent/+`): replies never go into the fleet's API."""
+        return self.prefix.replace("{device_id}", "+").rstrip("/")
+
+    @field_validator("cloud")
+    @classmethod
+    def _key_not_in_clear(cls, value: CloudSettings | None) -> CloudSettings | None:
+        """Refused at load; checked here, not on CloudSettings, which is also built directly (placeholder limits)."""
+        if value is None or value.allow_insecure_http:
+            return value
+        url = httpx.URL(value.base_url)  # the client's own parser: the host checked is the host it calls
+        if url.scheme == "http" and not _loopback(url.host):
+            raise PydanticCustomError(
+                "insecure_http",
+                "base_url: http:// to {host} would send the API key in clear; "
+                "use https://, or set cloud.allow_insecure_http: true",
+                {"host": url.host},
+            )
         return value
 
     @property
@@ -211,11 +292,7 @@ class Binding(BaseModel):
     @field_validator("topic")
     @classmethod
     def _filter_ok(cls, value: str) -> str:
-        levels = value.split("/")
-        for i, level in enumerate(levels):
-            if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
-                raise ValueError(f"invalid topic filter {value!r}")
-        return value
+        return _check_filter(value)
 
     @field_validator("output")
     @classmethod

@@ -43,6 +43,12 @@ class CloudUnavailable(AgentError):
     code = "cloud_unavailable"
 
 
+class Unavailable(AgentError):
+    """What the request asks for is not configured on this device (route cloud without a cloud)."""
+
+    code = "unavailable"
+
+
 class Internal(AgentError):
     code = "internal"
 

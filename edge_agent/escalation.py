@@ -16,26 +16,25 @@ from typing import Any
 import structlog
 
 from edge_agent import router, schema
+from edge_agent.cloud import CloudClient, CloudFailure
 from edge_agent.config import AgentSettings, CloudSettings, ModelEntry, ModelsFile
-from edge_agent.errors import AgentError, CloudUnavailable, InvalidOutput
+from edge_agent.errors import AgentError, CloudUnavailable, InvalidOutput, Unavailable
 from edge_agent.feedback import FeedbackLog, record
 from edge_agent.guards import Breaker, Budgets, Trend
 from edge_agent.manifest import Manifest
-from edge_agent.messages import Request
+from edge_agent.messages import Answer, Request
 from edge_agent.router import Reason
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient, CloudFailure
 from edge_agent.runtimes.pool import Served
 
 log = structlog.get_logger("edge_agent.escalation")
 
 
-class WaitForCloud(CloudUnavailable):
-    """A route=cloud request the cloud could not answer now; it may wait in the spool."""
+@dataclass(frozen=True)
+class Wait:
+    """A route=cloud request the cloud could not answer now: it may wait in the spool for it."""
 
-    def __init__(self, reason: Reason) -> None:
-        super().__init__(f"the cloud is unavailable ({reason}); the request waits for it")
-        self.reason = reason
+    reason: Reason
 
 
 @dataclass(frozen=True)
@@ -68,42 +67,6 @@ class CloudCall:
         return (time.monotonic() - self.started) * 1000
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What the reply says: the prediction kept, who gave it, and why."""
-
-    prediction: Prediction
-    source: str
-    reason: Reason | None = None
-    trigger: Reason | None = None
-    local: LocalRun | None = None
-    cloud_ms: float | None = None
-
-    def extras(self) -> dict[str, Any]:
-        """The router's keys of the reply, added to messages.reply()."""
-        local = self.local.prediction if self.local else None
-        body: dict[str, Any] = {
-            "escalated": self.reason is not None,
-            "reason": str(self.reason) if self.reason else None,
-            "timings": {
-                "local_ms": _ms(self.local.ms if self.local else None),
-                "cloud_ms": _ms(self.cloud_ms),
-            },
-        }
-        if self.trigger is not None:
-            body["trigger"] = str(self.trigger)
-        if self.source == "cloud":
-            body.update(confidence=None, top=[])
-            if local is not None:
-                body.update(local_label=local.label, local_confidence=round(local.confidence, 6))
-                body["agree"] = local.label == self.prediction.label
-        return body
-
-
-def _ms(value: float | None) -> float | None:
-    return round(value, 3) if value is not None else None
-
-
 class Escalator:
     """Owns the cloud client and the state that guards it (budgets, breaker, trends, feedback)."""
 
@@ -112,21 +75,26 @@ class Escalator:
         settings: AgentSettings,
         models: ModelsFile,
         cloud: CloudClient | None = None,
+        on_change: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        limits = settings.cloud or CloudSettings(base_url="http://unused", model="none")
+        limits = settings.cloud or CloudSettings(base_url="http://127.0.0.1/unused", model="none")
         self.cloud = cloud
         self.budgets = Budgets(limits.budget, {m.name: m.budget for m in models.models}, clock)
         self.breaker = Breaker(limits.breaker_failures, limits.breaker_cooldown_s, clock)
         self.trends = {m.name: Trend() for m in models.models}
         self.redact = {m.name: [re.compile(p) for p in m.redact] for m in models.models}
-        self.feedback = FeedbackLog(settings.state_dir / "feedback", settings.feedback_max_rows)
-        self.on_change: Callable[[], object] = lambda: None  # breaker or budget state changed
+        self.feedback = FeedbackLog(
+            settings.state_dir / "feedback", settings.feedback_max_rows, settings.feedback_max_bytes
+        )
+        self.on_change = on_change  # breaker or budget state changed: the status should say so
         self._background: set[asyncio.Task[None]] = set()
 
-    async def answer(self, job: Job) -> Answer:
-        """The reply's prediction and routing facts; raises AgentError when there is no answer at all."""
+    async def answer(self, job: Job) -> Answer | Wait:
+        """The reply's prediction and routing facts, or Wait; raises AgentError when there is no answer."""
         p = router.policy(job.entry, _threshold(job.entry, job.manifest), job.request.route, self.cloud is not None)
+        if p.route == "cloud" and not p.cloud:
+            raise Unavailable(f"route cloud was asked for, but no cloud is configured on {job.model}'s device")
         if job.served is None:
             if not p.cloud:
                 raise CloudUnavailable(f"model {job.model} cannot run here and the cloud may not be asked")
@@ -137,20 +105,29 @@ class Escalator:
             return await self._race(job, p, local, early)
         return await self._after_local(job, p, await local)
 
-    async def _after_local(self, job: Job, p: router.Policy, run: LocalRun, call: CloudCall | None = None) -> Answer:
+    async def _after_local(
+        self, job: Job, p: router.Policy, run: LocalRun, call: CloudCall | None = None
+    ) -> Answer | Wait:
         reason = router.escalation(p, run.prediction, run.invalid)
-        if reason is None:
+        if reason is None or not p.cloud:
             if call is not None:
                 call.task.cancel()
-            if run.error is not None:
-                raise run.error
-            assert run.prediction is not None
-            return Answer(run.prediction, "local", local=run)
+            return self._local_answer(p, run, reason)
         if run.error is not None and not run.invalid and reason is not Reason.FORCED:
             raise run.error  # a timeout or a bad input: the cloud would not help
         return await self._escalate(job, p, run, reason, call)
 
-    async def _race(self, job: Job, p: router.Policy, local: asyncio.Task[LocalRun], call: CloudCall) -> Answer:
+    def _local_answer(self, p: router.Policy, run: LocalRun, reason: Reason | None) -> Answer:
+        """The local answer; one the policy would have escalated is marked as a fallback, saying why not."""
+        if run.error is not None:
+            raise run.error
+        if run.prediction is None or run.invalid:
+            raise InvalidOutput("the local model's answer does not fit its labels or schema")
+        if reason is None:
+            return Answer(run.prediction, "local", local_ms=run.ms)
+        return Answer(run.prediction, "local-fallback", str(router.stays_local(p)), str(reason), local_ms=run.ms)
+
+    async def _race(self, job: Job, p: router.Policy, local: asyncio.Task[LocalRun], call: CloudCall) -> Answer | Wait:
         """Local and cloud at once: keep the first valid answer that the policy accepts."""
         left = max(0.0, job.deadline - time.monotonic())
         await asyncio.wait({local, call.task}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
@@ -161,17 +138,24 @@ class Escalator:
 
     async def _escalate(
         self, job: Job, p: router.Policy, run: LocalRun, reason: Reason, call: CloudCall | None = None
-    ) -> Answer:
+    ) -> Answer | Wait:
         started = call or self._start(job)
         if isinstance(started, Reason):
             return self._fallback(job, p, run, reason, started, None)
-        try:
-            cloud = await asyncio.wait_for(started.task, max(0.0, job.deadline - time.monotonic()))
-        except TimeoutError:
+        await asyncio.wait({started.task}, timeout=max(0.0, job.deadline - time.monotonic()))
+        if not started.task.done():
+            self._cut(started)
             return self._fallback(job, p, run, reason, Reason.CLOUD_TIMEOUT, started.ms)
-        except CloudFailure as exc:
-            return self._fallback(job, p, run, reason, Reason(exc.reason), started.ms)
-        return self._cloud_answer(job, run, reason, cloud, started.ms)
+        failure = CloudFailure("cloud_error", "cancelled") if started.task.cancelled() else started.task.exception()
+        if failure is not None:
+            cause = failure.reason if isinstance(failure, CloudFailure) else Reason.CLOUD_ERROR
+            return self._fallback(job, p, run, reason, Reason(cause), started.ms)
+        return self._cloud_answer(job, run, reason, started.task.result(), started.ms)
+
+    def _cut(self, call: CloudCall) -> None:
+        """The deadline cut a call short: for the breaker that is a timeout, not a call nobody needed."""
+        self.breaker.failure()
+        call.task.cancel()
 
     def _start(self, job: Job) -> CloudCall | Reason:
         """Start a cloud call when the breaker and both budgets allow; the budget is spent at start."""
@@ -189,17 +173,19 @@ class Escalator:
         return CloudCall(task, time.monotonic())
 
     async def _ask(self, job: Job) -> Prediction:
+        """One cloud call; every way it can end gives the breaker its verdict (none when cancelled)."""
         assert self.cloud is not None
         before = self.breaker.state
         try:
             prediction = await self.cloud.ask(job.manifest, job.request.text, job.deadline)
-        except CloudFailure as exc:
-            self.breaker.failure()
-            log.warning("cloud_failed", model=job.model, reason=exc.reason, error=exc.message)
-            raise
         except asyncio.CancelledError:
             self.breaker.release()
             raise
+        except Exception as exc:
+            self.breaker.failure()
+            failure = exc if isinstance(exc, CloudFailure) else CloudFailure("cloud_error", type(exc).__name__)
+            log.warning("cloud_failed", model=job.model, reason=failure.reason, error=failure.message)
+            raise failure from None
         else:
             self.breaker.success()
         finally:
@@ -209,14 +195,14 @@ class Escalator:
 
     def _fallback(
         self, job: Job, p: router.Policy, run: LocalRun, trigger: Reason, reason: Reason, cloud_ms: float | None
-    ) -> Answer:
+    ) -> Answer | Wait:
         """The deadline wins: the local answer, marked, or an error when there is none to give."""
         log.info("escalation_fell_back", model=job.model, trigger=str(trigger), reason=str(reason))
         if router.waits_for_cloud(p.route, job.request.deadline_ms is not None):
-            raise WaitForCloud(reason)
+            return Wait(reason)
         if run.prediction is None or run.invalid:
             raise CloudUnavailable(f"no usable local answer ({trigger}) and the cloud failed ({reason})")
-        return Answer(run.prediction, "local-fallback", reason, trigger, run, cloud_ms)
+        return Answer(run.prediction, "local-fallback", str(reason), str(trigger), None, run.ms, cloud_ms)
 
     def _cloud_answer(
         self,
@@ -229,7 +215,7 @@ class Escalator:
     ) -> Answer:
         if job.entry.collect_feedback:
             self._later(self._keep(job, run, cloud, reason, pending))
-        return Answer(cloud, "cloud", reason, None, run, cloud_ms)
+        return Answer(cloud, "cloud", str(reason), None, run.prediction, run.ms, cloud_ms)
 
     async def _keep(
         self, job: Job, run: LocalRun, cloud: Prediction, reason: Reason, pending: asyncio.Task[LocalRun] | None

@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from edge_agent.runtimes import Entity, Prediction
 
 MASK = "[REDACTED]"
+CHUNK = 1 << 16  # bytes per read when counting and trimming
+MAX_BYTES = 16 << 20  # per model file; AgentSettings.feedback_max_bytes
 
 
 def redact(text: str, patterns: list[re.Pattern[str]]) -> str:
@@ -55,30 +60,44 @@ def _entities(text: str, entities: list[Entity]) -> list[dict[str, Any]]:
     return rows
 
 
-class FeedbackLog:
-    """Append-only JSONL per model, trimmed to the newest `max_rows` (writes may come from threads)."""
+@dataclass(frozen=True)
+class _Held:
+    """What one model's file holds, counted from disk once and then kept up to date in memory."""
 
-    def __init__(self, folder: Path, max_rows: int) -> None:
+    rows: int
+    size: int
+
+
+class FeedbackLog:
+    """Append-only JSONL per model, bounded in rows and bytes: the oldest rows go first (writes may come from
+    threads). A file never exceeds `max_bytes`; it may hold 10% more rows than `max_rows` between trims."""
+
+    def __init__(self, folder: Path, max_rows: int, max_bytes: int = MAX_BYTES) -> None:
         self.folder = folder
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._rows: dict[str, int] = {}
+        self._held: dict[str, _Held] = {}
 
     def path(self, model: str) -> Path:
         return self.folder / f"{model}.jsonl"
 
-    def append(self, model: str, row: dict[str, Any]) -> None:
-        line = json.dumps(row, ensure_ascii=False) + "\n"
+    def append(self, model: str, row: dict[str, Any]) -> bool:
+        """Store the row; False when it alone is larger than `max_bytes` (never stored, the bound holds)."""
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        if len(line) > self.max_bytes:
+            return False
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.path(model)
-            if model not in self._rows:
-                self._rows[model] = _count(path)
-            with path.open("a", encoding="utf-8") as fh:
+            held = self._held.get(model) or _measure(path)
+            if held.rows >= self.max_rows + max(1, self.max_rows // 10) or held.size + len(line) > self.max_bytes:
+                room = max(0, self.max_bytes - self.max_bytes // 10 - len(line))  # the slack spaces out the trims
+                held = _trim(path, self.max_rows - 1, room)
+            with path.open("ab") as fh:
                 fh.write(line)
-            self._rows[model] += 1
-            if self._rows[model] > self.max_rows + max(1, self.max_rows // 10):
-                self._rows[model] = _trim(path, self.max_rows)
+            self._held[model] = _Held(held.rows + 1, held.size + len(line))
+        return True
 
     def rows(self, model: str | None = None) -> Iterator[str]:
         """Stored lines (with their newline), one model or all, oldest first per model."""
@@ -89,17 +108,49 @@ class FeedbackLog:
                     yield from fh
 
 
-def _count(path: Path) -> int:
+def _measure(path: Path) -> _Held:
     if not path.is_file():
-        return 0
+        return _Held(0, 0)
     with path.open("rb") as fh:
-        return sum(1 for _ in fh)
+        rows = sum(block.count(b"\n") for block in iter(lambda: fh.read(CHUNK), b""))
+        return _Held(rows, fh.tell())
 
 
-def _trim(path: Path, keep: int) -> int:
-    """Keep the newest `keep` lines; the swap is atomic (temp file + rename)."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[-keep:]
+def _trim(path: Path, rows: int, size: int) -> _Held:
+    """Keep the newest rows within `rows` and `size` bytes: find where they start from the end, copy that tail
+    in chunks to a temp file and rename it over the log (atomic). Memory stays at a chunk, whatever the size."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        end = os.fstat(src.fileno()).st_size
+        start, kept = _tail(src, end, rows, size)
+        src.seek(start)
+        shutil.copyfileobj(src, dst, CHUNK)
+        dst.flush()
+        os.fsync(dst.fileno())  # the rename must not land before the data (a device loses power)
     os.replace(tmp, path)
-    return len(lines)
+    return _Held(kept, end - start)
+
+
+def _tail(fh: BinaryIO, end: int, rows: int, size: int) -> tuple[int, int]:
+    """Offset where the newest rows within `rows` and `size` bytes begin, and how many they are. Rows end at
+    a newline byte only: U+2028, U+2029 and U+0085 stay raw inside them (json.dumps with ensure_ascii=False)."""
+    start, kept = end, 0
+    if end == 0:
+        return start, kept
+    for newline in chain(_newlines_backwards(fh, end - 1), [-1]):  # -1: the file's first row starts at 0
+        if kept == rows or end - (newline + 1) > size:
+            break
+        start, kept = newline + 1, kept + 1
+    return start, kept
+
+
+def _newlines_backwards(fh: BinaryIO, end: int) -> Iterator[int]:
+    """Offsets of the newline bytes before `end`, the last first, reading CHUNK bytes at a time back from there."""
+    while end > 0:
+        begin = max(0, end - CHUNK)
+        fh.seek(begin)
+        block = fh.read(end - begin)
+        at = len(block)
+        while (at := block.rfind(b"\n", 0, at)) >= 0:
+            yield begin + at
+        end = begin

@@ -1,220 +1,214 @@
-"""One message in, at most one message out: parse, run the model, build the reply or the error.
+"""One message in, one outcome out: a reply (a result or an error), a wait for the cloud, or a logged drop.
 
-Every AgentError becomes an error reply; nothing a client sends can stop the daemon.
+`handle` is total: whatever a message holds, and whatever goes wrong below it, it ends in exactly
+one outcome, so the delivery layer can settle (acknowledge) every message exactly once.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from edge_agent.config import AgentSettings, Binding, ModelEntry, ModelsFile
-from edge_agent.errors import AgentError, BadRequest, CloudUnavailable, Internal, Overloaded, TooLarge, UnknownModel
-from edge_agent.escalation import Escalator, Job, WaitForCloud
+from edge_agent.errors import AgentError, BadRequest, CloudUnavailable, Internal, Overloaded, UnknownModel
+from edge_agent.escalation import Escalator, Job, Wait
 from edge_agent.manifest import Manifest
-from edge_agent.messages import (
-    Envelope,
-    Inbound,
-    Outbound,
-    Request,
-    encode,
-    error_reply,
-    parse,
-    peek,
-    reply,
-    valid_topic,
-)
+from edge_agent.messages import Answer, Inbound, Outbound, Request, body, encode, message_id, parse, sensor_text
+from edge_agent.router import Reason
 from edge_agent.runtimes.pool import ModelPool
-from edge_agent.spool import Spool
+from edge_agent.topics import ReplyPolicy, matches, topic_problem
 
 log = structlog.get_logger("edge_agent.handler")
 
 
-def topic_matches(pattern: str, topic: str) -> bool:
-    """MQTT filter matching (+ one level, # the rest); $-topics never match a leading wildcard."""
-    if topic.startswith("$") and pattern[:1] in ("+", "#"):
-        return False
-    pat, top = pattern.split("/"), topic.split("/")
-    for i, level in enumerate(pat):
-        if level == "#":
-            return True
-        if i >= len(top) or (level != "+" and level != top[i]):
-            return False
-    return len(pat) == len(top)
+@dataclass(frozen=True)
+class Reply:
+    out: Outbound
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The request must wait for the cloud (route=cloud while it is away)."""
+
+    model: str
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class Parked:
+    """The request waits in the spool; its reply comes later from the waitlist."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Nothing can be sent (no sane address): the refusal is logged."""
+
+    why: str
+
+
+Outcome = Reply | Parked | Drop
+Attempt = Reply | Waiting | Drop
+
+
+class Parking(Protocol):
+    def park(self, model: str, msg: Inbound) -> bool:
+        """Keep the request until the cloud is back; False when there is no room (or no disk)."""
+        ...
 
 
 class Handler:
-    """Knows the request API and the sensor bindings; knows nothing of MQTT sockets."""
+    """Knows the request API, the sensor bindings and the reply-topic policy; knows nothing of sockets."""
 
     def __init__(
         self,
         settings: AgentSettings,
         models: ModelsFile,
         pool: ModelPool,
-        escalator: Escalator | None = None,
-        spool: Spool | None = None,
+        escalator: Escalator,
+        parking: Parking | None = None,
         missing: dict[str, tuple[ModelEntry, Manifest]] | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
         self.pool = pool
-        self.escalator = escalator or Escalator(settings, models)
-        self.spool = spool
+        self.escalator = escalator
+        self.parking = parking
         self.missing = missing or {}  # models only the cloud can answer here
-        self.on_wait: Callable[[], None] = lambda: None
         self.prefix = settings.topic_prefix
         self.req_prefix = f"{self.prefix}/req/"
+        self.policy = ReplyPolicy(settings.fleet_filter, settings.reply_topics, settings.reply_to_agent_topics)
 
     def subscriptions(self) -> list[str]:
         return [f"{self.req_prefix}+", *(b.topic for b in self.models.bindings)]
 
-    async def handle(self, msg: Inbound) -> Outbound | None:
-        """The reply; None when there is none to send now (a request waiting for the cloud)."""
-        return await self._route(msg, can_wait=True)
+    async def handle(self, msg: Inbound) -> Outcome:
+        """The outcome of a new message; never raises."""
+        attempt = await self.attempt(msg)
+        if not isinstance(attempt, Waiting):
+            return attempt
+        if self.parking is not None and self.parking.park(attempt.model, msg):
+            log.info("request_waits_for_cloud", model=attempt.model, reason=str(attempt.reason))
+            return Parked()
+        unavailable = CloudUnavailable(f"the cloud is unavailable ({attempt.reason}) and no room is left to wait")
+        return self.refusal(msg, unavailable)
 
-    async def retry(self, msg: Inbound) -> Outbound | None:
-        """Another try for a waiting request; WaitForCloud while the cloud is still away."""
-        return await self._route(msg, can_wait=False)
+    async def attempt(self, msg: Inbound) -> Attempt:
+        """One try at a message (new, or waiting for the cloud); never raises: this is the boundary
+        where a bug becomes an `internal` error reply instead of silence."""
+        try:
+            return await self._route(msg)
+        except Exception as exc:
+            log.exception("internal_error", topic=msg.topic)
+            return self.refusal(msg, Internal(f"the agent failed on this message ({type(exc).__name__})"))
 
-    async def _route(self, msg: Inbound, can_wait: bool) -> Outbound | None:
+    async def _route(self, msg: Inbound) -> Attempt:
         if msg.topic.startswith(self.req_prefix):
-            return await self._request(msg, msg.topic[len(self.req_prefix) :], can_wait)
+            return await self._request(msg, msg.topic[len(self.req_prefix) :])
         binding = self._binding(msg.topic)
         if binding is None:
-            log.warning("unroutable", topic=msg.topic)
-            return None
-        return await self._sensor(msg, binding, can_wait)
+            return _drop("no binding matches the topic", msg)
+        return await self._sensor(msg, binding)
 
-    def overloaded(self, msg: Inbound) -> Outbound | None:
+    def overloaded(self, msg: Inbound) -> Outcome:
         """The reply for a message we have no room for: cheap, no model run."""
         return self.refusal(msg, Overloaded(f"more than {self.settings.max_inflight} messages in flight; retry later"))
 
-    def expired(self, msg: Inbound) -> Outbound | None:
+    def expired(self, msg: Inbound) -> Outcome:
         """The reply for a request that waited for the cloud longer than its time to live."""
         ttl = self.settings.cloud.wait_ttl_s if self.settings.cloud else 0
         return self.refusal(msg, CloudUnavailable(f"waited {ttl:g}s for the cloud; giving up"))
 
-    def refusal(self, msg: Inbound, error: AgentError) -> Outbound | None:
+    def refusal(self, msg: Inbound, error: AgentError) -> Reply | Drop:
         """An error reply built from the message alone, addressed as its answer would be."""
         if msg.topic.startswith(self.req_prefix):
             model = msg.topic[len(self.req_prefix) :]
-            env = peek(msg.payload, self.settings.max_payload_bytes)
-            return self._error(msg, model, env, error)
+            envelope, _ = parse(msg.payload, self.settings.max_payload_bytes)
+            topic, _ = self._reply_topic(msg, envelope.reply_to, model)
+            rid = envelope.id if envelope.id is not None else message_id(msg)
+            return self._reply(msg, topic, body(rid, model, error), error)
         binding = self._binding(msg.topic)
         if binding is None:
-            return None
-        body = {**error_reply(None, error, binding.model), "topic": msg.topic}
-        log.warning("request_failed", code=error.code, topic=msg.topic)
-        return Outbound(self._output_topic(binding, msg.topic), encode(body))
+            return _drop(error.message, msg)
+        data = body(message_id(msg), binding.model, error, topic=msg.topic)
+        return self._reply(msg, self._output_topic(binding, msg.topic), data, error, correlate=False)
 
     def _binding(self, topic: str) -> Binding | None:
-        return next((b for b in self.models.bindings if topic_matches(b.topic, topic)), None)
+        return next((b for b in self.models.bindings if matches(b.topic, topic)), None)
 
-    async def _request(self, msg: Inbound, model: str, can_wait: bool) -> Outbound | None:
-        env = peek(msg.payload, self.settings.max_payload_bytes)
+    async def _request(self, msg: Inbound, model: str) -> Attempt:
+        envelope, request = parse(msg.payload, self.settings.max_payload_bytes)
+        rid = envelope.id if envelope.id is not None else message_id(msg)
+        topic, refused = self._reply_topic(msg, envelope.reply_to, model)
+        if refused is not None:
+            request = refused
+        if isinstance(request, AgentError):
+            return self._reply(msg, topic, body(rid, model, request), request)
+        result = await self._answer(model, request, msg.received)
+        if isinstance(result, Wait):
+            return Waiting(model, result.reason)
+        return self._reply(msg, topic, self._body(rid, model, result, msg), result)
+
+    async def _sensor(self, msg: Inbound, binding: Binding) -> Attempt:
         try:
-            if msg.response_topic is not None and not valid_topic(msg.response_topic):
-                raise BadRequest("response topic must not contain wildcards")
-            request = parse(msg.payload, self.settings.max_payload_bytes)
-            body = await self._answer(model, request, msg.received)
-        except WaitForCloud as exc:
-            return self._wait(msg, model, exc, can_wait)
+            text = sensor_text(msg.payload, binding.text_field, self.settings.max_payload_bytes)
+            result = await self._answer(binding.model, Request(text=text), msg.received)
         except AgentError as exc:
-            return self._error(msg, model, env, exc)
-        except Exception as exc:  # a bug must not kill the daemon; it still answers
-            log.exception("internal_error", model=model)
-            return self._error(msg, model, env, Internal(f"{type(exc).__name__}"))
-        return Outbound(self._reply_topic(msg, model, env), encode(body), msg.correlation, _paid(body))
+            result = exc
+        if isinstance(result, Wait):
+            return Waiting(binding.model, result.reason)
+        data = self._body(message_id(msg), binding.model, result, msg, topic=msg.topic)
+        return self._reply(msg, self._output_topic(binding, msg.topic), data, result, correlate=False)
 
-    async def _answer(self, model: str, request: Request, received: float) -> dict[str, Any]:
+    async def _answer(self, model: str, request: Request, received: float) -> Answer | Wait | AgentError:
         served = self.pool.get(model)
         entry, manifest = (served.entry, served.manifest) if served else self.missing.get(model, (None, None))
         if entry is None or manifest is None:
             names = ", ".join([*self.pool.served, *self.missing]) or "none"
-            raise UnknownModel(f"no model named {model!r}; serving: {names}")
+            return UnknownModel(f"no model named {model!r}; serving: {names}")
         budget = request.deadline_ms or entry.deadline_ms or self.settings.deadline_ms
-        job = Job(model, entry, manifest, served, request, received + budget / 1000)
-        answer = await self.escalator.answer(job)
-        latency = (time.monotonic() - received) * 1000
-        label, source = answer.prediction.label, answer.source
-        log.debug("request", model=model, label=label, source=source, latency_ms=round(latency, 3))
-        body = reply(request.id, model, manifest.version, answer.prediction, latency, answer.source)
-        return {**body, **answer.extras()}
-
-    def _wait(self, msg: Inbound, model: str, exc: WaitForCloud, can_wait: bool) -> Outbound | None:
-        """Park a route=cloud request in the spool; a full spool or none at all is an error reply."""
-        if not can_wait:
-            raise exc
-        cloud = self.settings.cloud
-        if self.spool is None or cloud is None or self.spool.counts()["waiting"] >= cloud.wait_max:
-            return self.refusal(msg, CloudUnavailable(f"{exc.message}, but no room is left to wait"))
-        self.spool.wait(model, msg, cloud.wait_ttl_s)
-        self.on_wait()
-        log.info("request_waits_for_cloud", model=model, reason=str(exc.reason))
-        return None
-
-    def _reply_topic(self, msg: Inbound, model: str, env: Envelope) -> str:
-        if msg.response_topic and valid_topic(msg.response_topic):
-            return msg.response_topic
-        return env.reply_to or f"{self.prefix}/res/{model}"
-
-    def _error(self, msg: Inbound, model: str, env: Envelope, exc: AgentError) -> Outbound:
-        log.warning("request_failed", code=exc.code, reason=exc.message, model=model, id=env.id)
-        body = error_reply(env.id, exc, model)
-        return Outbound(self._reply_topic(msg, model, env), encode(body), msg.correlation)
-
-    async def _sensor(self, msg: Inbound, binding: Binding, can_wait: bool) -> Outbound | None:
-        out_topic = self._output_topic(binding, msg.topic)
         try:
-            text = sensor_text(msg.payload, binding.text_field, self.settings.max_payload_bytes)
-            body = await self._answer(binding.model, Request(text=text), msg.received)
-            body.pop("id")
-        except WaitForCloud as exc:
-            return self._wait(msg, binding.model, exc, can_wait)
+            return await self.escalator.answer(Job(model, entry, manifest, served, request, received + budget / 1000))
         except AgentError as exc:
-            log.warning("sensor_failed", code=exc.code, reason=exc.message, topic=msg.topic)
-            body = error_reply(None, exc, binding.model)
-        return Outbound(out_topic, encode({**body, "topic": msg.topic}), durable=_paid(body))
+            return exc
+
+    def _body(
+        self, rid: str | int, model: str, result: Answer | AgentError, msg: Inbound, topic: str | None = None
+    ) -> dict[str, object]:
+        served = self.pool.get(model)
+        manifest = served.manifest if served else self.missing.get(model, (None, None))[1]
+        version = manifest.version if manifest else None
+        return body(rid, model, result, version, (time.monotonic() - msg.received) * 1000, topic)
+
+    def _reply_topic(self, msg: Inbound, reply_to: str | None, model: str) -> tuple[str, AgentError | None]:
+        """Where the reply goes: the MQTT 5 response topic, else `reply_to`, else the model's result topic.
+        A client's address the policy refuses sends the error to the result topic instead."""
+        default = f"{self.prefix}/res/{model}"
+        wanted = msg.response_topic if msg.response_topic is not None else reply_to
+        if wanted is None:
+            return default, None
+        problem = self.policy.problem(wanted)
+        if problem is None:
+            return wanted, None
+        return default, BadRequest(problem)
+
+    def _reply(
+        self, msg: Inbound, topic: str, data: dict[str, object], result: object, correlate: bool = True
+    ) -> Reply | Drop:
+        if isinstance(result, AgentError):
+            log.warning("request_failed", code=result.code, reason=result.message, topic=msg.topic, to=topic)
+        problem = topic_problem(topic)  # a client's address passed the policy; this is the last check
+        if problem is not None:
+            return _drop(f"the reply topic {problem}", msg)
+        durable = isinstance(result, Answer) and result.source == "cloud"  # paid for: never asked twice
+        return Reply(Outbound(topic, encode(data), msg.correlation if correlate else None, durable))
 
     def _output_topic(self, binding: Binding, topic: str) -> str:
         return binding.output.format(topic=topic, model=binding.model, device_id=self.settings.device_id)
 
 
-def sensor_text(payload: bytes, path: str | None, max_bytes: int) -> str:
-    """The text a sensor sent: the raw payload, or a string at a dot path inside its JSON."""
-    if len(payload) > max_bytes:
-        raise TooLarge(f"payload has {len(payload)} bytes; the limit is {max_bytes}")
-    try:
-        raw = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"payload is not UTF-8 (byte {exc.start})") from None
-    text = raw.strip() if path is None else _dig(raw, path)
-    if not text:
-        raise BadRequest("sensor text is empty")
-    return text
-
-
-def _dig(raw: str, path: str) -> str:
-    try:
-        node: Any = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"payload is not JSON: {exc.msg}") from None
-    for key in path.split("."):
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-        else:
-            raise BadRequest(f"payload has no field {path!r}")
-    if not isinstance(node, str):
-        raise BadRequest(f"field {path!r} is not a string")
-    return node.strip()
-
-
-def _paid(body: dict[str, Any]) -> bool:
-    """Whether the answer came from the cloud: redoing it would cost a call, so its reply is spooled."""
-    return body.get("source") == "cloud"
+def _drop(why: str, msg: Inbound) -> Drop:
+    log.warning("message_dropped", reason=why, topic=msg.topic)
+    return Drop(why)

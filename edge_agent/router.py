@@ -7,15 +7,18 @@ decision is a table a test can read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 
 from edge_agent.config import ModelEntry
 from edge_agent.messages import Route
 from edge_agent.runtimes import Prediction
 
 
-class Reason(StrEnum):
-    """Why a request went (or tried to go) to the cloud, or why it came back without it."""
+class Reason(str, Enum):
+    """Why a request went (or tried to go) to the cloud, or why it came back without it.
+
+    A str Enum whose str() is its value (StrEnum's behaviour; StrEnum is 3.11+, the device runs 3.10).
+    """
 
     LOW_CONFIDENCE = "low_confidence"
     INVALID_OUTPUT = "invalid_output"
@@ -27,6 +30,11 @@ class Reason(StrEnum):
     CLOUD_TIMEOUT = "cloud_timeout"
     CLOUD_ERROR = "cloud_error"
     CLOUD_INVALID = "cloud_invalid"
+    NO_CLOUD = "no_cloud"
+    LOCAL_ONLY = "local_only"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -37,19 +45,23 @@ class Policy:
     threshold: float
     cloud: bool
     margin: float = 0.0
+    configured: bool = True  # a cloud endpoint exists (it may still be off limits for this route)
 
 
 def policy(entry: ModelEntry, threshold: float, requested: Route | None, cloud_configured: bool) -> Policy:
     """The request's route wins over the model's default, except that `local` in models.yaml pins it."""
     route: Route = "local" if entry.route == "local" else (requested or entry.route)
     cloud = cloud_configured and route != "local"
-    return Policy(route=route, threshold=threshold, cloud=cloud, margin=entry.speculative_margin)
+    return Policy(route, threshold, cloud, entry.speculative_margin, cloud_configured)
+
+
+def stays_local(p: Policy) -> Reason:
+    """Why an answer the policy would escalate stays local: no cloud at all, or a local-only route."""
+    return Reason.NO_CLOUD if not p.configured else Reason.LOCAL_ONLY
 
 
 def escalation(p: Policy, local: Prediction | None, invalid: bool = False) -> Reason | None:
-    """Why the local answer is not enough (None: keep it). Without a cloud, local is all there is."""
-    if not p.cloud:
-        return None
+    """Why the local answer is not enough (None: it is), whether or not the cloud may be asked."""
     if p.route == "cloud":
         return Reason.FORCED
     if invalid:

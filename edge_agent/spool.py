@@ -19,7 +19,8 @@ from edge_agent.messages import Inbound, Outbound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, correlation BLOB
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, correlation BLOB,
+    refused TEXT
 );
 CREATE TABLE IF NOT EXISTS waiting (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
@@ -48,9 +49,12 @@ class Spool:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(waiting)")}
-        if "arrived" not in columns:  # a spool written before requests kept their arrival time
-            self.db.execute("ALTER TABLE waiting ADD COLUMN arrived REAL NOT NULL DEFAULT 0")
+        self._add_column("waiting", "arrived", "REAL NOT NULL DEFAULT 0")  # spools older than arrival times
+        self._add_column("replies", "refused", "TEXT")  # spools older than broker refusals
+
+    def _add_column(self, table: str, column: str, kind: str) -> None:
+        if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # -- replies waiting for the broker ---------------------------------------------------
     def put_reply(self, out: Outbound) -> int:
@@ -61,12 +65,16 @@ class Spool:
         return int(cur.lastrowid or 0)
 
     def replies(self) -> list[tuple[int, Outbound]]:
-        """Every unacknowledged reply, oldest first."""
-        rows = self.db.execute("SELECT id, topic, payload, correlation FROM replies ORDER BY id")
+        """Every reply the broker has not taken yet (refused ones excepted), oldest first."""
+        rows = self.db.execute("SELECT id, topic, payload, correlation FROM replies WHERE refused IS NULL ORDER BY id")
         return [(rid, Outbound(topic, bytes(payload), _opt(corr))) for rid, topic, payload, corr in rows]
 
-    def reply_sent(self, rid: int) -> None:
-        self.db.execute("DELETE FROM replies WHERE id = ?", (rid,))
+    def reply_done(self, rid: int, refused: str | None = None) -> None:
+        """The broker took the reply (it goes), or refused it (it stays, kept with why, never resent)."""
+        if refused is None:
+            self.db.execute("DELETE FROM replies WHERE id = ?", (rid,))
+        else:
+            self.db.execute("UPDATE replies SET refused = ? WHERE id = ?", (refused, rid))
 
     # -- requests waiting for the cloud ---------------------------------------------------
     def wait(self, model: str, msg: Inbound, ttl_s: float) -> int:
@@ -95,9 +103,10 @@ class Spool:
         self.db.execute("DELETE FROM waiting WHERE id = ?", (wid,))
 
     def counts(self) -> dict[str, int]:
-        (replies,) = self.db.execute("SELECT COUNT(*) FROM replies").fetchone()
+        (replies,) = self.db.execute("SELECT COUNT(*) FROM replies WHERE refused IS NULL").fetchone()
+        (refused,) = self.db.execute("SELECT COUNT(*) FROM replies WHERE refused IS NOT NULL").fetchone()
         (waiting,) = self.db.execute("SELECT COUNT(*) FROM waiting").fetchone()
-        return {"replies": int(replies), "waiting": int(waiting)}
+        return {"replies": int(replies), "refused": int(refused), "waiting": int(waiting)}
 
     def close(self) -> None:
         self.db.close()

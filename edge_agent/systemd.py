@@ -1,10 +1,11 @@
-"""sd_notify without a dependency: READY=1 once serving, WATCHDOG=1 while the loop is alive."""
+"""sd_notify without a dependency: READY=1 once serving, WATCHDOG=1 while the agent is healthy."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 
 
 def notify(state: str) -> bool:
@@ -19,11 +20,13 @@ def notify(state: str) -> bool:
     return True
 
 
-async def watchdog() -> None:
-    """Ping at half the interval systemd asked for; a stuck event loop stops the pings."""
+async def watchdog(alive: Callable[[], bool] = lambda: True) -> None:
+    """Ping at half the interval systemd asked for, only while `alive()`: a stuck event loop or a
+    dead background task stops the pings, and systemd restarts the agent."""
     usec = int(os.environ.get("WATCHDOG_USEC", "0"))
     if usec <= 0:
         return
     while True:
-        notify("WATCHDOG=1")
+        if alive():
+            notify("WATCHDOG=1")
         await asyncio.sleep(usec / 2e6)

@@ -8,64 +8,81 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 import structlog
 
-from edge_agent.escalation import WaitForCloud
+from edge_agent.config import CloudSettings
+from edge_agent.handler import Attempt, Outcome, Reply, Waiting
 from edge_agent.messages import Inbound, Outbound
-from edge_agent.spool import Spool, Waiting
+from edge_agent.spool import Spool
+from edge_agent.spool import Waiting as Parked
 
 log = structlog.get_logger("edge_agent.waitlist")
 
-Retry = Callable[[Inbound], Awaitable[Outbound | None]]
-Expire = Callable[[Inbound], Outbound | None]
-Deliver = Callable[[Outbound], None]
+
+class Retries(Protocol):
+    async def attempt(self, msg: Inbound) -> Attempt: ...
+
+    def expired(self, msg: Inbound) -> Outcome: ...
 
 
 class Waitlist:
-    """Works through the spool's waiting requests whenever the cloud may be tried again."""
+    """Parks route=cloud requests while the cloud is away and works through them when it may be tried."""
 
-    def __init__(
-        self, spool: Spool, retry: Retry, expire: Expire, deliver: Deliver, retry_in: Callable[[], float]
-    ) -> None:
+    def __init__(self, spool: Spool | None, cloud: CloudSettings | None) -> None:
         self.spool = spool
-        self.retry = retry
-        self.expire = expire
-        self.deliver = deliver
-        self.retry_in = retry_in
+        self.cloud = cloud
         self.wake = asyncio.Event()
 
-    async def run(self, idle_s: float = 1.0) -> None:
+    def park(self, model: str, msg: Inbound) -> bool:
+        """Keep the request until the cloud is back; False when there is no room, no cloud or no disk."""
+        if self.spool is None or self.cloud is None:
+            return False
+        try:
+            if self.spool.counts()["waiting"] >= self.cloud.wait_max:
+                return False
+            self.spool.wait(model, msg, self.cloud.wait_ttl_s)
+        except sqlite3.Error as exc:
+            log.error("spool_write_failed", model=model, error=str(exc))
+            return False
+        self.wake.set()
+        return True
+
+    async def run(
+        self, retries: Retries, deliver: Callable[[Outbound], None], retry_in: Callable[[], float], idle_s: float = 1.0
+    ) -> None:
         """Forever: one pass over the waiting requests, then sleep until a probe or an expiry is due."""
         while True:
             self.wake.clear()
-            pending = await self.work()
+            pending = await self.work(retries, deliver)
             if pending:
-                delay = max(0.05, min(self.retry_in() or idle_s, min(w.expires for w in pending) - time.time()))
+                delay = max(0.05, min(retry_in() or idle_s, min(w.expires for w in pending) - time.time()))
             else:
                 delay = 3600.0
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
                 await asyncio.wait_for(self.wake.wait(), delay)
 
-    async def work(self) -> list[Waiting]:
+    async def work(self, retries: Retries, deliver: Callable[[Outbound], None]) -> list[Parked]:
         """Answer or expire waiting requests in order; stop at the first the cloud cannot take yet."""
-        waiting = self.spool.waiting()
+        waiting = self.spool.waiting() if self.spool else []
         for i, item in enumerate(waiting):
             if item.expires <= time.time():
-                self._finish(item, self.expire(item.inbound), "expired")
+                self._finish(item, retries.expired(item.inbound), deliver, "expired")
                 continue
-            try:
-                out = await self.retry(replace(item.inbound, received=time.monotonic()))
-            except WaitForCloud:
+            outcome = await retries.attempt(replace(item.inbound, received=time.monotonic()))
+            if isinstance(outcome, Waiting):
                 return waiting[i:]
-            self._finish(item, out, "answered")
+            self._finish(item, outcome, deliver, "answered")
         return []
 
-    def _finish(self, item: Waiting, out: Outbound | None, how: str) -> None:
-        if out is not None:
-            self.deliver(out)
+    def _finish(self, item: Parked, outcome: Outcome, deliver: Callable[[Outbound], None], how: str) -> None:
+        if isinstance(outcome, Reply):
+            deliver(outcome.out)
+        assert self.spool is not None
         self.spool.done_waiting(item.id)
         log.info("waiting_request_done", model=item.model, outcome=how)

@@ -61,3 +61,14 @@ def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture()
+def agents() -> Iterator[list[Agent]]:
+    """Agents a test starts itself (restarts, several brokers); killed after the test."""
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait(10)

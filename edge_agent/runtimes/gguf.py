@@ -188,9 +188,11 @@ class GgufRuntime:
         logprobs, total = first, 0.0
         while prefix not in self.whole:
             for token in self.children[prefix]:
-                known[(*prefix, token)] = total + float(logprobs[token])
+                step = (*prefix, token)  # mypy (3.10 target) misreads it inline as 3.11 syntax
+                known[step] = total + float(logprobs[token])
             token = max(self.children[prefix], key=lambda t: logprobs[t])
-            prefix, total = (*prefix, token), known[(*prefix, token)]
+            prefix = (*prefix, token)
+            total = known[prefix]
             if prefix not in self.whole:
                 self._in_time(deadline)
                 logprobs = log_softmax(self.llm.append(token))

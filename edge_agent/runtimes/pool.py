@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +80,7 @@ class Served:
         self.queue.put_nowait(_Job(text, deadline, future))
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
+        except asyncio.TimeoutError:  # on 3.10 not the builtin TimeoutError (3.11 made them one)
             raise Timeout(f"no answer from model {self.entry.name} within the deadline") from None
 
     async def work(self) -> None:
@@ -158,8 +158,13 @@ class ModelPool:
     def get(self, name: str) -> Served | None:
         return self.served.get(name)
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(m.work(), name=f"model-{n}") for n, m in self.served.items()]
+    def start(self, spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None) -> None:
+        """Start each model's worker: through `spawn` (a supervisor) when given, else as plain tasks."""
+        for name, model in self.served.items():
+            if spawn is not None:
+                spawn(f"model-{name}", model.work)
+            else:
+                self._tasks.append(asyncio.create_task(model.work(), name=f"model-{name}"))
 
     async def stop(self) -> None:
         for task in self._tasks:

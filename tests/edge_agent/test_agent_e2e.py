@@ -29,7 +29,12 @@ def agent(tiny_artifact: Path, tmp_path: Path, agent_factory: Callable[..., Agen
 def check_reply(body: dict[str, Any], artifact: Path) -> None:
     manifest = read(artifact)
     assert body["model"] == "tiny" and body["version"] == manifest.version
-    assert body["label"] in manifest.labels and body["source"] == "local"
+    assert body["label"] in manifest.labels and body["escalated"] is False
+    threshold = manifest.thresholds.escalate
+    if body["confidence"] >= threshold:  # no cloud here: an unconfident answer says so
+        assert body["source"] == "local" and body["reason"] is None
+    else:
+        assert body["source"] == "local-fallback" and body["reason"] in ("no_cloud", "local_only")
     assert 0 < body["confidence"] <= 1 and body["top"][0]["label"] == body["label"]
     assert sum(t["confidence"] for t in body["top"]) <= 1.000001
     assert body["latency_ms"] >= 0 and isinstance(body["entities"], list)
@@ -76,9 +81,9 @@ def test_sensor_bindings_raw_and_json_path(broker: Broker, agent: Agent, tiny_ar
         viajson = c.get(topic="results/sensors/hall/json").json()
         c.publish("sensors/hall/json", json.dumps({"msg": {}}))
         bad = c.get(topic="results/sensors/hall/json").json()
-    assert raw["topic"] == "sensors/kitchen/log" and "id" not in raw
-    assert viajson["topic"] == "sensors/hall/json"
-    check_reply({**raw, "id": None}, tiny_artifact)
+    assert raw["topic"] == "sensors/kitchen/log" and len(raw["id"]) == 24  # derived: a consumer dedupes by it
+    assert viajson["topic"] == "sensors/hall/json" and viajson["id"] not in (raw["id"], bad["id"])
+    check_reply(raw, tiny_artifact)
     assert bad["error"]["code"] == "bad_request" and "msg.text" in bad["error"]["message"]
 
 

@@ -10,17 +10,38 @@ from typing import Any
 
 import pytest
 
+from edge_agent.cloud import (
+    RETRY_AFTER_MAX_S,
+    CloudClient,
+    CloudFailure,
+    answer_schema,
+    endpoint_name,
+    retry_after_s,
+)
 from edge_agent.config import CloudSettings
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient, CloudFailure, answer_schema, endpoint_name
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
-from tests.support.cloud import FIELDS, GARBAGE, HOLD, LABELS, FakeCloud, answer, content, manifest, status
+from tests.support.cloud import (
+    FIELDS,
+    GARBAGE,
+    HOLD,
+    LABELS,
+    REFUSALS,
+    FakeCloud,
+    answer,
+    content,
+    manifest,
+    raw,
+    refusal,
+    status,
+    trickle,
+)
 
 
 def settings(url: str, **kw: Any) -> CloudSettings:
-    return CloudSettings(base_url=url, model="teacher", backoff_s=0.01, **kw)
+    return CloudSettings(base_url=url, model="teacher", **{"backoff_s": 0.01, **kw})
 
 
 def ask(
@@ -41,6 +62,30 @@ def failure(cfg: CloudSettings, budget_s: float = 5.0, m: Manifest | None = None
     with pytest.raises(CloudFailure) as info:
         ask(cfg, m=m, budget_s=budget_s)
     return info.value, time.monotonic() - start
+
+
+def ask_in_turn(cfg: CloudSettings, count: int, budget_s: float = 5.0) -> list[Prediction | CloudFailure]:
+    """`count` asks through one client, one after the other: what it learns about the endpoint carries over."""
+
+    async def go() -> list[Prediction | CloudFailure]:
+        client = CloudClient(cfg, jitter=lambda: 0.0)
+        got: list[Prediction | CloudFailure] = []
+        try:
+            for _ in range(count):
+                try:
+                    got.append(await client.ask(manifest(), "is it raining", time.monotonic() + budget_s))
+                except CloudFailure as exc:
+                    got.append(exc)
+            return got
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def formats(cloud: FakeCloud) -> list[str | None]:
+    """The response_format type of each request the cloud saw (None: prompt only)."""
+    return [seen.body.get("response_format", {}).get("type") for seen in cloud.seen]
 
 
 @pytest.fixture()
@@ -163,3 +208,142 @@ def test_classify_extract_grounds_entities_in_the_text(cloud: FakeCloud) -> None
 
 def test_endpoint_name_hides_credentials() -> None:
     assert endpoint_name("https://user:pw@api.example.com/v1?key=x") == "https://api.example.com/v1"
+
+
+@pytest.mark.parametrize("after", ["\xb2", "\xb9\xb2", "-1", "nan", "inf", "1e3", "0x10", "1.5.5", "soon", ""])
+def test_unreadable_retry_after_falls_back_to_backoff(cloud: FakeCloud, after: str) -> None:
+    cloud.then(status(429, retry_after=after), answer("lights_on"))
+    assert ask(settings(cloud.base_url, retries=1), budget_s=1.0).label == "lights_on"
+    assert len(cloud.seen) == 2
+
+
+def test_retry_after_as_an_http_date(cloud: FakeCloud) -> None:
+    cloud.then(status(429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"), answer("lights_on"))
+    assert ask(settings(cloud.base_url, retries=1), budget_s=1.0).label == "lights_on"  # past: retry now
+    cloud.then(status(429, retry_after="Thu, 31 Dec 2099 23:59:59 GMT"))
+    exc, took = failure(settings(cloud.base_url, retries=1), budget_s=1.0)
+    assert exc.reason == "cloud_timeout" and took < 0.5
+
+
+def test_retry_after_is_read_strictly_and_capped() -> None:
+    assert retry_after_s("9" * 400, now=0.0) == RETRY_AFTER_MAX_S
+    assert retry_after_s("2.5", now=0.0) == 2.5
+    assert retry_after_s("Thu, 01 Jan 1970 00:01:40 GMT", now=70.0) == 30.0
+    assert retry_after_s("\xb2", now=0.0) is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "1" * 5000
+
+
+def test_a_text_json_cannot_encode_is_a_cloud_error_not_a_crash(cloud: FakeCloud) -> None:
+    with pytest.raises(CloudFailure) as info:
+        ask(settings(cloud.base_url), text="lights \ud800 on")  # a lone surrogate: httpx cannot encode it
+    assert info.value.reason == "cloud_error" and "UnicodeEncodeError" in info.value.message
+    assert cloud.seen == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP.encode(),
+        b'{"choices": [{"message": {"content": "x"}}], "usage": ' + DEEP.encode() + b"}",
+        b'{"choices": [{"message": {"content": "x"}}], "n": ' + HUGE_INT.encode() + b"}",
+        b"[]",
+        b'"weather"',
+        b"null",
+        b'{"choices": "x"}',
+        b'{"choices": [{"message": []}]}',
+        b'{"choices": [{"message": {"content": 1}}]}',
+        b"\xff\xfe not utf-8",
+    ],
+    ids=[
+        "deep",
+        "deep-usage",
+        "huge-int",
+        "list",
+        "string",
+        "null",
+        "choices-str",
+        "message-list",
+        "content-int",
+        "bytes",
+    ],
+)
+def test_a_reply_that_is_no_chat_completion_is_a_cloud_error(cloud: FakeCloud, body: bytes) -> None:
+    cloud.default = raw(body)
+    exc, _ = failure(settings(cloud.base_url))
+    assert exc.reason == "cloud_error" and exc.message and len(cloud.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        DEEP,
+        '{"label": ' + DEEP + "}",
+        '{"label": "weather", "n": ' + HUGE_INT + "}",
+        HUGE_INT,
+        "[1, 2]",
+        "null",
+        '{"label": "weather\\ud800"}',
+    ],
+    ids=["deep", "deep-label", "huge-int-key", "huge-int", "list", "null", "surrogate"],
+)
+def test_an_answer_that_cannot_be_read_is_invalid(cloud: FakeCloud, text: str) -> None:
+    cloud.default = content(text)
+    exc, _ = failure(settings(cloud.base_url, response_format="prompt"))
+    assert exc.reason == "cloud_invalid" and exc.message
+
+
+def test_an_extracted_field_that_is_no_unicode_is_invalid(cloud: FakeCloud) -> None:
+    cloud.default = content('{"device": "lamp\\ud800", "level": 40}')  # would break the reply's UTF-8 later
+    exc, _ = failure(settings(cloud.base_url), m=manifest("extract", fields_schema=FIELDS))
+    assert exc.reason == "cloud_invalid"
+
+
+def test_a_trickling_reply_ends_at_timeout_s(cloud: FakeCloud) -> None:
+    cloud.then(trickle("weather", every_s=0.02))  # ~3 s for the whole body; each byte resets httpx's read timeout
+    exc, took = failure(settings(cloud.base_url, timeout_s=0.5, retries=0), budget_s=10)
+    assert exc.reason == "cloud_timeout" and took < 1.5
+
+
+def test_auto_is_the_default() -> None:
+    assert CloudSettings(base_url="https://api.example.com/v1", model="m").response_format == "auto"
+
+
+@pytest.mark.parametrize("server", list(REFUSALS))
+def test_auto_falls_back_to_json_object_and_remembers_it(cloud: FakeCloud, server: str) -> None:
+    cloud.then(refusal(server))
+    got = ask_in_turn(settings(cloud.base_url, retries=0), 2)
+    assert [getattr(p, "label", p) for p in got] == ["weather", "weather"]
+    assert formats(cloud) == ["json_schema", "json_object", "json_object"]  # the second ask goes straight there
+    assert cloud.seen[1].body["response_format"]["schema"] == answer_schema(manifest())
+
+
+def test_auto_falls_back_to_prompt_at_once_without_backoff(cloud: FakeCloud) -> None:
+    cloud.then(refusal("openai"), refusal("fastapi"), content("lights_off"))
+    got = ask_in_turn(settings(cloud.base_url, retries=0, backoff_s=30), 2, budget_s=2)  # a backoff would time out
+    assert [getattr(p, "label", p) for p in got] == ["lights_off", "weather"]
+    assert formats(cloud) == ["json_schema", "json_object", None, None]
+
+
+def test_a_refusal_in_prompt_mode_is_a_cloud_error_and_not_retried(cloud: FakeCloud) -> None:
+    cloud.then(refusal("openai"), refusal("vllm"), status(400))
+    exc, _ = failure(settings(cloud.base_url, retries=3))
+    assert exc.reason == "cloud_error" and "400" in exc.message
+    assert formats(cloud) == ["json_schema", "json_object", None]
+
+
+def test_a_refused_explicit_format_is_a_cloud_error_and_not_retried(cloud: FakeCloud) -> None:
+    cloud.default = refusal("llama-cpp-python")  # a 500, which would otherwise be retried
+    exc, _ = failure(settings(cloud.base_url, response_format="json_schema", retries=2))
+    assert exc.reason == "cloud_error" and "response_format" in exc.message and len(cloud.seen) == 1
+
+
+def test_errors_that_do_not_name_the_format_keep_it(cloud: FakeCloud) -> None:
+    too_long = b'{"error": {"message": "maximum context length exceeded", "param": "messages"}}'
+    cloud.then(status(400, body=too_long), status(503), answer("lights_on"))
+    got = ask_in_turn(settings(cloud.base_url, retries=1), 2)
+    assert isinstance(got[0], CloudFailure) and got[0].reason == "cloud_error"
+    assert getattr(got[1], "label", None) == "lights_on"  # the 503 was retried, in the same format
+    assert formats(cloud) == ["json_schema", "json_schema", "json_schema"]

@@ -2,6 +2,8 @@
 
 It serves a tiny random GGUF built here; its grammar (from `response_format`'s JSON schema) keeps
 every answer in shape, so the client, the schema and the validation meet a real implementation.
+The client runs on its default settings: this server refuses json_schema (a 500 naming
+response_format), so `auto` must fall back to json_object + schema on its own.
 Needs `llama-cpp-python[server]` (the [gguf] extra plus the server); skipped without it.
 """
 
@@ -15,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from edge_agent.cloud import CloudClient
 from edge_agent.config import CloudSettings
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient
 from tests.support.broker import free_port, wait_port
 from tests.support.cloud import LABELS, manifest
 from tests.support.gguf import build_tiny_gguf
@@ -51,7 +53,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def ask(url: str, task: str, text: str, **kw: object) -> Prediction:
     async def go() -> Prediction:
-        client = CloudClient(CloudSettings(base_url=url, model="tiny", response_format="json_object", retries=0))
+        client = CloudClient(CloudSettings(base_url=url, model="tiny"))
         try:
             return await client.ask(manifest(task, **kw), text, time.monotonic() + 30)  # type: ignore[arg-type]
         finally:

@@ -19,6 +19,15 @@ def test_settings_priority_file_then_env_then_flags(tmp_path: Path, monkeypatch:
     assert s.topic_prefix == "edge-agent/flag-id"
 
 
+def test_feedback_is_bounded_in_bytes_by_default_and_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().feedback_max_bytes == 16 * 1024 * 1024
+    monkeypatch.setenv("EDGE_AGENT_FEEDBACK_MAX_BYTES", "65536")
+    assert load_settings().feedback_max_bytes == 65536
+    monkeypatch.setenv("EDGE_AGENT_FEEDBACK_MAX_BYTES", "100")  # not even one row would fit
+    with pytest.raises(ConfigError, match="feedback_max_bytes"):
+        load_settings()
+
+
 def test_settings_problems_all_reported(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("threads: 0\nmax_inflight: -1\nbogus: 1\n")
@@ -90,3 +99,75 @@ def test_an_unusable_signing_key_is_a_config_error_not_a_skipped_check(
         assert result.returncode == EX_CONFIG, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "signing_key_file" in lines[0] and str(path) in lines[0], lines
+
+
+def cloud_file(tmp_path: Path, url: str, *extra: str) -> Path:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("\n".join(["cloud:", f"  base_url: {url}", "  model: teacher", *extra, ""]))
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.example.com/v1",
+        "http://192.168.1.5:8000/v1",
+        "http://127.0.0.1.nip.io/v1",
+        "http://127.0.0.1:80@evil.example/v1",  # the host is evil.example
+        "http://localhost.evil.example/v1",
+        "http://127.1/v1",  # not a canonical address: refused rather than guessed
+    ],
+)
+def test_plain_http_to_a_remote_cloud_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(cloud_file(tmp_path, url))
+    [line] = info.value.problems
+    assert "cloud" in line and "base_url" in line and "allow_insecure_http" in line
+    assert "80@" not in line  # user info in the URL is never repeated
+
+
+def test_plain_http_is_one_problem_among_all(tmp_path: Path) -> None:
+    cfg = cloud_file(tmp_path, "http://api.example.com/v1")
+    cfg.write_text(cfg.read_text() + "threads: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert len(info.value.problems) == 2 and any("base_url" in line for line in info.value.problems)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.com/v1",
+        "http://127.0.0.1:8080/v1",
+        "http://127.8.9.10/v1",
+        "http://[::1]:8080/v1",
+        "http://[::ffff:127.0.0.1]:8080/v1",
+        "http://localhost:11434/v1",
+        "http://LOCALHOST/v1",
+    ],
+)
+def test_https_and_loopback_are_allowed(tmp_path: Path, url: str) -> None:
+    cloud = load_settings(cloud_file(tmp_path, url)).cloud
+    assert cloud is not None and cloud.base_url == url and not cloud.allow_insecure_http
+
+
+def test_allow_insecure_http_lets_plain_http_through(tmp_path: Path) -> None:
+    cloud = load_settings(cloud_file(tmp_path, "http://192.168.1.5:8000/v1", "  allow_insecure_http: true")).cloud
+    assert cloud is not None and cloud.allow_insecure_http
+
+
+def test_check_refuses_plain_http_to_a_remote_cloud_and_exits_78(tmp_path: Path) -> None:
+    result = run_cli("check", "--config", str(cloud_file(tmp_path, "http://api.example.com/v1")))
+    assert result.returncode == EX_CONFIG and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "cloud" in line and "base_url" in line and "allow_insecure_http" in line
+    cfg = cloud_file(tmp_path, "http://api.example.com/v1", "  allow_insecure_http: true")
+    result = run_cli("check", "--config", str(cfg), "--models", str(tmp_path / "none.yaml"))
+    assert result.returncode == EX_CONFIG and "base_url" not in result.stderr  # only the missing models file
+
+
+def test_a_base_url_httpx_cannot_parse_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(cloud_file(tmp_path, "http://[::1/v1"))
+    [line] = info.value.problems
+    assert "cloud.base_url" in line and "not a valid URL" in line

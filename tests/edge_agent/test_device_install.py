@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -13,8 +12,7 @@ import pytest
 from edge_agent.errors import ArtifactError
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes.pool import default_loader
-
-HEAVY = {"torch", "transformers", "peft", "optimum", "accelerate", "bitsandbytes"}
+from tests.support.install import HEAVY, import_every_module
 
 
 def _name(req: str) -> str:
@@ -48,15 +46,7 @@ def test_onnx_extra_pulls_nothing_heavy() -> None:
 
 
 def test_importing_every_module_loads_no_heavy_package() -> None:
-    code = (
-        "import pkgutil, importlib, sys, edge_agent\n"
-        "mods = [m.name for m in pkgutil.walk_packages(edge_agent.__path__, 'edge_agent.')]\n"
-        "[importlib.import_module(m) for m in mods if m != 'edge_agent.__main__']\n"
-        f"bad = sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules)\n"
-        "assert not bad, bad\n"
-        "assert len(mods) > 10, mods\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert import_every_module(sys.executable) == []
 
 
 def test_a_gguf_artifact_on_a_device_without_the_gguf_extra_is_one_clear_error(

@@ -19,19 +19,19 @@ from typing import Any
 import pytest
 import structlog
 
+from edge_agent.cloud import CloudClient
 from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
 from edge_agent.escalation import Escalator
-from edge_agent.handler import Handler
+from edge_agent.handler import Handler, Parked, Reply
 from edge_agent.manifest import Manifest, file_entry, write
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.runtimes import Prediction
-from edge_agent.runtimes.cloud import CloudClient
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
 from edge_agent.waitlist import Waitlist
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
-from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, status
+from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, refusal, status
 
 LABELS = ["lights_on", "lights_off", "weather"]
 
@@ -77,13 +77,14 @@ class Rig:
     handler: Handler
     escalator: Escalator
     spool: Spool
+    waitlist: Waitlist
     settings: AgentSettings
     gate: threading.Event
 
     async def ask(self, text: str, model: str = "m", **fields: Any) -> dict[str, Any]:
         out = await self.handler.handle(self.inbound(text, model, **fields))
-        assert out is not None
-        return dict(json.loads(out.payload))
+        assert isinstance(out, Reply), out
+        return dict(json.loads(out.out.payload))
 
     def inbound(self, text: str, model: str = "m", **fields: Any) -> Inbound:
         payload = json.dumps({"text": text, "id": text, **fields}).encode()
@@ -110,7 +111,9 @@ def rig_env(
         pool.start()
         escalator = Escalator(settings, models, CloudClient(cloud) if cloud else None)
         spool = Spool(settings.state_dir / "spool.sqlite")
-        return Rig(Handler(settings, models, pool, escalator, spool, missing), escalator, spool, settings, gate)
+        waitlist = Waitlist(spool, cloud)
+        handler = Handler(settings, models, pool, escalator, waitlist, missing)
+        return Rig(handler, escalator, spool, waitlist, settings, gate)
 
     yield start
     gate.set()
@@ -192,7 +195,7 @@ def test_request_route_forces_either_way(tmp_path: Path, cloud: FakeCloud) -> No
         assert (forced["source"], forced["reason"], forced["label"]) == ("cloud", "forced", "weather")
         assert forced["local_label"] == "lights_on" and forced["agree"] is False
         kept = await rig.ask("unsure", route="local")
-        assert (kept["source"], kept["escalated"]) == ("local", False)
+        assert (kept["source"], kept["escalated"], kept["reason"]) == ("local-fallback", False, "local_only")
         assert (await rig.ask("sure", route="sideways"))["error"]["code"] == "bad_request"
 
     run(tmp_path, cloud.base_url, body)
@@ -202,7 +205,8 @@ def test_request_route_forces_either_way(tmp_path: Path, cloud: FakeCloud) -> No
 def test_models_yaml_local_pins_the_model_to_the_device(tmp_path: Path, cloud: FakeCloud) -> None:
     async def body(rig: Rig) -> None:
         reply = await rig.ask("unsure", route="cloud")
-        assert (reply["source"], reply["escalated"]) == ("local", False)
+        assert (reply["source"], reply["escalated"], reply["reason"]) == ("local-fallback", False, "local_only")
+        assert (await rig.ask("sure", route="cloud"))["source"] == "local"
 
     run(tmp_path, cloud.base_url, body, {"route": "local"})
     assert cloud.seen == []
@@ -211,7 +215,11 @@ def test_models_yaml_local_pins_the_model_to_the_device(tmp_path: Path, cloud: F
 def test_no_cloud_configured_means_local_only(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         reply = await rig.ask("unsure")
-        assert (reply["source"], reply["escalated"], reply["confidence"]) == ("local", False, 0.3)
+        assert (reply["source"], reply["escalated"], reply["confidence"]) == ("local-fallback", False, 0.3)
+        assert (reply["reason"], reply["trigger"]) == ("no_cloud", "low_confidence")
+        assert (await rig.ask("sure"))["source"] == "local"
+        forced = await rig.ask("sure", route="cloud")
+        assert forced["error"]["code"] == "unavailable" and "no cloud" in forced["error"]["message"]
 
     run(tmp_path, None, body)
 
@@ -340,14 +348,13 @@ def test_forced_request_waits_in_the_spool_and_is_answered_later(tmp_path: Path,
 
     async def body(rig: Rig) -> None:
         out = await rig.handler.handle(rig.inbound("sure", route="cloud"))
-        assert out is None and rig.spool.counts()["waiting"] == 1
+        assert out == Parked() and rig.spool.counts()["waiting"] == 1
         with_deadline = await rig.ask("sure", route="cloud", deadline_ms=500)
         assert (with_deadline["source"], with_deadline["reason"]) == ("local-fallback", "cloud_error")
         delivered: list[Outbound] = []
-        waitlist = Waitlist(rig.spool, rig.handler.retry, rig.handler.expired, delivered.append, lambda: 0.0)
-        assert len(await waitlist.work()) == 1 and delivered == []  # still down: it keeps waiting
+        assert len(await rig.waitlist.work(rig.handler, delivered.append)) == 1 and delivered == []  # still down
         cloud.default = None
-        assert await waitlist.work() == [] and rig.spool.counts()["waiting"] == 0
+        assert await rig.waitlist.work(rig.handler, delivered.append) == [] and rig.spool.counts()["waiting"] == 0
         (out,) = delivered
         body = json.loads(out.payload)
         assert (out.topic, body["id"], body["source"], body["label"]) == ("me/r", "sure", "cloud", "weather")
@@ -359,10 +366,9 @@ def test_waiting_request_expires_with_an_error_reply(tmp_path: Path, cloud: Fake
     cloud.default = status(503)
 
     async def body(rig: Rig) -> None:
-        assert await rig.handler.handle(rig.inbound("sure", route="cloud")) is None
+        assert await rig.handler.handle(rig.inbound("sure", route="cloud")) == Parked()
         delivered: list[Outbound] = []
-        waitlist = Waitlist(rig.spool, rig.handler.retry, rig.handler.expired, delivered.append, lambda: 0.0)
-        assert await waitlist.work() == []
+        assert await rig.waitlist.work(rig.handler, delivered.append) == []
         (out,) = delivered
         error = json.loads(out.payload)["error"]
         assert error["code"] == "cloud_unavailable" and "giving up" in error["message"]
@@ -374,7 +380,7 @@ def test_full_waiting_list_refuses_at_once(tmp_path: Path, cloud: FakeCloud) -> 
     cloud.default = status(503)
 
     async def body(rig: Rig) -> None:
-        assert await rig.handler.handle(rig.inbound("a", route="cloud")) is None
+        assert await rig.handler.handle(rig.inbound("a", route="cloud")) == Parked()
         reply = await rig.ask("b", route="cloud")
         assert reply["error"]["code"] == "cloud_unavailable" and "no room" in reply["error"]["message"]
 
@@ -394,3 +400,65 @@ def test_the_api_key_never_reaches_the_logs(tmp_path: Path, monkeypatch: pytest.
 
         run(tmp_path, cloud.base_url, body, api_key_env="SECRET_KEY_VAR")
         assert cloud.seen[0].headers["Authorization"] == "Bearer sk-do-not-log-me"
+
+
+def test_a_cloud_slower_than_every_deadline_opens_the_breaker(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.default = HOLD
+
+    async def body(rig: Rig) -> None:
+        reasons = [(await rig.ask(f"unsure {i}", deadline_ms=150))["reason"] for i in range(3)]
+        assert reasons == ["cloud_timeout", "cloud_timeout", "circuit_open"]
+
+    run(tmp_path, cloud.base_url, body)
+    assert len(cloud.seen) == 2
+
+
+class Exploding(CloudClient):
+    """A client whose call fails with an exception outside CloudFailure (what a bug would raise)."""
+
+    async def ask(self, manifest: Manifest, text: str, deadline: float) -> Prediction:
+        raise UnicodeEncodeError("utf-8", text, 0, 1, "surrogates not allowed")
+
+
+def test_a_probe_failing_outside_cloud_failure_does_not_stick_the_breaker_half_open(tmp_path: Path) -> None:
+    clock = [0.0]
+
+    async def body(rig: Rig) -> None:
+        rig.escalator.breaker.clock = lambda: clock[0]
+        first = [(await rig.ask(f"unsure {i}"))["reason"] for i in range(3)]
+        assert first == ["cloud_error", "cloud_error", "circuit_open"]
+        clock[0] += 61  # past the cooldown: one probe may go, and it fails the same way
+        assert (await rig.ask("unsure probe"))["reason"] == "cloud_error"
+        assert rig.escalator.breaker.state == "open" and not rig.escalator.breaker.probing
+        clock[0] += 61
+        assert (await rig.ask("unsure probe 2"))["reason"] == "cloud_error"  # probing again, not stuck
+
+    with rig_env(tmp_path, f"http://127.0.0.1:{free_port()}/v1") as start:
+
+        async def go() -> None:
+            rig = start()
+            assert rig.settings.cloud is not None
+            rig.escalator.cloud = Exploding(rig.settings.cloud)
+            try:
+                await body(rig)
+            finally:
+                await rig.handler.pool.stop()
+
+        asyncio.run(go())
+
+
+def test_a_refused_response_format_is_no_outage_for_the_breaker(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.then(refusal("llama-cpp-python"), refusal("openai"))  # json_schema, then json_object refused
+
+    async def body(rig: Rig) -> None:
+        reply = await rig.ask("unsure: will it rain")
+        assert (reply["source"], reply["label"]) == ("cloud", "weather")
+        breaker = rig.escalator.snapshot()["breaker"]
+        assert (breaker["state"], breaker["failures"]) == ("closed", 0)
+
+    run(tmp_path, cloud.base_url, body, breaker_failures=1)
+    assert [seen.body.get("response_format", {}).get("type") for seen in cloud.seen] == [
+        "json_schema",
+        "json_object",
+        None,
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 from edge_agent.feedback import MASK, FeedbackLog, record
@@ -41,3 +42,42 @@ def test_log_is_bounded_per_model_and_keeps_the_newest(tmp_path: Path) -> None:
     for i in range(40, 45):
         again.append("a", {"text": f"t{i}", "intent": "x"})
     assert len(list(again.rows("a"))) <= 11
+
+
+def test_line_separators_in_a_text_survive_a_trim(tmp_path: Path) -> None:
+    """json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and U+0085 raw; str.splitlines would cut rows there."""
+    log = FeedbackLog(tmp_path / "fb", max_rows=4)
+    texts = [f"t{i} line\u2028para\u2029next\x85end" for i in range(12)]
+    for text in texts:
+        log.append("a", {"text": text, "intent": "x"})
+    kept = [json.loads(line)["text"] for line in log.rows("a")]
+    assert len(kept) >= 4 and kept == texts[-len(kept) :]
+
+
+def test_log_is_bounded_in_bytes_and_keeps_the_newest(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path / "fb", max_rows=100_000, max_bytes=4096)
+    for i in range(300):
+        assert log.append("a", {"text": f"t{i} " + "é" * 40, "intent": "x"})
+        assert log.path("a").stat().st_size <= 4096
+    kept = [json.loads(line)["text"].split()[0] for line in log.rows("a")]
+    assert len(kept) > 10
+    assert kept == [f"t{i}" for i in range(300 - len(kept), 300)]
+    assert not log.append("a", {"text": "x" * 5000, "intent": "x"})  # can never fit: not kept, the bound holds
+    assert log.path("a").stat().st_size <= 4096 and sum(1 for _ in log.rows("a")) == len(kept)
+
+
+def test_a_trim_reads_the_tail_not_the_whole_file(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path / "fb", max_rows=200)  # a tail of a few read chunks
+    row = json.dumps({"text": "a sensor said something long " * 30, "intent": "x"}) + "\n"
+    (tmp_path / "fb").mkdir()
+    log.path("a").write_text(row * 8000, encoding="utf-8")  # ~7 MB left by an older agent with a larger bound
+    tracemalloc.start()
+    try:
+        log.append("a", {"text": "newest", "intent": "x"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    lines = list(log.rows("a"))
+    assert len(lines) == 200 and json.loads(lines[-1])["text"] == "newest" and set(lines[:-1]) == {row}
+    assert peak < 1_000_000, f"peak {peak} bytes while trimming a {len(row) * 8000} byte file"
+    assert sorted(p.name for p in (tmp_path / "fb").iterdir()) == ["a.jsonl"]

@@ -1,7 +1,12 @@
+"""Parsing is total and one pass; every reply body comes from one function and always encodes."""
+
+import json
+
 import pytest
 
-from edge_agent.errors import BadRequest, TooLarge
-from edge_agent.messages import Envelope, parse, peek, valid_topic
+from edge_agent.errors import AgentError, BadRequest, Timeout, TooLarge
+from edge_agent.messages import Answer, Envelope, Inbound, body, encode, message_id, parse, sensor_text
+from edge_agent.runtimes import Prediction
 
 
 @pytest.mark.parametrize(
@@ -16,28 +21,76 @@ from edge_agent.messages import Envelope, parse, peek, valid_topic
         (b'{"text": "x", "id": [1]}', BadRequest, "'id'"),
         (b'{"text": "x", "deadline_ms": -5}', BadRequest, "deadline_ms"),
         (b'{"text": "x", "deadline_ms": true}', BadRequest, "deadline_ms"),
-        (b'{"text": "x", "reply_to": "a/+/b"}', BadRequest, "wildcards"),
+        (b'{"text": "x", "reply_to": "a/+/b"}', BadRequest, "wildcard"),
+        (b'{"text": "x", "reply_to": "a\\u0001b"}', BadRequest, "U+0001"),
         (b'{"text": "' + b"a" * 200 + b'"}', TooLarge, "limit is 100"),
     ],
 )
 def test_every_defect_has_its_code(payload: bytes, error: type, words: str) -> None:
-    with pytest.raises(error, match=words):
-        parse(payload, max_bytes=100)
+    _, result = parse(payload, max_bytes=100)
+    assert isinstance(result, error) and words in result.message
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"text": "x", "n": ' + b"9" * 5000 + b"}", "not usable JSON"),
+        (b'{"text": "\\ud800"}', "lone surrogate"),
+        (b'{"text": "x", "id": "\\ud800"}', "'id'"),
+    ],
+)
+def test_hostile_json_is_a_bad_request_not_an_exception(payload: bytes, words: str) -> None:
+    _, result = parse(payload, max_bytes=1_000_000)
+    assert isinstance(result, BadRequest) and words in result.message
 
 
 def test_valid_request_keeps_its_fields() -> None:
-    req = parse(b'{"text": "lights off", "id": 7, "deadline_ms": 50, "reply_to": "me/inbox"}', 1000)
+    envelope, req = parse(b'{"text": "lights off", "id": 7, "deadline_ms": 50, "reply_to": "me/inbox"}', 1000)
+    assert not isinstance(req, AgentError)
     assert (req.text, req.id, req.deadline_ms, req.reply_to) == ("lights off", 7, 50, "me/inbox")
+    assert envelope == Envelope(7, "me/inbox")
 
 
-def test_peek_finds_the_address_of_an_invalid_request() -> None:
-    assert peek(b'{"id": "a1", "reply_to": "me/x", "text": 5}', 1000) == Envelope("a1", "me/x")
-    assert peek(b'{"id": "a1", "reply_to": "me/#"}', 1000) == Envelope("a1", None)
-    assert peek(b"\xff", 1000) == Envelope()
+def test_the_address_of_an_invalid_request_is_still_read() -> None:
+    assert parse(b'{"id": "a1", "reply_to": "me/x", "text": 5}', 1000)[0] == Envelope("a1", "me/x")
+    assert parse(b'{"id": "a1", "reply_to": "me/#"}', 1000)[0] == Envelope("a1", None)
+    assert parse(b'{"id": "\\ud800", "reply_to": "a\\u0000"}', 1000)[0] == Envelope()
+    assert parse(b"\xff", 1000)[0] == Envelope()
 
 
-def test_valid_topic() -> None:
-    assert valid_topic("a/b")
-    assert not valid_topic("")
-    assert not valid_topic("a/#")
-    assert not valid_topic("a/+/c")
+def test_sensor_text_raw_and_path() -> None:
+    assert sensor_text(b"  lights on \n", None, 100) == "lights on"
+    assert sensor_text(b'{"a": {"b": ["x", "lights"]}}', "a.b.1", 100) == "lights"
+    for payload, path, words in [
+        (b'{"a": {}}', "a.b", "no field"),
+        (b'{"a": 3}', "a", "not a string"),
+        (b"   ", None, "empty"),
+        (b'{"a": "\\udfff"}', "a", "lone surrogate"),
+        (b"[" * 50_000, "a", "nested too deeply"),
+    ]:
+        with pytest.raises(BadRequest, match=words):
+            sensor_text(payload, path, 1_000_000)
+    with pytest.raises(TooLarge):
+        sensor_text(b"x" * 200, None, 100)
+
+
+def test_derived_ids_are_stable_per_message() -> None:
+    a = message_id(Inbound("sensors/a", b"door open"))
+    assert a == message_id(Inbound("sensors/a", b"door open")) != message_id(Inbound("sensors/b", b"door open"))
+    by_corr = message_id(Inbound("r/m", b"x", correlation=b"k1"))
+    assert by_corr == message_id(Inbound("r/m", b"other", correlation=b"k1")) != a
+
+
+def test_one_body_for_results_and_errors() -> None:
+    answer = Answer(Prediction("on", 0.3, [("on", 0.3)]), "local-fallback", "no_cloud", "low_confidence", local_ms=1)
+    ok = body("r1", "m", answer, "7", 2.5)
+    facts = (ok["id"], ok["model"], ok["source"], ok["escalated"], ok["reason"], ok["trigger"])
+    assert facts == ("r1", "m", "local-fallback", False, "no_cloud", "low_confidence")
+    err = body("r2", "m", Timeout("late"), topic="sensors/x")
+    assert err == {"id": "r2", "model": "m", "error": {"code": "timeout", "message": "late"}, "topic": "sensors/x"}
+
+
+def test_encode_never_fails() -> None:
+    raw = encode({"id": "\ud800", "text": "é"})
+    assert json.loads(raw) == {"id": "\ud800", "text": "é"}

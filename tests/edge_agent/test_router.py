@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from edge_agent.config import ModelEntry
-from edge_agent.router import Policy, Reason, blocked, cloud_first, escalation, policy, waits_for_cloud
+from edge_agent.router import Policy, Reason, blocked, cloud_first, escalation, policy, stays_local, waits_for_cloud
 from edge_agent.runtimes import Prediction
 
 
@@ -46,12 +47,17 @@ def test_policy_route(model_route: str, asked: str | None, cloud: bool, route: s
         ("auto", True, None, True, Reason.INVALID_OUTPUT),
         ("auto", True, None, False, Reason.MODEL_MISSING),
         ("cloud", True, pred(0.99), False, Reason.FORCED),
-        ("local", False, pred(0.1), False, None),
-        ("auto", False, pred(0.1), False, None),  # no cloud: local is all there is
+        ("local", False, pred(0.1), False, Reason.LOW_CONFIDENCE),  # wanted, though it cannot go: the reply says so
+        ("auto", False, pred(0.1), False, Reason.LOW_CONFIDENCE),
     ],
 )
 def test_escalation(route: str, cloud: bool, local: Prediction | None, invalid: bool, reason: Reason | None) -> None:
     assert escalation(Policy(route, 0.5, cloud), local, invalid) == reason  # type: ignore[arg-type]
+
+
+def test_why_an_unconfident_answer_stays_local() -> None:
+    assert stays_local(policy(entry(), 0.5, None, False)) is Reason.NO_CLOUD
+    assert stays_local(policy(entry(route="local"), 0.5, None, True)) is Reason.LOCAL_ONLY
 
 
 @pytest.mark.parametrize(
@@ -80,3 +86,9 @@ def test_only_forced_requests_without_their_own_deadline_wait() -> None:
     assert waits_for_cloud("cloud", explicit_deadline=False)
     assert not waits_for_cloud("cloud", explicit_deadline=True)
     assert not waits_for_cloud("auto", explicit_deadline=False)
+
+
+def test_a_reason_reads_as_its_value_in_logs_replies_and_feedback() -> None:
+    reason = Reason.LOW_CONFIDENCE
+    assert str(reason) == f"{reason}" == "low_confidence" and json.dumps(reason) == '"low_confidence"'
+    assert reason == "low_confidence" and Reason("cloud_timeout") is Reason.CLOUD_TIMEOUT

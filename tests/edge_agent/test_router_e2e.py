@@ -11,10 +11,8 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from edge_agent.manifest import read
 from tests.support import cloud as fake_cloud
@@ -45,16 +43,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         time.sleep(0.05)
 
 
-@pytest.fixture()
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(10)
-
-
 def test_low_confidence_escalates_end_to_end(
     broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
 ) -> None:
@@ -77,7 +65,7 @@ def test_low_confidence_escalates_end_to_end(
     assert body["local_label"] in labels and 0 < body["local_confidence"] < 1
     assert body["timings"]["local_ms"] > 0 and body["timings"]["cloud_ms"] > 0
     assert status["router"]["breaker"]["state"] == "closed" and "global" in status["router"]["budget"]
-    assert status["spool"] == {"replies": 0, "waiting": 0}
+    assert status["spool"] == {"replies": 0, "refused": 0, "waiting": 0}
     assert agents[0].stop() == 0
     out = tmp_path / "export.jsonl"
     exported = run_cli(

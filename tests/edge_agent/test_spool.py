@@ -13,7 +13,7 @@ from edge_agent.spool import Spool
 def test_replies_survive_reopen_in_order_until_acknowledged(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s" / "spool.sqlite")
     ids = [spool.put_reply(Outbound(f"t/{i}", f"p{i}".encode(), b"c" if i == 1 else None)) for i in range(3)]
-    spool.reply_sent(ids[0])
+    spool.reply_done(ids[0])
     spool.close()
     again = Spool(tmp_path / "s" / "spool.sqlite")
     assert [(o.topic, o.payload, o.correlation) for _, o in again.replies()] == [
@@ -43,9 +43,17 @@ def test_counts_and_done(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.sqlite")
     wid = spool.wait("m", Inbound("a", b"b"), 5)
     spool.put_reply(Outbound("a", b"b"))
-    assert spool.counts() == {"replies": 1, "waiting": 1}
+    assert spool.counts() == {"replies": 1, "refused": 0, "waiting": 1}
     spool.done_waiting(wid)
-    assert spool.counts() == {"replies": 1, "waiting": 0}
+    assert spool.counts() == {"replies": 1, "refused": 0, "waiting": 0}
+
+
+def test_a_reply_the_broker_refused_is_kept_with_why_and_never_resent(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite")
+    rid = spool.put_reply(Outbound("denied/topic", b"paid answer"))
+    spool.reply_done(rid, "Not authorized")
+    assert spool.replies() == [] and spool.counts()["refused"] == 1
+    assert spool.db.execute("SELECT payload, refused FROM replies").fetchone() == (b"paid answer", "Not authorized")
 
 
 def test_waiting_requests_come_back_in_arrival_order_not_parking_order(tmp_path: Path) -> None:

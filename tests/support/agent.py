@@ -57,12 +57,17 @@ class Agent:
 
 
 def spawn_agent(
-    port: int, models_file: Path, tmp: Path, device_id: str = "dev1", env: dict[str, str] | None = None
+    port: int,
+    models_file: Path,
+    tmp: Path,
+    device_id: str = "dev1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Agent:
-    """Start the daemon without waiting for it (for an agent that must not come online)."""
+    """Start the daemon with `python` (another install's, or this one) without waiting for it."""
     log = tmp / f"agent-{device_id}.log"
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "edge_agent",
         "run",
@@ -78,13 +83,18 @@ def spawn_agent(
 
 
 def start_agent(
-    broker: Broker, models_file: Path, tmp: Path, device_id: str = "dev1", env: dict[str, str] | None = None
+    broker: Broker,
+    models_file: Path,
+    tmp: Path,
+    device_id: str = "dev1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Agent:
     """Start the daemon and wait for its retained `online` status (the readiness signal)."""
     watcher = Client(broker.port, auth=broker.auth)
     status = f"edge-agent/{device_id}/status"
     watcher.subscribe(status)
-    agent = spawn_agent(broker.port, models_file, tmp, device_id, env)
+    agent = spawn_agent(broker.port, models_file, tmp, device_id, env, python)
     try:
         while True:
             msg = watcher.get(timeout=30, topic=status)

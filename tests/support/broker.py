@@ -194,6 +194,14 @@ class Client:
                 props.CorrelationData = correlation
         self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
 
+    def publish_nowait(self, topic: str, payload: bytes, qos: int, response_topic: str | None) -> None:
+        """Publish without waiting for the broker (bursts)."""
+        props = None
+        if self.v5 and response_topic:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+        self.client.publish(topic, payload, qos=qos, properties=props)
+
     def get(self, timeout: float = 20.0, topic: str | None = None) -> Received:
         """The next message (on `topic`, when given); TimeoutError when none comes in time."""
         end = time.monotonic() + timeout

@@ -1,8 +1,9 @@
 """A real OpenAI-compatible HTTP server on loopback that misbehaves on request.
 
 Each incoming chat completion takes the next scripted behaviour (or the default one): answer,
-answer with arbitrary content, hold until released, fail with a status code, send garbage. It
-records what it was sent, and tests wait on `arrived` rather than sleeping.
+answer with arbitrary content, hold until released, fail with a status code, send garbage or
+any raw body, trickle an answer out a byte at a time. It records what it was sent, and tests
+wait on `arrived` rather than sleeping.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ Teacher = Callable[[str], str]
 
 @dataclass(frozen=True)
 class Act:
-    """One scripted behaviour. kind: answer | content | hold | status | garbage."""
+    """One scripted behaviour. kind: answer | content | hold | status | garbage | raw | trickle."""
 
     kind: str
     value: Any = None
     retry_after: str | None = None
+    every_s: float = 0.0
+    body: bytes = b""
 
 
 def answer(label: str) -> Act:
@@ -39,8 +42,36 @@ def content(text: str) -> Act:
     return Act("content", text)
 
 
-def status(code: int, retry_after: str | None = None) -> Act:
-    return Act("status", code, retry_after)
+def status(code: int, retry_after: str | None = None, body: bytes = b'{"error": {"message": "scripted"}}') -> Act:
+    return Act("status", code, retry_after, body=body)
+
+
+# How servers refuse a response_format they do not take: the status and the body's shape (messages abridged).
+_OPENAI = "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."
+_PYDANTIC = "literal_error at ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
+REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
+    # llama_cpp.server's route handler turns FastAPI's validation error into a 500
+    "llama-cpp-python": (500, {"error": {"message": _PYDANTIC, "type": "internal_server_error", "param": None}}),
+    "openai": (400, {"error": {"message": _OPENAI, "type": "invalid_request_error", "param": "response_format"}}),
+    "vllm": (400, {"object": "error", "message": _PYDANTIC, "type": "BadRequestError", "code": 400}),
+    "fastapi": (422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"]}]}),
+}
+
+
+def refusal(server: str = "llama-cpp-python") -> Act:
+    """The response_format of this request refused, the way `server` does it."""
+    code, body = REFUSALS[server]
+    return status(code, body=json.dumps(body).encode())
+
+
+def raw(body: bytes) -> Act:
+    """A 200 whose body is exactly these bytes."""
+    return Act("raw", body)
+
+
+def trickle(label: str, every_s: float) -> Act:
+    """A valid answer whose body comes one byte every `every_s` (a link that is slow, not silent)."""
+    return Act("trickle", label, every_s=every_s)
 
 
 HOLD = Act("hold")
@@ -123,17 +154,21 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
                 act = answer(cloud.teacher(seen.text))
             if act.kind == "status":
                 extra = {"Retry-After": act.retry_after} if act.retry_after else {}
-                self._send(act.value, b'{"error": {"message": "scripted"}}', extra)
+                self._send(act.value, act.body, extra)
             elif act.kind == "garbage":
                 self._send(200, b"<html>not json at all")
             elif act.kind == "content":
                 self._send(200, completion(act.value))
+            elif act.kind == "raw":
+                self._send(200, act.value)
+            elif act.kind == "trickle":
+                self._send(200, completion(json.dumps({"label": act.value})), every_s=act.every_s)
             else:
                 wants_entities = '"entities"' in str(seen.body["messages"][0]["content"])
                 said = {"label": act.value, **({"entities": []} if wants_entities else {})}
                 self._send(200, completion(json.dumps(said)))
 
-        def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None, every_s: float = 0) -> None:
             try:
                 self.send_response(code)
                 self.send_header("content-type", "application/json")
@@ -141,9 +176,19 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(body)
+                self._write(body, every_s)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (its deadline): that is the point of the test
+
+        def _write(self, body: bytes, every_s: float) -> None:
+            if not every_s:
+                self.wfile.write(body)
+                return
+            for i in range(len(body)):
+                if i:
+                    cloud.release.wait(every_s)  # paces the link; no test waits on it
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
 
     return Handler
 

@@ -3,19 +3,24 @@
 The cloud answers within the model's own vocabulary: one of its labels, or fields of its schema.
 Every answer is validated here; one that does not validate is a failure like an HTTP 500, so the
 router treats a confused cloud the same as a broken one. The API key is sent, never logged.
+Servers differ in which `response_format` they take; `auto` finds out per endpoint (see FORMATS).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import random
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timezone
+from typing import Any, Literal
 
 import httpx
+import structlog
 
 from edge_agent import schema
 from edge_agent.config import CloudSettings
@@ -24,6 +29,16 @@ from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Entity, Prediction
 
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # ASCII only: str.isdigit() also takes "²", which float() refuses
+RETRY_AFTER_MAX_S = 60.0  # a server asking for more is capped; the request deadline usually ends it sooner
+
+Format = Literal["json_schema", "json_object", "prompt"]
+FORMATS: tuple[Format, ...] = ("json_schema", "json_object", "prompt")  # auto's order, strictest first
+# How servers refuse a response_format: OpenAI and vLLM 400, FastAPI's default 422, llama_cpp.server 500
+# (it wraps the validation error); each names the field in the body, which tells a refusal from an outage.
+REFUSAL_CODES = (400, 422, 500)
+
+log = structlog.get_logger("edge_agent.cloud")
 
 
 class CloudFailure(CloudUnavailable):
@@ -86,6 +101,7 @@ class CloudClient:
     ) -> None:
         self.settings = settings
         self.name = endpoint_name(settings.base_url)
+        self.format: Format = "json_schema" if settings.response_format == "auto" else settings.response_format
         self.jitter = jitter
         key = settings.api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -93,12 +109,42 @@ class CloudClient:
         self.http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport)
 
     async def ask(self, manifest: Manifest, text: str, deadline: float) -> Prediction:
-        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up."""
-        wanted = answer_schema(manifest)
-        content = await self._post(self.request_body(manifest, wanted, text), deadline)
-        return read_answer(content, wanted, manifest, text)
+        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up.
 
-    def request_body(self, manifest: Manifest, wanted: dict[str, Any], text: str) -> dict[str, Any]:
+        Total: whatever goes wrong ends as a CloudFailure, so the caller (and its breaker) sees every failure.
+        """
+        with failing_as("cloud_error", f"asking {self.name}"):
+            wanted = answer_schema(manifest)
+            content = await self._in_a_format_it_takes(manifest, wanted, text, deadline)
+        with failing_as("cloud_invalid", "reading the answer"):
+            return read_answer(content, wanted, manifest, text)
+
+    async def _in_a_format_it_takes(
+        self, manifest: Manifest, wanted: dict[str, Any], text: str, deadline: float
+    ) -> str:
+        """The answer's text; in auto a refused format moves on to the next at once (no retry, no failure)."""
+        while True:
+            used = self.format
+            try:
+                return await self._post(self.request_body(manifest, wanted, text, used), deadline)
+            except FormatRefused as refused:
+                self._fall_back(used, str(refused))
+
+    def _fall_back(self, refused: Format, why: str) -> None:
+        """Remember the next format after `refused` (later asks go straight there); CloudFailure outside auto."""
+        if self.settings.response_format != "auto" or refused == "prompt":
+            raise CloudFailure(
+                "cloud_error", f"{self.name} refuses response_format {refused} ({why}); set response_format: auto"
+            )
+        later = FORMATS[FORMATS.index(refused) + 1]
+        if FORMATS.index(later) > FORMATS.index(self.format):  # a concurrent ask may be further already
+            log.info("cloud_format_refused", endpoint=self.name, refused=refused, now=later, why=why)
+            self.format = later
+
+    def request_body(
+        self, manifest: Manifest, wanted: dict[str, Any], text: str, mode: Format | None = None
+    ) -> dict[str, Any]:
+        """A chat completion asking for the answer in `mode` (default: the format that works here)."""
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": [
@@ -108,7 +154,7 @@ class CloudClient:
             "temperature": 0,
             "max_tokens": 100 if manifest.task == "classify" else 512,
         }
-        mode = self.settings.response_format
+        mode = mode or self.format
         if mode == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
@@ -119,13 +165,18 @@ class CloudClient:
         return body
 
     async def _post(self, body: dict[str, Any], deadline: float) -> str:
-        """POST with retries on 429/5xx only, jittered exponential backoff, never past the deadline."""
+        """POST with retries on 429/5xx only, jittered exponential backoff, never past the deadline.
+
+        A refusal of the response_format is raised as FormatRefused at once: retrying cannot change it.
+        """
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             response = await self._once(body, deadline)
             code = response.status_code
             if code < 400:
                 return message_content(response)
+            if "response_format" in body and refuses_format(response):
+                raise FormatRefused(f"HTTP {code}")
             if code != 429 and code < 500:
                 raise CloudFailure("cloud_error", f"HTTP {code} from {self.name}")
             if attempt + 1 == attempts:
@@ -140,22 +191,57 @@ class CloudClient:
         left = min(self.settings.timeout_s, deadline - time.monotonic())
         if left <= 0:
             raise CloudFailure("cloud_timeout", "the deadline passed before the cloud was asked")
-        try:
-            return await self.http.post("chat/completions", json=body, timeout=left)
-        except httpx.TimeoutException:
+        try:  # wait_for bounds the whole attempt: httpx's timeout is per read, and a trickle resets it
+            return await asyncio.wait_for(self.http.post("chat/completions", json=body, timeout=left), left)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             raise CloudFailure("cloud_timeout", f"no answer from {self.name} within {left:.3f}s") from None
         except httpx.HTTPError as exc:
             raise CloudFailure("cloud_error", f"{type(exc).__name__} talking to {self.name}") from None
 
     def _delay(self, attempt: int, response: httpx.Response) -> float:
-        """Retry-After when the server says so, else backoff * 2^attempt scaled by a 0.5..1.5 jitter."""
-        after = response.headers.get("retry-after", "")
-        if after.replace(".", "", 1).isdigit():
-            return float(after)
+        """Retry-After when the server says so readably, else backoff * 2^attempt scaled by a 0.5..1.5 jitter."""
+        after = retry_after_s(response.headers.get("retry-after", ""), time.time())
+        if after is not None:
+            return after
         return float(self.settings.backoff_s * 2**attempt * (0.5 + self.jitter()))
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+class FormatRefused(Exception):
+    """The server will not take the request's response_format: an answer about the request, not an outage."""
+
+
+def refuses_format(response: httpx.Response) -> bool:
+    """An error that names response_format, with a status servers use for that (REFUSAL_CODES)."""
+    return response.status_code in REFUSAL_CODES and "response_format" in response.text[:4096]
+
+
+@contextmanager
+def failing_as(reason: str, doing: str) -> Iterator[None]:
+    """The one place where an exception that is not yet a CloudFailure becomes one (RecursionError, ...)."""
+    try:
+        yield
+    except CloudFailure:
+        raise
+    except Exception as exc:
+        said = str(exc)[:160].encode("ascii", "backslashreplace").decode()
+        raise CloudFailure(reason, f"{doing}: {type(exc).__name__}: {said}") from exc
+
+
+def retry_after_s(value: str, now: float) -> float | None:
+    """Retry-After as seconds to wait (delay-seconds or HTTP-date, capped); None when it is unreadable."""
+    value = value.strip()
+    if SECONDS.fullmatch(value):
+        return min(float(value), RETRY_AFTER_MAX_S)  # float() of a long digit string is inf, never an error
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_MAX_S)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def message_content(response: httpx.Response) -> str:
@@ -180,6 +266,7 @@ def read_answer(content: str, wanted: dict[str, Any], manifest: Manifest, text: 
     problems = schema.errors(value, wanted)
     if problems:
         raise CloudFailure("cloud_invalid", f"the answer does not validate: {problems[0]}")
+    json.dumps(value, ensure_ascii=False).encode()  # a lone surrogate would break the reply later: fail here
     if manifest.task == "extract":
         return Prediction(label=None, confidence=1.0, fields=value)
     entities = [_ground(text, e) for e in value.get("entities", [])]

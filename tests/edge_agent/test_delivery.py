@@ -1,17 +1,110 @@
-"""The transport with a spool against a real mosquitto: replies survive a restart, in order."""
+"""Delivery against a real mosquitto, with a stand-in handler (pure logic) to control timing: overload,
+reconnects, the spool across restarts, acks on PUBACK, duplicates, refused publishes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from edge_agent.delivery import Delivery
 from edge_agent.messages import Inbound, Outbound
+from edge_agent.mqtt_client import Message
 from edge_agent.spool import Spool
-from edge_agent.transport import Delivery, Transport
 from tests.support.agent import agent_settings as settings
 from tests.support.broker import Broker, SessionClient, client
+from tests.support.delivery import make_delivery
+
+
+def test_overload_under_mqtt_311_gets_an_overloaded_reply_not_a_drop(broker: Broker) -> None:
+    release = asyncio.Event()
+
+    async def handle(msg: Inbound) -> Outbound:
+        await release.wait()
+        return Outbound("out/ok", msg.payload)
+
+    def refuse(msg: Inbound) -> Outbound:
+        return Outbound("out/overloaded", msg.payload)
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        s = settings(broker.port, max_inflight=2)
+        s.mqtt.protocol = "3.1.1"  # no flow control: the agent must refuse what it cannot take
+        t = make_delivery(s, ["in/#"], handle, refuse)
+        async with serving(t):
+            with client(broker.port) as c:
+                c.subscribe("out/#")
+                for i in range(5):
+                    await asyncio.to_thread(c.publish, "in/x", str(i))
+                refused = [(await asyncio.to_thread(c.get, 10, "out/overloaded")).payload for _ in range(3)]
+                release.set()
+                ok = [(await asyncio.to_thread(c.get, 10, "out/ok")).payload for _ in range(2)]
+        return refused, ok
+
+    refused, ok = asyncio.run(scenario())
+    assert sorted(refused + ok) == [b"0", b"1", b"2", b"3", b"4"]
+    assert sorted(ok) == [b"0", b"1"]
+
+
+def test_under_mqtt_5_receive_maximum_makes_the_broker_hold_a_burst_back_instead_of_the_agent_refusing(
+    broker: Broker,
+) -> None:
+    inside = 0
+    most = 0
+
+    async def handle(msg: Inbound) -> Outbound:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0)  # hand the loop over: more messages could be admitted meanwhile
+        inside -= 1
+        return Outbound("out/ok", msg.payload)
+
+    def refuse(msg: Inbound) -> Outbound:
+        return Outbound("out/overloaded", msg.payload)
+
+    async def scenario() -> list[bytes]:
+        t = make_delivery(settings(broker.port, max_inflight=4), ["in/#"], handle, refuse)
+        async with serving(t):
+            with client(broker.port) as c:
+                c.subscribe("out/#")
+                for i in range(300):
+                    c.client.publish("in/x", str(i), qos=1)
+                got = [await asyncio.to_thread(c.get, 20) for _ in range(300)]
+        return [m.payload for m in got if m.topic == "out/ok"]
+
+    ok = asyncio.run(scenario())
+    assert sorted(ok, key=int) == [str(i).encode() for i in range(300)]  # all served, none refused
+    assert most <= 4
+
+
+def test_reconnects_after_broker_restart(broker: Broker) -> None:
+    async def handle(msg: Inbound) -> Outbound:
+        return Outbound("out/echo", msg.payload)
+
+    async def scenario() -> bytes:
+        s = settings(broker.port)
+        t = make_delivery(s, ["in/#"], handle, status=lambda: {"models": {}})
+        stop = asyncio.Event()
+        runner = asyncio.create_task(t.run(stop))
+        await asyncio.wait_for(t.ready.wait(), 10)
+        t.ready.clear()
+        broker.stop()
+        broker.start()
+        await asyncio.wait_for(t.ready.wait(), 30)
+        with client(broker.port) as c:
+            c.subscribe("out/echo")
+            c.subscribe("edge-agent/t1/status")
+            status = json.loads((await asyncio.to_thread(c.get, 10, "edge-agent/t1/status")).payload)
+            assert status["status"] == "online"
+            await asyncio.to_thread(c.publish, "in/x", "back")
+            reply = (await asyncio.to_thread(c.get, 10, "out/echo")).payload
+        stop.set()
+        await runner
+        return reply
+
+    assert asyncio.run(scenario()) == b"back"
 
 
 def test_spooled_replies_from_a_previous_run_go_out_in_order_then_leave_the_spool(
@@ -26,7 +119,7 @@ def test_spooled_replies_from_a_previous_run_go_out_in_order_then_leave_the_spoo
         return Outbound("out/replay", b"live:" + msg.payload)
 
     async def scenario(spool: Spool) -> list[bytes]:
-        t = Transport(settings(broker.port), ["in/#"], handle, lambda m: None, spool)
+        t = make_delivery(settings(broker.port), ["in/#"], handle, lambda m: None, spool)
         stop = asyncio.Event()
         with client(broker.port) as c:
             c.subscribe("out/replay")
@@ -64,7 +157,7 @@ def test_a_local_reply_made_while_the_broker_is_away_arrives_without_the_spool(
     written = spooled(spool)
 
     async def scenario() -> list[bytes]:
-        t = Transport(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
+        t = make_delivery(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
         async with serving(t):
             me = SessionClient(persistent_broker.port, "tester-local")  # subscribed to me/replies, session kept
             try:
@@ -95,7 +188,7 @@ async def next_session_sees(broker: Broker, marker: bytes) -> list[bytes]:
         if msg.payload == marker:
             done.set()
 
-    async with serving(Transport(settings(broker.port), ["in/#"], record, lambda m: None)):
+    async with serving(make_delivery(settings(broker.port), ["in/#"], record, lambda m: None)):
         with client(broker.port) as c:
             await asyncio.to_thread(c.publish, "in/x", marker)
             await asyncio.wait_for(done.wait(), 10)
@@ -116,7 +209,7 @@ def test_a_qos0_reply_is_spooled_only_while_the_broker_is_away(persistent_broker
     written = spooled(spool)
 
     async def scenario() -> list[bytes]:
-        t = Transport(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
+        t = make_delivery(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, spool)
         async with serving(t):
             me = SessionClient(persistent_broker.port, "tester-q0")
             try:
@@ -127,7 +220,7 @@ def test_a_qos0_reply_is_spooled_only_while_the_broker_is_away(persistent_broker
                         got.append((await asyncio.to_thread(me.messages.get, True, 30)).payload)
                 await asyncio.wait_for(until(lambda: len(t._inflight) == 1), 10)
                 persistent_broker.stop()
-                await asyncio.wait_for(until(lambda: not t.client.is_connected()), 10)
+                await asyncio.wait_for(until(lambda: not t.client.connected()), 10)
                 release.set()  # answered while the broker is away
                 await asyncio.wait_for(until(lambda: bool(written)), 10)
                 t.ready.clear()
@@ -155,13 +248,14 @@ def test_a_request_the_broker_resends_while_it_is_being_answered_is_answered_onc
         await release.wait()
         return Outbound("me/replies", b"answer:" + msg.payload)
 
-    class Counting(Transport):
-        def _dispatch(self, inbound: Inbound, delivery: Delivery) -> None:
-            dispatched.append(inbound.payload)
-            super()._dispatch(inbound, delivery)
+    class Counting(Delivery):
+        def _admit(self, event: Message) -> None:
+            dispatched.append(event.inbound.payload)
+            super()._admit(event)
 
     async def scenario() -> list[bytes]:
-        t = Counting(settings(persistent_broker.port), ["in/#"], handle, lambda m: None, Spool(tmp_path / "s.sqlite"))
+        spool = Spool(tmp_path / "s.sqlite")
+        t = make_delivery(settings(persistent_broker.port), ["in/#"], handle, spool=spool, cls=Counting)
         async with serving(t):
             me = SessionClient(persistent_broker.port, "tester-dup")
             try:
@@ -182,8 +276,8 @@ def test_a_request_the_broker_resends_while_it_is_being_answered_is_answered_onc
 
 
 @contextlib.asynccontextmanager
-async def serving(t: Transport) -> AsyncIterator[Transport]:
-    """The transport running and connected for the block; stopped (in-flight work finished) after it."""
+async def serving(t: Delivery) -> AsyncIterator[Delivery]:
+    """Delivery running and connected for the block; stopped (in-flight work finished) after it."""
     stop = asyncio.Event()
     runner = asyncio.create_task(t.run(stop))
     try:

@@ -1,0 +1,71 @@
+"""Nothing accepted is lost: 5,000 QoS 1 requests, the agent killed (SIGKILL) or the broker restarted
+mid-stream; every request id is answered (duplicates allowed: at-least-once)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.agent import Agent, start_agent, write_models
+from tests.support.broker import Broker, SessionClient
+
+N = 5000
+
+
+def publish_all(me: SessionClient, prefix: str) -> None:
+    for i in range(N):
+        payload = json.dumps({"text": f"lights {i % 7}", "id": i, "reply_to": "me/replies"})
+        me.client.publish(f"{prefix}/req/tiny", payload, qos=1)
+
+
+def collect(me: SessionClient, until: Callable[[set[int]], bool], timeout: float = 240.0) -> set[int]:
+    """Reply ids seen until `until(ids)` holds; TimeoutError past `timeout`."""
+    ids: set[int] = set()
+    end = time.monotonic() + timeout
+    while not until(ids):
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{len(ids)} of {N} answered")
+        msg = me.messages.get(timeout=left)
+        ids.add(int(json.loads(msg.payload)["id"]))
+    return ids
+
+
+def test_agent_killed_mid_stream_loses_no_request(
+    persistent_broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
+) -> None:
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    agent = start_agent(persistent_broker, models, tmp_path, "k9")
+    agents.append(agent)
+    me = SessionClient(persistent_broker.port, "tester-k9")
+    try:
+        publish_all(me, agent.prefix)
+        seen = collect(me, lambda ids: len(ids) >= N // 5)
+        agent.proc.send_signal(signal.SIGKILL)  # mid-stream: thousands accepted by the broker, not answered
+        agent.proc.wait(10)
+        agents.append(start_agent(persistent_broker, models, tmp_path, "k9"))
+        seen |= collect(me, lambda ids: len(ids | seen) == N)
+    finally:
+        me.close()
+    assert seen == set(range(N))
+
+
+def test_broker_restarted_mid_stream_loses_no_request(
+    persistent_broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
+) -> None:
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    agent = start_agent(persistent_broker, models, tmp_path, "br")
+    agents.append(agent)
+    me = SessionClient(persistent_broker.port, "tester-br")
+    try:
+        publish_all(me, agent.prefix)
+        seen = collect(me, lambda ids: len(ids) >= N // 5)
+        persistent_broker.stop()  # sessions and queued requests are kept on disk (persistence true)
+        persistent_broker.start()
+        seen |= collect(me, lambda ids: len(ids | seen) == N)
+    finally:
+        me.close()
+    assert seen == set(range(N)) and agent.proc.poll() is None
