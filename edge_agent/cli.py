@@ -73,9 +73,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.extend(exc.problems)
         models, key = None, None
-    except OSError as exc:
-        problems.append(f"signing key: {exc}")
-        models, key = None, None
     for entry in models.models if models else []:
         try:
             load_manifest(entry.path, key)

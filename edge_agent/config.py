@@ -108,6 +108,17 @@ class CloudSettings(BaseModel):
         return None
 
 
+def _read_key(path: Path) -> bytes:
+    """The fleet key, stripped; ValueError naming the file when unreadable or blank (a blank key verifies nothing)."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"{path}: is empty (a signing key is required when signing_key_file is set)")
+    return key
+
+
 def _check_filter(value: str) -> str:
     """A valid MQTT topic filter (wildcards only as whole levels, # last), or ValueError."""
     levels = value.split("/")
@@ -178,6 +189,17 @@ class AgentSettings(BaseSettings):
             raise ValueError("must be non-empty and hold none of / + # NUL")
         return value
 
+    @field_validator("signing_key_file")
+    @classmethod
+    def _key_usable(cls, value: Path | None) -> Path | None:
+        """At load, so a bad key stops `check` and `run` instead of quietly switching verification off."""
+        if value is not None:
+            try:
+                _read_key(value)
+            except ValueError as exc:
+                raise PydanticCustomError("signing_key", "{problem}", {"problem": str(exc)}) from None
+        return value
+
     @field_validator("reply_topics")
     @classmethod
     def _filters_ok(cls, value: list[str]) -> list[str]:
@@ -215,7 +237,13 @@ class AgentSettings(BaseSettings):
         return self.mqtt.client_id or f"edge-agent-{self.device_id}"
 
     def signing_key(self) -> bytes | None:
-        return self.signing_key_file.read_bytes().strip() if self.signing_key_file else None
+        """The fleet key; None: artifacts are not signed. ConfigError when the file went bad after loading."""
+        if self.signing_key_file is None:
+            return None
+        try:
+            return _read_key(self.signing_key_file)
+        except ValueError as exc:
+            raise ConfigError([f"signing_key_file: {exc}"]) from None
 
 
 class ModelEntry(BaseModel):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,7 @@ class MqttClient:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         client.on_connect = self._on_connect
+        client.on_connect_fail = _connect_failed
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -198,6 +200,11 @@ class MqttClient:
     def close(self) -> None:
         self._paho.disconnect()
         self._paho.loop_stop()
+
+
+def _connect_failed(_c: mqtt.Client, _u: Any) -> None:
+    """paho calls this inside its `except OSError`: the reason (a certificate, a refused port) is the one in hand."""
+    log.warning("mqtt_connect_failed", reason=str(sys.exc_info()[1]))
 
 
 def _no_delay(_c: mqtt.Client, _u: Any, sock: Any) -> None:

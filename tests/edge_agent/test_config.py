@@ -1,10 +1,12 @@
+import os
 from pathlib import Path
 
 import pytest
 
 from edge_agent.config import load_models, load_settings
 from edge_agent.errors import EX_CONFIG, ConfigError
-from tests.support.agent import run_cli
+from tests.support.agent import run_cli, write_models
+from tests.support.broker import free_port
 
 
 def test_settings_priority_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,6 +80,25 @@ def test_help_for_every_command() -> None:
         ["models", "list", "--help"],
     ):
         assert run_cli(*args).returncode == 0
+
+
+@pytest.mark.parametrize("key", ["empty", "blank", "missing", "a folder"])
+def test_an_unusable_signing_key_is_a_config_error_not_a_skipped_check(
+    key: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """A blank key would verify nothing: the unsigned artifact must not pass as if no key were set."""
+    path = tmp_path / "fleet.key"
+    if key in ("empty", "blank"):
+        path.write_text("" if key == "empty" else " \n\t\n")
+    elif key == "a folder":
+        path.mkdir()
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    env = {**os.environ, "EDGE_AGENT_SIGNING_KEY_FILE": str(path)}
+    for verb in ("check", "run"):
+        result = run_cli(verb, "--models", str(models), "--port", str(free_port()), env=env)
+        assert result.returncode == EX_CONFIG, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "signing_key_file" in lines[0] and str(path) in lines[0], lines
 
 
 def cloud_file(tmp_path: Path, url: str, *extra: str) -> Path:

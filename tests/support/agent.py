@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,44 @@ class Agent:
     def logs(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
+    def wait_log(self, event: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The first `count` log lines of `event`, once written; AssertionError with the log when they never come."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = [line for line in self.logs() if line.get("event") == event]
+            if len(found) >= count:
+                return found[:count]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)  # polling a file the agent appends to, bounded by `timeout`
+        raise AssertionError(f"no {count} x {event} (exit {self.proc.poll()}):\n{self.log.read_text()}")
+
+
+def spawn_agent(
+    port: int,
+    models_file: Path,
+    tmp: Path,
+    device_id: str = "dev1",
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> Agent:
+    """Start the daemon with `python` (another install's, or this one) without waiting for it."""
+    log = tmp / f"agent-{device_id}.log"
+    cmd = [
+        python,
+        "-m",
+        "edge_agent",
+        "run",
+        "--models",
+        str(models_file),
+        "--port",
+        str(port),
+    ]
+    cmd += ["--device-id", device_id, "--log-level", "debug"]
+    state = {"EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}")}  # a restart finds its spool again
+    proc = subprocess.Popen(cmd, stderr=log.open("wb"), env={**os.environ, **state, **(env or {})}, cwd=ROOT)
+    return Agent(proc, f"edge-agent/{device_id}", log)
+
 
 def start_agent(
     broker: Broker,
@@ -51,36 +90,22 @@ def start_agent(
     env: dict[str, str] | None = None,
     python: str = sys.executable,
 ) -> Agent:
-    """Start the daemon with `python` (another install's, or this one) and wait for its retained `online`
-    status (the readiness signal)."""
-    log = tmp / f"agent-{device_id}.log"
-    watcher = Client(broker.port)
-    prefix = f"edge-agent/{device_id}"
-    watcher.subscribe(f"{prefix}/status")
-    cmd = [
-        python,
-        "-m",
-        "edge_agent",
-        "run",
-        "--models",
-        str(models_file),
-        "--port",
-        str(broker.port),
-    ]
-    cmd += ["--device-id", device_id, "--log-level", "debug"]
-    state = {"EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}")}  # a restart finds its spool again
-    proc = subprocess.Popen(cmd, stderr=log.open("wb"), env={**os.environ, **state, **(env or {})}, cwd=ROOT)
+    """Start the daemon and wait for its retained `online` status (the readiness signal)."""
+    watcher = Client(broker.port, auth=broker.auth)
+    status = f"edge-agent/{device_id}/status"
+    watcher.subscribe(status)
+    agent = spawn_agent(broker.port, models_file, tmp, device_id, env, python)
     try:
         while True:
-            msg = watcher.get(timeout=30, topic=f"{prefix}/status")
+            msg = watcher.get(timeout=30, topic=status)
             if msg.json().get("status") == "online":
                 break
     except TimeoutError:
-        proc.kill()
-        raise AssertionError(f"agent never came online:\n{log.read_text()}") from None
+        agent.proc.kill()
+        raise AssertionError(f"agent never came online:\n{agent.log.read_text()}") from None
     finally:
         watcher.close()
-    return Agent(proc, prefix, log)
+    return agent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

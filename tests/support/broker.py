@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,16 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+@dataclass(frozen=True)
+class Auth:
+    """How a test client reaches a secured broker: the CA to trust (TLS on when set) and a user's password."""
+
+    ca_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    check_hostname: bool = True
+
+
 @dataclass
 class Broker:
     """A mosquitto process on loopback that a test can stop and start again on the same port."""
@@ -43,6 +53,7 @@ class Broker:
     port: int
     conf: Path
     proc: subprocess.Popen[bytes] | None = None
+    auth: Auth | None = None  # what test clients (and start_agent's watcher) connect with
 
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -55,14 +66,76 @@ class Broker:
             self.proc.wait(10)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A TLS listener's PEM files: the CA it trusts for client certificates, its certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+
+@dataclass
+class BrokerConfig:
+    """One loopback listener and what a test needs around it; `text()` is the mosquitto.conf.
+
+    Running as root, mosquitto drops to user `mosquitto`, which cannot read a test's files under
+    tmp_path (mode 0700): set `user` (getpass.getuser()) whenever TLS, password, ACL or persistence
+    files are involved. As a non-root user mosquitto ignores it.
+    """
+
+    port: int = field(default_factory=free_port)
+    tls: TlsFiles | None = None
+    allow_anonymous: bool = True
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    persistence_dir: Path | None = None
+    max_queued_messages: int = 10000
+    user: str | None = None
+
+    def text(self) -> str:
+        return "".join(f"{line}\n" for line in [*self._listener(), *self._security(), *self._rest()])
+
+    def _listener(self) -> list[str]:
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if self.tls:
+            lines += [f"cafile {self.tls.ca_file}", f"certfile {self.tls.cert_file}", f"keyfile {self.tls.key_file}"]
+            lines.append(f"require_certificate {str(self.tls.require_certificate).lower()}")
+        return lines
+
+    def _security(self) -> list[str]:
+        lines = [f"allow_anonymous {str(self.allow_anonymous).lower()}"]
+        lines += [f"password_file {self.password_file}"] if self.password_file else []
+        lines += [f"acl_file {self.acl_file}"] if self.acl_file else []
+        return lines
+
+    def _rest(self) -> list[str]:
+        if self.persistence_dir:
+            lines = ["persistence true", f"persistence_location {self.persistence_dir}/"]
+        else:
+            lines = ["persistence false"]
+        lines += [f"max_queued_messages {self.max_queued_messages}", "set_tcp_nodelay true", "log_type error"]
+        return lines + ([f"user {self.user}"] if self.user else [])
+
+    def broker(self, conf: Path, auth: Auth | None = None) -> Broker:
+        """Write the conf file; the Broker is not started yet."""
+        conf.write_text(self.text())
+        return Broker(self.port, conf, auth=auth)
+
+
 def make_broker(tmp: Path) -> Broker:
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 10000\nset_tcp_nodelay true\nlog_type error\n"
-    )
-    return Broker(port, conf)
+    """An open broker: anonymous, no persistence (the default of most tests)."""
+    return BrokerConfig().broker(tmp / "mosquitto.conf")
+
+
+def write_passwords(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file (hashed by mosquitto_passwd itself, as an operator would)."""
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path.touch()
+    for name, password in users.items():
+        subprocess.run([exe, "-b", str(path), name, password], check=True, capture_output=True, timeout=30)
+    return path
 
 
 @dataclass
@@ -79,10 +152,15 @@ class Received:
 class Client:
     """A test MQTT client: subscribe, publish, and wait for messages on a queue."""
 
-    def __init__(self, port: int, v5: bool = True, client_id: str = "") -> None:
+    def __init__(self, port: int, v5: bool = True, client_id: str = "", auth: Auth | None = None) -> None:
         self.v5 = v5
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+        if auth and auth.username:
+            self.client.username_pw_set(auth.username, auth.password)
+        if auth and auth.ca_file:
+            self.client.tls_set(ca_certs=str(auth.ca_file))
+            self.client.tls_insecure_set(not auth.check_hostname)
         self.messages: queue.Queue[Received] = queue.Queue()
         self._acks: queue.Queue[int] = queue.Queue()
         self.client.on_message = self._on_message
@@ -144,8 +222,8 @@ class Client:
 
 
 @contextlib.contextmanager
-def client(port: int, v5: bool = True) -> Iterator[Client]:
-    c = Client(port, v5)
+def client(port: int, v5: bool = True, auth: Auth | None = None) -> Iterator[Client]:
+    c = Client(port, v5, auth=auth)
     try:
         yield c
     finally:
