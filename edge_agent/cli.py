@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.config import AgentSettings, ModelsFile, cloud_problems, load_models, load_settings
+from edge_agent.cloud import cloud_problems
+from edge_agent.config import AgentSettings, ModelsFile, load_models, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
 from edge_agent.manifest import load as load_manifest
 from edge_agent.messages import Answer, body

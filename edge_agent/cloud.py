@@ -23,7 +23,7 @@ import httpx
 import structlog
 
 from edge_agent import schema
-from edge_agent.config import CloudSettings
+from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
 from edge_agent.errors import CloudUnavailable
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Entity, Prediction
@@ -298,3 +298,23 @@ def _ground(text: str, entity: dict[str, str]) -> Entity | None:
         return None
     end = start + len(entity["value"])
     return Entity(entity["type"], text[start:end], start, end, 1.0)
+
+
+def cloud_problems(settings: AgentSettings, models: ModelsFile) -> list[str]:
+    """What stops escalation from working as configured, one line each (the key is never shown)."""
+    cloud = settings.cloud
+    if cloud is None:
+        return [
+            f"model {m.name}: route is 'cloud' but no cloud endpoint is configured (settings: cloud)"
+            for m in models.models
+            if m.route == "cloud"
+        ]
+    try:
+        key = cloud.api_key()
+    except KeyError:
+        return [f"cloud: api_key_env {cloud.api_key_env} is not set"]
+    except OSError as exc:
+        return [f"cloud: api_key_file {cloud.api_key_file}: cannot read: {exc.strerror}"]
+    if key == "":
+        return ["cloud: the API key is empty"]
+    return []

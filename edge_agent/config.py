@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+from edge_agent.topics import check_filter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,15 +120,6 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-def _check_filter(value: str) -> str:
-    """A valid MQTT topic filter (wildcards only as whole levels, # last), or ValueError."""
-    levels = value.split("/")
-    for i, level in enumerate(levels):
-        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
-            raise ValueError(f"invalid topic filter {value!r}")
-    return value
-
-
 def _loopback(host: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1, written canonically (anything else is treated as remote)."""
     if host == "localhost":
@@ -204,7 +196,7 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _filters_ok(cls, value: list[str]) -> list[str]:
         for topic in value:
-            _check_filter(topic)
+            check_filter(topic)
         return value
 
     @property
@@ -292,7 +284,7 @@ class Binding(BaseModel):
     @field_validator("topic")
     @classmethod
     def _filter_ok(cls, value: str) -> str:
-        return _check_filter(value)
+        return check_filter(value)
 
     @field_validator("output")
     @classmethod
@@ -406,23 +398,3 @@ def _cross_check(models: ModelsFile, path: Path) -> list[str]:
         if binding.model not in names:
             problems.append(f"{path}: bindings.{i}: model {binding.model!r} is not declared under models")
     return problems
-
-
-def cloud_problems(settings: AgentSettings, models: ModelsFile) -> list[str]:
-    """What stops escalation from working as configured, one line each (the key is never shown)."""
-    cloud = settings.cloud
-    if cloud is None:
-        return [
-            f"model {m.name}: route is 'cloud' but no cloud endpoint is configured (settings: cloud)"
-            for m in models.models
-            if m.route == "cloud"
-        ]
-    try:
-        key = cloud.api_key()
-    except KeyError:
-        return [f"cloud: api_key_env {cloud.api_key_env} is not set"]
-    except OSError as exc:
-        return [f"cloud: api_key_file {cloud.api_key_file}: cannot read: {exc.strerror}"]
-    if key == "":
-        return ["cloud: the API key is empty"]
-    return []

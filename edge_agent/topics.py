@@ -37,6 +37,16 @@ def valid_topic(topic: str) -> bool:
     return topic_problem(topic) is None
 
 
+def check_filter(value: str) -> str:
+    """A valid MQTT topic filter (wildcards only as whole levels, # last), or ValueError (for settings)."""
+    levels = value.split("/")
+    if not value or any(
+        ("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+") for i, lv in enumerate(levels)
+    ):
+        raise ValueError(f"invalid topic filter {value!r}")
+    return value
+
+
 def matches(pattern: str, topic: str) -> bool:
     """MQTT filter matching (+ one level, # the rest); $-topics never match a leading wildcard."""
     if topic.startswith("$") and pattern[:1] in ("+", "#"):
