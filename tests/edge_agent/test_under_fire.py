@@ -7,6 +7,7 @@ agent stays on the broker.
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import Agent, write_models
-from tests.support.broker import Broker, Client, client
+from tests.support.agent import Agent, start_agent, write_models
+from tests.support.broker import Broker, BrokerConfig, Client, client
 
 
 @pytest.fixture()
@@ -145,3 +146,33 @@ def test_every_reply_carries_an_id_to_deduplicate_by(broker: Broker, agent: Agen
         c.publish("sensors/hall/json", b'{"msg": {"text": "lights on"}}')
         sensor = c.get(topic="results/sensors/hall/json").json()
         assert sensor["id"] and sensor["id"] != first["id"]
+
+
+def test_a_reply_the_broker_refuses_is_logged_and_settles_its_request(
+    tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
+) -> None:
+    """An ACL denial comes back as PUBACK 0x87 under MQTT 5: the request is settled (acked) with a logged
+    refusal, not counted as delivered in silence, and not redelivered forever."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\ntopic write edge-agent/#\ntopic write me/#\n")  # anonymous: no write to denied/
+    broker = BrokerConfig(acl_file=acl, user=getpass.getuser()).broker(tmp_path / "acl.conf")
+    broker.start()
+    try:
+        models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+        agent = start_agent(broker, models, tmp_path, "acl")
+        agents.append(agent)
+        with client(broker.port) as c:
+            c.subscribe("me/r")
+            c.publish(f"{agent.prefix}/req/tiny", json.dumps({"text": "on", "id": "d1", "reply_to": "denied/x"}))
+            still_serving(c, agent)
+            (refused,) = agent.wait_log("reply_refused")
+            assert refused["topic"] == "denied/x" and "authorized" in refused["reason"].lower()
+            assert agent.stop() == 0
+        again = start_agent(broker, models, tmp_path, "acl")  # the refused request was acked: not seen again
+        agents.append(again)
+        with client(broker.port) as c:
+            c.subscribe("me/r")
+            still_serving(c, again)
+        assert [r for r in again.logs() if r.get("event") == "reply_refused"] == []
+    finally:
+        broker.stop()
