@@ -18,7 +18,7 @@ from edge_agent.escalation import Escalator, Job, Wait
 from edge_agent.manifest import Manifest
 from edge_agent.messages import Answer, Inbound, Outbound, Request, body, encode, message_id, parse, sensor_text
 from edge_agent.router import Reason
-from edge_agent.runtimes.pool import ModelPool
+from edge_agent.runtimes.pool import ModelPool, Served
 from edge_agent.topics import ReplyPolicy, matches, topic_problem
 
 log = structlog.get_logger("edge_agent.handler")
@@ -162,12 +162,20 @@ class Handler:
         data = self._body(message_id(msg), binding.model, result, msg, topic=msg.topic)
         return self._reply(msg, self._output_topic(binding, msg.topic), data, result, correlate=False)
 
-    async def _answer(self, model: str, request: Request, received: float) -> Answer | Wait | AgentError:
+    def _known(self, model: str) -> tuple[Served | None, ModelEntry, Manifest] | None:
+        """The model as loaded here, with its entry and manifest; `served` is None for a cloud-only model."""
         served = self.pool.get(model)
-        entry, manifest = (served.entry, served.manifest) if served else self.missing.get(model, (None, None))
-        if entry is None or manifest is None:
+        if served is not None:
+            return served, served.entry, served.manifest
+        missing = self.missing.get(model)
+        return (None, *missing) if missing else None
+
+    async def _answer(self, model: str, request: Request, received: float) -> Answer | Wait | AgentError:
+        known = self._known(model)
+        if known is None:
             names = ", ".join([*self.pool.served, *self.missing]) or "none"
             return UnknownModel(f"no model named {model!r}; serving: {names}")
+        served, entry, manifest = known
         budget = request.deadline_ms or entry.deadline_ms or self.settings.deadline_ms
         try:
             return await self.escalator.answer(Job(model, entry, manifest, served, request, received + budget / 1000))
@@ -177,9 +185,8 @@ class Handler:
     def _body(
         self, rid: str | int, model: str, result: Answer | AgentError, msg: Inbound, topic: str | None = None
     ) -> dict[str, object]:
-        served = self.pool.get(model)
-        manifest = served.manifest if served else self.missing.get(model, (None, None))[1]
-        version = manifest.version if manifest else None
+        known = self._known(model)
+        version = known[2].version if known else None
         return body(rid, model, result, version, (time.monotonic() - msg.received) * 1000, topic)
 
     def _reply_topic(self, msg: Inbound, reply_to: str | None, model: str) -> tuple[str, AgentError | None]:
