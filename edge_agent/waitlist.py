@@ -20,7 +20,7 @@ from edge_agent.config import CloudSettings
 from edge_agent.handler import Attempt, Outcome, Reply, Waiting
 from edge_agent.messages import Inbound, Outbound
 from edge_agent.spool import Spool
-from edge_agent.spool import Waiting as Parked
+from edge_agent.spool import Waiting as Spooled
 
 log = structlog.get_logger("edge_agent.waitlist")
 
@@ -67,7 +67,7 @@ class Waitlist:
             with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
                 await asyncio.wait_for(self.wake.wait(), delay)
 
-    async def work(self, retries: Retries, deliver: Callable[[Outbound], None]) -> list[Parked]:
+    async def work(self, retries: Retries, deliver: Callable[[Outbound], None]) -> list[Spooled]:
         """Answer or expire waiting requests in order; stop at the first the cloud cannot take yet."""
         waiting = self.spool.waiting() if self.spool else []
         for i, item in enumerate(waiting):
@@ -80,7 +80,7 @@ class Waitlist:
             self._finish(item, outcome, deliver, "answered")
         return []
 
-    def _finish(self, item: Parked, outcome: Outcome, deliver: Callable[[Outbound], None], how: str) -> None:
+    def _finish(self, item: Spooled, outcome: Outcome, deliver: Callable[[Outbound], None], how: str) -> None:
         if isinstance(outcome, Reply):
             deliver(outcome.out)
         assert self.spool is not None
