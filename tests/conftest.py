@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.agent import Agent, start_agent
-from tests.support.broker import Broker, free_port, make_broker
+from tests.support.broker import Broker, BrokerConfig, make_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,14 +50,9 @@ def agent_factory(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Agen
 @pytest.fixture()
 def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
     """A mosquitto that keeps sessions across its own restart (as a production broker does)."""
-    port = free_port()
-    conf = tmp_path / "persistent.conf"
     (tmp_path / "mq").mkdir()
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp_path / 'mq'}/\n"
-        f"max_queued_messages 10000\nlog_type error\nuser {getpass.getuser()}\n"  # root would drop to `mosquitto`
-    )
-    broker = Broker(port, conf)
+    # root would drop to `mosquitto`, which cannot read tmp_path
+    broker = BrokerConfig(persistence_dir=tmp_path / "mq", user=getpass.getuser()).broker(tmp_path / "persistent.conf")
     broker.start()
     yield broker
     broker.stop()

@@ -60,16 +60,6 @@ def tls_broker(pki: Pki, tmp_path: Path, server: Issued, client_auth: Auth | Non
         broker.stop()
 
 
-@pytest.fixture()
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(10)
-
-
 def agent_env(
     pki: Pki, tmp_path: Path, username: str | None = "agent", password: str = USERS["agent"]
 ) -> dict[str, str]:
