@@ -34,38 +34,41 @@ def collect(me: SessionClient, until: Callable[[set[int]], bool], timeout: float
     return ids
 
 
-def test_agent_killed_mid_stream_loses_no_request(
-    persistent_broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
-) -> None:
-    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
-    agent = start_agent(persistent_broker, models, tmp_path, "k9")
+def through_a_fault(
+    broker: Broker, artifact: Path, tmp: Path, agents: list[Agent], name: str, fault: Callable[[Agent, Path], None]
+) -> set[int]:
+    """Publish N requests, let a fifth be answered, run `fault(agent, models_file)`, then collect replies
+    until every id came."""
+    models = write_models(tmp, [{"name": "tiny", "path": str(artifact)}])
+    agent = start_agent(broker, models, tmp, name)
     agents.append(agent)
-    me = SessionClient(persistent_broker.port, "tester-k9")
+    me = SessionClient(broker.port, f"tester-{name}")
     try:
         publish_all(me, agent.prefix)
         seen = collect(me, lambda ids: len(ids) >= N // 5)
+        fault(agent, models)
+        return seen | collect(me, lambda ids: len(ids | seen) == N)
+    finally:
+        me.close()
+
+
+def test_agent_killed_mid_stream_loses_no_request(
+    persistent_broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
+) -> None:
+    def kill_and_restart(agent: Agent, models: Path) -> None:
         agent.proc.send_signal(signal.SIGKILL)  # mid-stream: thousands accepted by the broker, not answered
         agent.proc.wait(10)
         agents.append(start_agent(persistent_broker, models, tmp_path, "k9"))
-        seen |= collect(me, lambda ids: len(ids | seen) == N)
-    finally:
-        me.close()
-    assert seen == set(range(N))
+
+    assert through_a_fault(persistent_broker, tiny_artifact, tmp_path, agents, "k9", kill_and_restart) == set(range(N))
 
 
 def test_broker_restarted_mid_stream_loses_no_request(
     persistent_broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
 ) -> None:
-    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
-    agent = start_agent(persistent_broker, models, tmp_path, "br")
-    agents.append(agent)
-    me = SessionClient(persistent_broker.port, "tester-br")
-    try:
-        publish_all(me, agent.prefix)
-        seen = collect(me, lambda ids: len(ids) >= N // 5)
+    def restart_broker(_agent: Agent, _models: Path) -> None:
         persistent_broker.stop()  # sessions and queued requests are kept on disk (persistence true)
         persistent_broker.start()
-        seen |= collect(me, lambda ids: len(ids | seen) == N)
-    finally:
-        me.close()
-    assert seen == set(range(N)) and agent.proc.poll() is None
+
+    seen = through_a_fault(persistent_broker, tiny_artifact, tmp_path, agents, "br", restart_broker)
+    assert seen == set(range(N)) and agents[0].proc.poll() is None
