@@ -109,7 +109,7 @@ class CloudSettings(BaseModel):
         return None
 
 
-def _read_key(path: Path) -> bytes:
+def read_key(path: Path) -> bytes:
     """The fleet key, stripped; ValueError naming the file when unreadable or blank (a blank key verifies nothing)."""
     try:
         key = path.read_bytes().strip()
@@ -187,7 +187,7 @@ class AgentSettings(BaseSettings):
         """At load, so a bad key stops `check` and `run` instead of quietly switching verification off."""
         if value is not None:
             try:
-                _read_key(value)
+                read_key(value)
             except ValueError as exc:
                 raise PydanticCustomError("signing_key", "{problem}", {"problem": str(exc)}) from None
         return value
@@ -233,7 +233,7 @@ class AgentSettings(BaseSettings):
         if self.signing_key_file is None:
             return None
         try:
-            return _read_key(self.signing_key_file)
+            return read_key(self.signing_key_file)
         except ValueError as exc:
             raise ConfigError([f"signing_key_file: {exc}"]) from None
 

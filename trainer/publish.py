@@ -17,6 +17,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from edge_agent import manifest as mf
+from edge_agent.config import read_key as read_fleet_key
 from trainer import encoder, export, stage
 from trainer.data import Labels
 from trainer.errors import UsageError
@@ -123,13 +124,10 @@ def check_identity(name: str, version: str | None) -> None:
 
 
 def read_key(path: Path | None) -> bytes | None:
-    """The fleet signing key from a file (surrounding whitespace ignored)."""
+    """The fleet signing key from a file, read by the agent's own rule (stripped; blank or unreadable refused)."""
     if path is None:
         return None
     try:
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the signing key ({exc.strerror})") from None
-    if not key:
-        raise UsageError(f"{path}: the signing key file is empty")
-    return key
+        return read_fleet_key(path)
+    except ValueError as exc:
+        raise UsageError(f"signing key: {exc}") from None
