@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent import logs  # noqa: E402  (run as a script)
+from bench.teacher import teacher  # noqa: E402  (run as a script)
+from edge_agent import logs  # noqa: E402
 from edge_agent.cloud import CloudClient, answer_schema  # noqa: E402
 from edge_agent.config import AgentSettings, CloudSettings, ModelsFile  # noqa: E402
 from edge_agent.escalation import Escalator  # noqa: E402
@@ -34,7 +35,6 @@ from edge_agent.manifest import load  # noqa: E402
 from edge_agent.messages import Inbound  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 from edge_agent.runtimes.pool import ModelPool  # noqa: E402
-from tests.support import cloud as fake_cloud  # noqa: E402
 from trainer.calibration import selective  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
@@ -140,8 +140,8 @@ def tiny(tmp: Path) -> Path:
 def overhead(artifact: Path, n: int, tmp: Path) -> None:
     """p50 of a request through the handler that escalates, minus local-only p50, minus a bare cloud call."""
     labels = load(artifact).labels
-    with fake_cloud.serve(fake_cloud.FakeCloud(teacher=lambda text: labels[0])) as cloud:
-        res = asyncio.run(_measure(artifact, cloud.base_url, n, tmp))
+    with teacher(labels[0]) as url:
+        res = asyncio.run(_measure(artifact, url, n, tmp))
     local, escalated, bare, inside = (statistics.median(res[k]) for k in ("local", "escalated", "bare", "inside"))
     cost = escalated - local - bare
     print(f"## escalation overhead ({artifact.name}, loopback cloud, n={n} each, p50 in ms)\n")
