@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))
 from bench.teacher import teacher  # noqa: E402  (run as a script)
 from edge_agent import logs  # noqa: E402
 from edge_agent.cloud import CloudClient, answer_schema  # noqa: E402
-from edge_agent.config import AgentSettings, CloudSettings, ModelsFile  # noqa: E402
+from edge_agent.config import AgentSettings, CloudSettings  # noqa: E402
 from edge_agent.escalation import Escalator  # noqa: E402
 from edge_agent.handler import Handler, Reply  # noqa: E402
 from edge_agent.manifest import load  # noqa: E402
 from edge_agent.messages import Inbound  # noqa: E402
+from edge_agent.models_file import ModelsFile  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 from edge_agent.runtimes.pool import ModelPool  # noqa: E402
 from trainer.calibration import selective  # noqa: E402

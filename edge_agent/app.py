@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from edge_agent import __version__, systemd
 from edge_agent.cloud import CloudClient
-from edge_agent.config import AgentSettings, ModelEntry, ModelsFile
+from edge_agent.config import AgentSettings
 from edge_agent.delivery import Delivery
 from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler
 from edge_agent.manifest import Manifest
 from edge_agent.manifest import read as read_manifest
+from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.mqtt_client import MqttClient
+from edge_agent.rollout import PIDFILE, Rollout
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool
+from edge_agent.store import Store
 from edge_agent.supervisor import Supervisor
 from edge_agent.waitlist import Waitlist
 
@@ -28,7 +33,7 @@ log = structlog.get_logger("edge_agent.app")
 
 def load_pool(settings: AgentSettings, models: ModelsFile) -> ModelPool:
     """Every model loaded and verified; raises ConfigError listing what cannot be served."""
-    return ModelPool.load(models, settings.threads, settings.batch_max, settings.signing_key())
+    return ModelPool.load(models, settings.threads, settings.batch_max, settings.trusted())
 
 
 Missing = dict[str, tuple[ModelEntry, Manifest]]
@@ -63,7 +68,7 @@ def load_served(settings: AgentSettings, models: ModelsFile) -> tuple[ModelPool,
 
 def _manifest_only(entry: ModelEntry) -> Manifest | None:
     try:
-        return read_manifest(entry.path)
+        return read_manifest(entry.artifact)
     except ArtifactError:
         return None
 
@@ -75,23 +80,29 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     escalator = Escalator(settings, models, cloud, on_change=changed.set)
     spool = Spool(settings.state_dir / "spool.sqlite")
     waitlist = Waitlist(spool, settings.cloud)
-    handler = Handler(settings, models, pool, escalator, waitlist, missing)
+    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set)
+    handler = Handler(settings, models, pool, escalator, waitlist, missing, rollout)
     client = MqttClient(settings, handler.subscriptions(), f"{settings.topic_prefix}/status")
     delivery = Delivery(
-        settings, client, handler, spool, lambda: status(settings, pool, escalator, spool, missing), changed
+        settings, client, handler, spool, lambda: status(settings, pool, escalator, spool, missing, rollout), changed
     )
     supervisor = Supervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, rollout.reload)
     pool.start(supervisor.start)
     supervisor.start("waitlist", lambda: waitlist.run(handler, delivery.deliver, escalator.breaker.retry_in))
     supervisor.start("watchdog", lambda: systemd.watchdog(supervisor.alive))
+    supervisor.start("rollout", rollout.run)
     supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
+    pidfile = _write_pid(settings.state_dir / PIDFILE)
+    systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     try:
         await delivery.run(stop)
     finally:
+        pidfile.unlink(missing_ok=True)
         await supervisor.stop()
         await pool.stop()
         await escalator.drain()
@@ -108,8 +119,11 @@ def status(
     escalator: Escalator | None = None,
     spool: Spool | None = None,
     missing: Missing | None = None,
+    rollout: Rollout | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"device_id": settings.device_id, "agent": __version__, "models": pool.versions()}
+    if rollout is not None:
+        body["rollout"] = rollout.snapshot()
     if missing:
         body["cloud_only"] = {name: manifest.version for name, (_, manifest) in missing.items()}
     if escalator is not None:
@@ -119,7 +133,13 @@ def status(
     return body
 
 
+def _write_pid(path: Path) -> Path:
+    """The pid `edge-agent models pull` signals (SIGHUP) after changing the store."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
 async def _announce(delivery: Delivery, subscriptions: list[str]) -> None:
     await delivery.ready.wait()
-    systemd.notify("READY=1")
     log.info("ready", status_topic=delivery.client.status_topic, subscriptions=subscriptions)

@@ -1,4 +1,4 @@
-"""`edge-agent run | check | classify | models list | feedback export`: one line and a non-zero exit on errors."""
+"""`edge-agent run | check | classify | status | models ... | feedback export`; errors: one line, non-zero exit."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edge_agent import __version__
+from edge_agent import __version__, cli_models
 from edge_agent.cloud import cloud_problems
-from edge_agent.config import AgentSettings, ModelsFile, load_models, load_settings
+from edge_agent.config import AgentSettings, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
 from edge_agent.manifest import load as load_manifest
 from edge_agent.messages import Answer, body
+from edge_agent.models_file import ModelsFile, load_models
+from edge_agent.store import Store
 
 EX_DATAERR = 65
 
@@ -34,14 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _common(sub.add_parser("run", help="serve the models of models.yaml over MQTT"))
-    _common(sub.add_parser("check", help="validate settings, models.yaml and artifacts; exit 78 on problems"))
+    check = sub.add_parser("check", help="validate settings, models.yaml and artifacts; exit 78 on problems")
+    _common(check)
+    check.add_argument("--settings-only", action="store_true", help="the settings file alone (no models.yaml)")
     classify = sub.add_parser("classify", help="run one text through a local model and print the reply")
     _common(classify)
     classify.add_argument("--model", required=True, help="model name from models.yaml")
     classify.add_argument("text", help="the text to classify")
-    models = sub.add_parser("models", help="inspect served models")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    _common(models_sub.add_parser("list", help="name, version, task, runtime, threshold and health"))
+    models = sub.add_parser("models", help="the models on this device: list, pull, roll back")
+    cli_models.register(models.add_subparsers(dest="models_command", required=True), _common)
+    status = sub.add_parser("status", help="what the running agent serves (its status file)")
+    _common(status)
+    status.add_argument("--wait-healthy", nargs=2, metavar=("MODEL", "VERSION"), help="wait until it serves, proven")
+    status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait-healthy waits (default 300)")
     feedback = sub.add_parser("feedback", help="escalations kept as training data")
     feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
     export = feedback_sub.add_parser("export", help="write the trainer's JSONL (cloud label as teacher)")
@@ -61,22 +68,26 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
 
 
 def _load(args: argparse.Namespace) -> tuple[AgentSettings, ModelsFile]:
+    """Settings and models.yaml, each model pointing at the version the store serves (when pulled)."""
     settings = _settings(args)
-    return settings, load_models(settings.models_file)
+    return settings, Store(settings.state_dir).overlay(load_models(settings.models_file))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     problems: list[str] = []
     try:
         settings = _settings(args)
-        models = load_models(settings.models_file)
-        key = settings.signing_key()
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        models, key = None, None
+        if args.settings_only:
+            print(f"ok: settings for device {settings.device_id}")
+            return 0
+        models = Store(settings.state_dir).overlay(load_models(settings.models_file))
+        trusted = settings.trusted()
+    except (ConfigError, ArtifactError) as exc:
+        problems.extend(exc.problems if isinstance(exc, ConfigError) else [str(exc)])
+        models, trusted = None, []
     for entry in models.models if models else []:
         try:
-            load_manifest(entry.path, key)
+            load_manifest(entry.artifact, trusted)
         except ArtifactError as exc:
             problems.append(f"model {entry.name}: {exc}")
     if models is not None:
@@ -111,7 +122,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     entry = models.entry(args.model)
     if entry is None:
         raise ConfigError([f"no model named {args.model!r} in {settings.models_file}"])
-    pool = ModelPool.load(ModelsFile(models=[entry]), settings.threads, 1, settings.signing_key())
+    pool = ModelPool.load(ModelsFile(models=[entry]), settings.threads, 1, settings.trusted())
     served = pool.served[entry.name]
     start = time.monotonic()
     try:
@@ -127,20 +138,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if prediction.confidence < served.threshold:  # as the agent would mark it without a cloud
         answer = Answer(prediction, "local-fallback", "local_only", "low_confidence")
     print(json.dumps(body(None, entry.name, answer, served.manifest.version, latency), ensure_ascii=False))
-    return 0
-
-
-def cmd_models_list(args: argparse.Namespace) -> int:
-    settings, models = _load(args)
-    key = settings.signing_key()
-    print(f"{'name':<20} {'version':<18} {'task':<18} {'runtime':<8} {'threshold':<9} health")
-    for entry in models.models:
-        try:
-            m = load_manifest(entry.path, key)
-            threshold = entry.threshold if entry.threshold is not None else m.thresholds.escalate
-            print(f"{entry.name:<20} {m.version:<18} {m.task:<18} {m.runtime:<8} {threshold:<9.3f} ok")
-        except ArtifactError as exc:
-            print(f"{entry.name:<20} {'-':<18} {'-':<18} {'-':<8} {'-':<9} {exc}")
     return 0
 
 
@@ -166,7 +163,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "classify": cmd_classify,
-    "models": cmd_models_list,
+    "models": lambda args: cli_models.COMMANDS[args.models_command](args, *_load(args)),
+    "status": lambda args: cli_models.status(args, _settings(args)),
     "feedback": cmd_feedback_export,
 }
 
@@ -179,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return EX_CONFIG
+    except ArtifactError as exc:  # an artifact or a pull refused: the device keeps what it serves
+        print(f"edge-agent: refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
     except KeyboardInterrupt:
         return 130
 

@@ -23,9 +23,10 @@ import httpx
 import structlog
 
 from edge_agent import schema
-from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
+from edge_agent.config import AgentSettings, CloudSettings
 from edge_agent.errors import CloudUnavailable
 from edge_agent.manifest import Manifest
+from edge_agent.models_file import ModelsFile
 from edge_agent.runtimes import Entity, Prediction
 
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")

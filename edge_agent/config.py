@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import yaml
@@ -21,14 +20,16 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+from edge_agent.signing import load_public
 from edge_agent.topics import check_filter
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # the device install (Ubuntu 22.04 / JetPack 6) runs 3.10: the same parser, as a backport
     import tomli as tomllib
-
-TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
 
 
 class MqttSettings(BaseModel):
@@ -109,17 +110,6 @@ class CloudSettings(BaseModel):
         return None
 
 
-def read_key(path: Path) -> bytes:
-    """The fleet key, stripped; ValueError naming the file when unreadable or blank (a blank key verifies nothing)."""
-    try:
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
-    if not key:
-        raise ValueError(f"{path}: is empty (a signing key is required when signing_key_file is set)")
-    return key
-
-
 def _loopback(host: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1, written canonically (anything else is treated as remote)."""
     if host == "localhost":
@@ -130,6 +120,29 @@ def _loopback(host: str) -> bool:
         return False
     mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+class RegistrySettings(BaseModel):
+    """Where artifacts are pulled from: a folder, file:// or http(s):// holding `{name}/latest.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, description="folder path, file://... or http(s)://...")
+    poll_minutes: float = Field(default=0.0, ge=0, description="check latest.json this often; 0: only when told")
+    timeout_s: float = Field(default=30.0, gt=0, description="per HTTP read")
+
+
+class ProbationSettings(BaseModel):
+    """After a swap, the new version is watched; crossing a limit rolls it back by itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int = Field(default=100, ge=1, description="local answers that end the window (or `minutes`)")
+    minutes: float = Field(default=10.0, gt=0, description="time that ends the window (or `requests`)")
+    min_requests: int = Field(default=10, ge=1, description="answers seen before a rate can fail the version")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1, description="timeouts and internal errors, of answers")
+    max_p99_ms: float | None = Field(default=None, gt=0, description="local latency; none: not watched")
+    min_agreement: float = Field(default=0.5, ge=0, le=1, description="with the cloud on escalations, when seen")
 
 
 def _default_state_dir() -> Path:
@@ -165,7 +178,12 @@ class AgentSettings(BaseSettings):
         description="requests one model pass may take; >1 trades determinism for throughput "
         "(dynamic int8 scales activations over the whole batch)",
     )
-    signing_key_file: Path | None = None
+    trusted_keys: list[Path] = Field(
+        default=[], description="Ed25519 public keys (PEM) artifacts must be signed by; empty: unsigned accepted"
+    )
+    signing_key_file: Path | None = Field(default=None, description="retired (the shared HMAC key): refused")
+    registry: RegistrySettings | None = Field(default=None, description="where `models pull` fetches artifacts")
+    probation: ProbationSettings = ProbationSettings()
     cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
     state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
     feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
@@ -183,13 +201,24 @@ class AgentSettings(BaseSettings):
 
     @field_validator("signing_key_file")
     @classmethod
-    def _key_usable(cls, value: Path | None) -> Path | None:
-        """At load, so a bad key stops `check` and `run` instead of quietly switching verification off."""
+    def _hmac_retired(cls, value: Path | None) -> Path | None:
         if value is not None:
+            raise PydanticCustomError(
+                "retired",
+                "the shared HMAC fleet key is retired (one device could sign for the fleet): "
+                "set trusted_keys to the fleet's Ed25519 public key files (edge-trainer keygen)",
+            )
+        return value
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_usable(cls, value: list[Path]) -> list[Path]:
+        """At load, so a bad key stops `check` and `run` instead of quietly switching verification off."""
+        for path in value:
             try:
-                read_key(value)
+                load_public(path)
             except ValueError as exc:
-                raise PydanticCustomError("signing_key", "{problem}", {"problem": str(exc)}) from None
+                raise PydanticCustomError("trusted_key", "{problem}", {"problem": str(exc)}) from None
         return value
 
     @field_validator("reply_topics")
@@ -228,90 +257,15 @@ class AgentSettings(BaseSettings):
     def client_id(self) -> str:
         return self.mqtt.client_id or f"edge-agent-{self.device_id}"
 
-    def signing_key(self) -> bytes | None:
-        """The fleet key; None: artifacts are not signed. ConfigError when the file went bad after loading."""
-        if self.signing_key_file is None:
-            return None
+    def trusted(self) -> list[Ed25519PublicKey]:
+        """The public keys artifacts are checked against; ConfigError when a file went bad after loading."""
         try:
-            return read_key(self.signing_key_file)
+            return [load_public(path) for path in self.trusted_keys]
         except ValueError as exc:
-            raise ConfigError([f"signing_key_file: {exc}"]) from None
+            raise ConfigError([f"trusted_keys: {exc}"]) from None
 
 
-class ModelEntry(BaseModel):
-    """One artifact a device serves, with per-model limits that may only tighten the manifest's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    path: Path = Field(description="artifact folder, relative to models.yaml")
-    top_k: int = Field(default=3, ge=1, le=50)
-    max_input_chars: int | None = Field(default=None, ge=1)
-    threshold: float | None = Field(default=None, ge=0, le=1, description="overrides the manifest's")
-    deadline_ms: int | None = Field(default=None, ge=1)
-    threads: int | None = Field(default=None, ge=1)
-    route: Literal["auto", "local", "cloud"] = Field(
-        default="auto", description="default for requests that name none; local: never leaves the device"
-    )
-    collect_feedback: bool = Field(default=True, description="keep escalations as training data")
-    redact: list[str] = Field(default=[], description="regexes masked in stored feedback text")
-    budget: Budget = Budget()
-    speculative_margin: float = Field(
-        default=0.0, ge=0, le=1, description="call the cloud with local while recent confidence < threshold+margin"
-    )
-
-    @field_validator("redact")
-    @classmethod
-    def _regexes_compile(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"redact pattern {pattern!r}: {exc}") from None
-        return value
-
-
-class Binding(BaseModel):
-    """Sensors publish, they do not ask: a topic filter bound to a model and an output topic."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    topic: str = Field(min_length=1, description="MQTT topic filter, e.g. sensors/+/log")
-    model: str
-    output: str = Field(default="results/{topic}", description="placeholders: {topic} {model} {device_id}")
-    text_field: str | None = Field(default=None, description="dot path into a JSON payload; none: raw")
-
-    @field_validator("topic")
-    @classmethod
-    def _filter_ok(cls, value: str) -> str:
-        return check_filter(value)
-
-    @field_validator("output")
-    @classmethod
-    def _output_ok(cls, value: str) -> str:
-        if "+" in value or "#" in value:
-            raise ValueError(f"output topic {value!r} must not contain wildcards")
-        stripped = value
-        for key in TEMPLATE_KEYS:
-            stripped = stripped.replace(key, "")
-        if "{" in stripped or "}" in stripped:
-            raise ValueError(f"output {value!r}: only {', '.join(TEMPLATE_KEYS)} may be used")
-        return value
-
-
-class ModelsFile(BaseModel):
-    """The `models.yaml` a device serves from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    models: list[ModelEntry] = Field(min_length=1)
-    bindings: list[Binding] = []
-
-    def entry(self, name: str) -> ModelEntry | None:
-        return next((m for m in self.models if m.name == name), None)
-
-
-def _problems(exc: ValidationError, source: str) -> list[str]:
+def problems_of(exc: ValidationError, source: str) -> list[str]:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -369,32 +323,4 @@ def load_settings(file: Path | None = None, **overrides: Any) -> AgentSettings:
     try:
         return _Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, str(file or "settings"))) from None
-
-
-def load_models(path: Path) -> ModelsFile:
-    """Parse and cross-check models.yaml; paths come back absolute."""
-    if not path.is_file():
-        raise ConfigError([f"{path}: models file not found"])
-    data = read_mapping(path)
-    try:
-        models = ModelsFile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_problems(exc, str(path))) from None
-    problems = _cross_check(models, path)
-    if problems:
-        raise ConfigError(problems)
-    for entry in models.models:
-        entry.path = (path.parent / entry.path).resolve()
-    return models
-
-
-def _cross_check(models: ModelsFile, path: Path) -> list[str]:
-    problems = []
-    names = [m.name for m in models.models]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"{path}: model {name!r} is declared more than once")
-    for i, binding in enumerate(models.bindings):
-        if binding.model not in names:
-            problems.append(f"{path}: bindings.{i}: model {binding.model!r} is not declared under models")
-    return problems
+        raise ConfigError(problems_of(exc, str(file or "settings"))) from None

@@ -17,12 +17,13 @@ import structlog
 
 from edge_agent import router, schema
 from edge_agent.cloud import CloudClient, CloudFailure
-from edge_agent.config import AgentSettings, CloudSettings, ModelEntry, ModelsFile
+from edge_agent.config import AgentSettings, CloudSettings
 from edge_agent.errors import AgentError, CloudUnavailable, InvalidOutput, Unavailable
 from edge_agent.feedback import FeedbackLog, record
 from edge_agent.guards import Breaker, Budgets, Trend
 from edge_agent.manifest import Manifest
 from edge_agent.messages import Answer, Request
+from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.router import Reason
 from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.pool import Served
@@ -215,6 +216,9 @@ class Escalator:
     ) -> Answer:
         if job.entry.collect_feedback:
             self._later(self._keep(job, run, cloud, reason, pending))
+        watch = job.served.watch if job.served is not None else None
+        if watch is not None and run.prediction is not None:  # a new version on probation: does it agree?
+            watch.compared_with_cloud(run.prediction.label == cloud.label)
         return Answer(cloud, "cloud", str(reason), None, run.prediction, run.ms, cloud_ms)
 
     async def _keep(

@@ -12,11 +12,24 @@ from typing import Protocol
 
 import structlog
 
-from edge_agent.config import AgentSettings, Binding, ModelEntry, ModelsFile
+from edge_agent import commands
+from edge_agent.config import AgentSettings
 from edge_agent.errors import AgentError, BadRequest, CloudUnavailable, Internal, Overloaded, UnknownModel
 from edge_agent.escalation import Escalator, Job, Wait
 from edge_agent.manifest import Manifest
-from edge_agent.messages import Answer, Inbound, Outbound, Request, body, encode, message_id, parse, sensor_text
+from edge_agent.messages import (
+    Answer,
+    Inbound,
+    Outbound,
+    Request,
+    body,
+    encode,
+    message_id,
+    parse,
+    parse_with,
+    sensor_text,
+)
+from edge_agent.models_file import Binding, ModelEntry, ModelsFile
 from edge_agent.router import Reason
 from edge_agent.runtimes.pool import ModelPool, Served
 from edge_agent.topics import ReplyPolicy, matches, topic_problem
@@ -70,6 +83,7 @@ class Handler:
         escalator: Escalator,
         parking: Parking | None = None,
         missing: dict[str, tuple[ModelEntry, Manifest]] | None = None,
+        operator: commands.Operator | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -79,10 +93,13 @@ class Handler:
         self.missing = missing or {}  # models only the cloud can answer here
         self.prefix = settings.topic_prefix
         self.req_prefix = f"{self.prefix}/req/"
+        self.cmd_prefix = f"{self.prefix}/cmd/models/"
+        self.operator = operator
         self.policy = ReplyPolicy(settings.fleet_filter, settings.reply_topics, settings.reply_to_agent_topics)
 
     def subscriptions(self) -> list[str]:
-        return [f"{self.req_prefix}+", *(b.topic for b in self.models.bindings)]
+        operator = [f"{self.cmd_prefix}+"] if self.operator is not None else []
+        return [f"{self.req_prefix}+", *operator, *(b.topic for b in self.models.bindings)]
 
     async def handle(self, msg: Inbound) -> Outcome:
         """The outcome of a new message; never raises."""
@@ -107,6 +124,8 @@ class Handler:
     async def _route(self, msg: Inbound) -> Attempt:
         if msg.topic.startswith(self.req_prefix):
             return await self._request(msg, msg.topic[len(self.req_prefix) :])
+        if msg.topic.startswith(self.cmd_prefix) and self.operator is not None:
+            return await self._command(msg, msg.topic[len(self.cmd_prefix) :])
         binding = self._binding(msg.topic)
         if binding is None:
             return _drop("no binding matches the topic", msg)
@@ -123,6 +142,11 @@ class Handler:
 
     def refusal(self, msg: Inbound, error: AgentError) -> Reply | Drop:
         """An error reply built from the message alone, addressed as its answer would be."""
+        if msg.topic.startswith(self.cmd_prefix) and self.operator is not None:
+            envelope, _ = parse_with(msg.payload, self.settings.max_payload_bytes, commands.validate)
+            topic, _ = self._reply_topic(msg, envelope.reply_to, "", f"{self.prefix}/res/cmd")
+            rid = envelope.id if envelope.id is not None else message_id(msg)
+            return self._reply(msg, topic, {"id": rid, "error": {"code": error.code, "message": error.message}}, error)
         if msg.topic.startswith(self.req_prefix):
             model = msg.topic[len(self.req_prefix) :]
             envelope, _ = parse(msg.payload, self.settings.max_payload_bytes)
@@ -150,6 +174,21 @@ class Handler:
         if isinstance(result, Wait):
             return Waiting(model, result.reason)
         return self._reply(msg, topic, self._body(rid, model, result, msg), result)
+
+    async def _command(self, msg: Inbound, action: str) -> Attempt:
+        """An operator's pull or rollback: the reply says what serves now, or why nothing changed."""
+        assert self.operator is not None
+        envelope, parsed = parse_with(msg.payload, self.settings.max_payload_bytes, commands.validate)
+        topic, refused = self._reply_topic(msg, envelope.reply_to, "", f"{self.prefix}/res/cmd")
+        rid = envelope.id if envelope.id is not None else message_id(msg)
+        try:
+            if refused is not None or isinstance(parsed, AgentError):
+                raise refused or parsed  # type: ignore[misc]
+            data: dict[str, object] = {"id": rid, **await commands.run(self.operator, action, *parsed)}
+            result: object = None
+        except AgentError as exc:
+            data, result = {"id": rid, "error": {"code": exc.code, "message": exc.message}}, exc
+        return self._reply(msg, topic, data, result)
 
     async def _sensor(self, msg: Inbound, binding: Binding) -> Attempt:
         try:
@@ -189,10 +228,12 @@ class Handler:
         version = known[2].version if known else None
         return body(rid, model, result, version, (time.monotonic() - msg.received) * 1000, topic)
 
-    def _reply_topic(self, msg: Inbound, reply_to: str | None, model: str) -> tuple[str, AgentError | None]:
+    def _reply_topic(
+        self, msg: Inbound, reply_to: str | None, model: str, default: str | None = None
+    ) -> tuple[str, AgentError | None]:
         """Where the reply goes: the MQTT 5 response topic, else `reply_to`, else the model's result topic.
         A client's address the policy refuses sends the error to the result topic instead."""
-        default = f"{self.prefix}/res/{model}"
+        default = default or f"{self.prefix}/res/{model}"
         wanted = msg.response_topic if msg.response_topic is not None else reply_to
         if wanted is None:
             return default, None

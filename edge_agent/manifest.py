@@ -1,21 +1,25 @@
 """The artifact contract: what the trainer writes and the agent reads, defined once.
 
-An artifact is a folder holding `manifest.json`, optionally `manifest.sig` (HMAC-SHA256 of the
-manifest bytes under a fleet key), and the files the manifest lists with their sha256.
+An artifact is a folder holding `manifest.json`, optionally `manifest.sig` (an Ed25519 signature of
+the manifest bytes, see `signing`), and the files the manifest lists with their sha256 and size.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_agent import signing
 from edge_agent.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -90,6 +94,14 @@ class Prompt(_Strict):
         return [(run, run in self.specials) for run in re.split(pattern, piece) if run]
 
 
+class Sample(_Strict):
+    """A warm-up input and the answer the build box's model gave it: a device must give the same."""
+
+    text: str = Field(min_length=1)
+    label: str | None = None
+    fields: dict[str, Any] | None = None
+
+
 class Manifest(_Strict):
     """Everything a device needs to serve a model, and the evidence of how good it is."""
 
@@ -114,6 +126,7 @@ class Manifest(_Strict):
         default=None, ge=1, description="extraction: longest answer generated (bounds the context's KV memory)"
     )
     metrics: dict[str, Any] = {}
+    samples: list[Sample] = Field(default=[], description="warm-up inputs with the answers expected on a device")
     base_model: str | None = None
     data: dict[str, Any] = {}
     created: str | None = None
@@ -140,17 +153,33 @@ def file_entry(folder: Path, relpath: str, role: str) -> FileEntry:
     return FileEntry(path=relpath, role=role, sha256=sha256_file(path), size=path.stat().st_size)  # type: ignore[arg-type]
 
 
-def write(folder: Path, manifest: Manifest, key: bytes | None = None) -> Path:
+def write(folder: Path, manifest: Manifest, key: Ed25519PrivateKey | None = None) -> Path:
     """Write manifest.json (and manifest.sig when a key is given) into the artifact folder."""
     raw = (manifest.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
     (folder / MANIFEST).write_bytes(raw)
-    if key:
-        (folder / SIGNATURE).write_text(sign(raw, key) + "\n")
+    (folder / SIGNATURE).unlink(missing_ok=True)  # a stale signature would be refused, not ignored
+    if key is not None:
+        (folder / SIGNATURE).write_text(signing.sign(raw, key) + "\n")
     return folder / MANIFEST
 
 
-def sign(raw: bytes, key: bytes) -> str:
-    return hmac.new(key, raw, hashlib.sha256).hexdigest()
+def parse(raw: bytes, where: Path) -> Manifest:
+    """Manifest bytes as a Manifest; a format newer than this agent's is named as such, not as a typo."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{where}: not JSON: {exc}") from None
+    version = doc.get("schema_version", SCHEMA_VERSION) if isinstance(doc, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{where}: manifest format {version} is newer than this agent reads ({SCHEMA_VERSION}): upgrade edge-agent"
+        )
+    try:
+        return Manifest.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{where}: invalid manifest: {loc}: {first['msg']}") from None
 
 
 def read(folder: Path) -> Manifest:
@@ -158,31 +187,25 @@ def read(folder: Path) -> Manifest:
     path = folder / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path}: no manifest.json (is this an artifact folder?)")
-    try:
-        return Manifest.model_validate_json(path.read_bytes())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ArtifactError(f"{path}: invalid manifest: {where}: {first['msg']}") from None
+    return parse(path.read_bytes(), path)
 
 
-def load(folder: Path, key: bytes | None = None) -> Manifest:
-    """Read and verify an artifact: signature (when a key is set) and every file's sha256."""
+def load(folder: Path, trusted: Sequence[Ed25519PublicKey] = ()) -> Manifest:
+    """Read and verify an artifact: its signature (when keys are trusted) and every file's sha256."""
+    if trusted:
+        verify_signature(folder, trusted)
     manifest = read(folder)
-    if key:
-        verify_signature(folder, key)
     for problem in verify_files(folder, manifest):
         raise ArtifactError(problem)
     return manifest
 
 
-def verify_signature(folder: Path, key: bytes) -> None:
+def verify_signature(folder: Path, trusted: Sequence[Ed25519PublicKey]) -> str:
+    """The id of the key that signed; ArtifactError when unsigned, unknown or not matching."""
     sig_path = folder / SIGNATURE
     if not sig_path.is_file():
-        raise ArtifactError(f"{sig_path}: missing signature (a signing key is configured)")
-    expected = sign((folder / MANIFEST).read_bytes(), key)
-    if not hmac.compare_digest(expected, sig_path.read_text().strip()):
-        raise ArtifactError(f"{sig_path}: signature does not match manifest.json")
+        raise ArtifactError(f"{sig_path}: missing signature (this device trusts signed artifacts only)")
+    return signing.verify((folder / MANIFEST).read_bytes(), sig_path.read_text(), trusted, sig_path)
 
 
 def verify_files(folder: Path, manifest: Manifest) -> list[str]:
@@ -202,3 +225,9 @@ def verify_files(folder: Path, manifest: Manifest) -> list[str]:
 def dumps(manifest: Manifest) -> str:
     """A compact JSON rendering for logs and status."""
     return json.dumps({"name": manifest.name, "version": manifest.version, "task": manifest.task})
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order of versions: dot/dash-separated parts, numbers numerically (`1.10` > `1.9`), and any
+    number after any word, so the trainer's default `YYYYMMDD.HHMMSS` versions order by time."""
+    return tuple((0, p) if not p.isdigit() else (1, int(p)) for p in re.split(r"[.\-+_]", version))

@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from edge_agent.errors import AgentError, BadRequest, TooLarge
 from edge_agent.runtimes import Prediction
 from edge_agent.topics import topic_problem
+
+T = TypeVar("T")
 
 RequestId = str | int
 Route = Literal["auto", "local", "cloud"]
@@ -99,6 +102,14 @@ def decode(payload: bytes, max_bytes: int) -> Any:
 
 def parse(payload: bytes, max_bytes: int) -> tuple[Envelope, Request | AgentError]:
     """One pass over a request payload: its address, and the request or the error naming its defect."""
+    return parse_with(payload, max_bytes, parse_object)
+
+
+def parse_with(
+    payload: bytes, max_bytes: int, validate: Callable[[dict[str, Any]], T]
+) -> tuple[Envelope, T | AgentError]:
+    """A JSON object the API takes: its address (id, reply_to), and what `validate` makes of it or the
+    AgentError naming its defect; total, whatever the bytes."""
     try:
         data = decode(payload, max_bytes)
     except AgentError as exc:
@@ -107,7 +118,7 @@ def parse(payload: bytes, max_bytes: int) -> tuple[Envelope, Request | AgentErro
         return Envelope(), BadRequest(f"payload must be a JSON object, not {type(data).__name__}")
     envelope = Envelope(id=_id(data.get("id")), reply_to=_topic(data.get("reply_to")))
     try:
-        return envelope, parse_object(data)
+        return envelope, validate(data)
     except AgentError as exc:
         return envelope, exc
 
@@ -226,7 +237,7 @@ def _result(answer: Answer, version: str | None, latency_ms: float | None) -> di
     p = answer.prediction
     cloud = answer.source == "cloud"
     out: dict[str, Any] = {
-        "version": version,
+        "version": p.version or version,
         "label": p.label,
         "confidence": None if cloud else round(p.confidence, 6),
         "top": [] if cloud else [{"label": label, "confidence": round(c, 6)} for label, c in p.top],

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from edge_agent.config import ModelEntry
 from edge_agent.messages import Route
+from edge_agent.models_file import ModelEntry
 from edge_agent.runtimes import Prediction
 
 

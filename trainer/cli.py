@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_agent.errors import ArtifactError
 from trainer.causal import cli as causal_cli
+from trainer.cli_options import add_signing_options
 from trainer.errors import EX_DATAERR, EX_USAGE, TrainerError, UsageError
 from trainer.recipe import Recipe
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate(sub.add_parser("evaluate", help="score an artifact on JSONL: accuracy, F1, latency, calibration"))
     _publish(sub.add_parser("publish", help="assemble the artifact folder and its manifest"))
     _build(sub.add_parser("build", help="every stage: data, finetune, export, evaluate, publish"))
+    _keygen(sub.add_parser("keygen", help="a new Ed25519 key pair: signing.key (build box), signing.pub (devices)"))
     causal_cli.register(sub)  # the GGUF path: causal-* stages and build-causal
     return parser
 
@@ -170,13 +172,32 @@ def _artifact_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="model name, as models.yaml refers to it")
     p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     p.add_argument("--version", help="version string (default: UTC YYYYMMDD.HHMMSS)")
-    p.add_argument("--signing-key-file", type=Path, help="write manifest.sig (HMAC-SHA256) with this key")
+    add_signing_options(p)
 
 
 def _run_publish(a: argparse.Namespace) -> Path:
     from trainer import publish
 
-    return publish.run(a.export_dir, a.out, a.name, a.eval_dir, a.version, publish.read_key(a.signing_key_file))
+    key = publish.read_key(a.signing_key_file)
+    return publish.run(a.export_dir, a.out, a.name, a.eval_dir, a.version, key, a.registry)
+
+
+def _keygen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="folder for signing.key and signing.pub")
+    p.set_defaults(handler=_run_keygen)
+
+
+def _run_keygen(a: argparse.Namespace) -> str:
+    from edge_agent import signing
+
+    try:
+        private, public = signing.keygen(a.out)
+    except FileExistsError:
+        raise UsageError(f"{a.out / signing.PRIVATE}: exists; a key is never overwritten") from None
+    except OSError as exc:
+        raise UsageError(f"{a.out}: {exc.strerror}") from None
+    kid = signing.key_id(signing.load_public(public))
+    return f"{private} (keep on the build box)\n{public} (key id {kid}: list it in the devices' trusted_keys)"
 
 
 def _build(p: argparse.ArgumentParser) -> None:
@@ -207,5 +228,6 @@ def _run_build(a: argparse.Namespace) -> Path:
         target_accuracy=a.target_accuracy,
         version=a.version,
         key=publish.read_key(a.signing_key_file),
+        registry=a.registry,
     )
     return pipeline.build(a.train, a.dev, options, _recipe(a))

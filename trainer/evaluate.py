@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -22,8 +22,12 @@ from edge_agent.runtimes.onnx import OnnxRuntime
 from trainer import calibration, metrics, plot, records, serving, stage
 from trainer.publish import PLOT, REPORT
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 DEFAULT_TARGET = 0.98
 WARMUP = 5
+SAMPLES = 8  # warm-up inputs a device must answer as this model did
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Outputs:
     """What the runtime said about one file, row by row; rejected rows (too long) have NaN logits."""
 
     file: Path
+    texts: list[str]
     gold: list[str]
     gold_mentions: list[list[metrics.Mention]]
     logits: np.ndarray
@@ -58,6 +63,7 @@ def run(model_dir: Path, dev: Path, out: Path, test: Path | None = None, target:
         "temperature": temperature,
         "thresholds": {"escalate": threshold, "target_accuracy": target},
         "metrics": {split: report[split]["headline"] for split in ("dev", "test") if split in report},
+        "samples": samples(dev_out, manifest.labels, temperature),
     }
     inputs = {"model": model_dir / manifest.file("model").path, "dev": dev, **({"test": test} if test else {})}
     stage.write(out, "evaluate", {"target_accuracy": target}, inputs, results)
@@ -71,7 +77,7 @@ def standalone(
     calibrate_here: bool = False,
     target: float = DEFAULT_TARGET,
     write_manifest: bool = False,
-    key: bytes | None = None,
+    key: Ed25519PrivateKey | None = None,
 ) -> dict[str, Any]:
     """`edge-trainer evaluate ARTIFACT --data FILE`: the artifact's own temperature and threshold, or
     (with `calibrate_here`) ones fitted on FILE, optionally written back into the manifest."""
@@ -99,6 +105,23 @@ def standalone(
     return report
 
 
+def samples(out: Outputs, labels: list[str], temperature: float, count: int = SAMPLES) -> list[dict[str, str]]:
+    """Dev rows answered right and most confidently, one label at a time: the manifest's warm-up set.
+
+    The most confident answers are the ones another CPU's int8 arithmetic cannot flip, so a device
+    that answers one of them differently has a broken artifact or runtime, not a rounding difference.
+    """
+    confidence, correct = _confidence(out, labels, temperature)
+    by_label: dict[str, list[tuple[float, int]]] = {}
+    for i in np.flatnonzero(correct):
+        by_label.setdefault(out.gold[i], []).append((-float(confidence[i]), int(i)))
+    queues = [sorted(rows) for _, rows in sorted(by_label.items())]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        chosen += [q.pop(0)[1] for q in queues if q][: count - len(chosen)]
+    return [{"text": out.texts[i], "label": out.gold[i]} for i in chosen]
+
+
 def infer(runtime: OnnxRuntime, manifest: mf.Manifest, path: Path) -> Outputs:
     """Every record as its own request, as the device answers them: dynamic int8 quantizes activations
     per call, so padding in a batch would change the answers. Each `predict` is also a latency sample."""
@@ -116,6 +139,7 @@ def infer(runtime: OnnxRuntime, manifest: mf.Manifest, path: Path) -> Outputs:
             logits[i], mentions[i] = runtime.logits([rec.text])[0], answer
     return Outputs(
         file=path,
+        texts=[r.text for r in recs],
         gold=[r.intent for r in recs],
         gold_mentions=[[(e.type, e.value) for e in r.entities] for r in recs],
         logits=logits,

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer import data, evaluate, export, finetune, publish, stage
 from trainer.recipe import Recipe
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 @dataclass
@@ -24,7 +28,8 @@ class BuildOptions:
     max_tokens: int = 64
     target_accuracy: float = evaluate.DEFAULT_TARGET
     version: str | None = None
-    key: bytes | None = None
+    key: Ed25519PrivateKey | None = None
+    registry: Path | None = None
 
 
 def build(train: Path, dev: Path, options: BuildOptions, recipe: Recipe | None = None) -> Path:
@@ -35,4 +40,4 @@ def build(train: Path, dev: Path, options: BuildOptions, recipe: Recipe | None =
     model_dir = finetune.run(data_dir, work / "finetune", options.base, recipe)
     export_dir = export.run(model_dir, data_dir, work / "export")
     eval_dir = evaluate.run(export_dir, dev, work / "evaluate", options.test, options.target_accuracy)
-    return publish.run(export_dir, options.out, options.name, eval_dir, options.version, options.key)
+    return publish.run(export_dir, options.out, options.name, eval_dir, options.version, options.key, options.registry)

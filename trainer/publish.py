@@ -12,15 +12,18 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from edge_agent import manifest as mf
-from edge_agent.config import read_key as read_fleet_key
-from trainer import encoder, export, stage
+from edge_agent import signing
+from trainer import encoder, export, registry, stage
 from trainer.data import Labels
 from trainer.errors import UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 REPORT, PLOT = "report.json", "report.png"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as edge_agent.manifest.Manifest.name
@@ -32,9 +35,11 @@ def run(
     name: str,
     eval_dir: Path | None = None,
     version: str | None = None,
-    key: bytes | None = None,
+    key: Ed25519PrivateKey | None = None,
+    registry_dir: Path | None = None,
 ) -> Path:
-    """Copy the served files into `out`, describe them in manifest.json, sign when a key is given."""
+    """Copy the served files into `out`, describe them in manifest.json, sign when a key is given;
+    with `registry_dir`, also add the artifact to that registry."""
     check_identity(name, version)
     meta = stage.read(export_dir, "export")
     calibration = stage.read(eval_dir, "evaluate")["results"] if eval_dir else {}
@@ -50,6 +55,8 @@ def run(
     )
     mf.write(staging, manifest, key)
     _replace(staging, out)
+    if registry_dir is not None:
+        registry.add(out, registry_dir)
     return out
 
 
@@ -93,6 +100,7 @@ def build_manifest(
             tag_logits="tag_logits",
         ),
         metrics=calibration.get("metrics", {}),
+        samples=[mf.Sample(**s) for s in calibration.get("samples", [])],
         base_model=export_meta["params"]["base_model"],
         data=export_meta["params"]["data"],
         created=stage.now(),
@@ -123,11 +131,11 @@ def check_identity(name: str, version: str | None) -> None:
         raise UsageError(f"--version {version!r}: 1 to 64 characters")
 
 
-def read_key(path: Path | None) -> bytes | None:
-    """The fleet signing key from a file, read by the agent's own rule (stripped; blank or unreadable refused)."""
+def read_key(path: Path | None) -> Ed25519PrivateKey | None:
+    """The Ed25519 private key that signs artifacts (`edge-trainer keygen` makes one)."""
     if path is None:
         return None
     try:
-        return read_fleet_key(path)
+        return signing.load_private(path)
     except ValueError as exc:
         raise UsageError(f"signing key: {exc}") from None

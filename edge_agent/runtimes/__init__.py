@@ -37,6 +37,7 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     entities: list[Entity] = field(default_factory=list)
     fields: dict[str, Any] | None = None
+    version: str | None = None  # the artifact version that answered (set by the pool; a swap may fall between)
 
 
 class Runtime(Protocol):

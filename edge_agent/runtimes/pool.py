@@ -7,19 +7,32 @@ while the previous pass ran gives throughput under load without adding latency w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from edge_agent.config import ModelEntry, ModelsFile
 from edge_agent.errors import AgentError, ArtifactError, ConfigError, Internal, Timeout, TooLarge
 from edge_agent.manifest import Manifest
 from edge_agent.manifest import load as load_manifest
+from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.runtimes import Prediction, Runtime
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 Loader = Callable[[Path, Manifest, int], Runtime]
+
+
+class Watch(Protocol):
+    """Who watches a model's answers (probation after a swap)."""
+
+    def answered(self, ok: bool, latency_ms: float) -> None: ...
+
+    def compared_with_cloud(self, agreed: bool) -> None: ...
 
 
 def default_loader(folder: Path, manifest: Manifest, threads: int) -> Runtime:
@@ -60,6 +73,7 @@ class Served:
     batch_max: int
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+    watch: Watch | None = None  # probation, after a swap
 
     @property
     def threshold(self) -> float:
@@ -78,10 +92,31 @@ class Served:
         self.check_input(text)
         future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Job(text, deadline, future))
+        started = time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+            prediction = await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:  # on 3.10 not the builtin TimeoutError (3.11 made them one)
+            self._observe(False, started)
             raise Timeout(f"no answer from model {self.entry.name} within the deadline") from None
+        except (Timeout, Internal):
+            self._observe(False, started)
+            raise
+        self._observe(True, started)
+        return prediction
+
+    def _observe(self, ok: bool, started: float) -> None:
+        if self.watch is not None:
+            self.watch.answered(ok, (time.monotonic() - started) * 1000)
+
+    def swap(self, entry: ModelEntry, runtime: Runtime) -> Runtime:
+        """Serve `runtime` from the next batch on, on the loop. The batch running now finishes on the
+        old runtime, which is closed on the worker's thread right after it: no request fails, none
+        waits for more than the one pass already running. Returns the old runtime."""
+        old = self.runtime
+        self.entry, self.manifest, self.runtime = entry, runtime.manifest, runtime
+        self.watch = None
+        asyncio.get_running_loop().run_in_executor(self.executor, old.close)
+        return old
 
     async def work(self) -> None:
         """Forever: take what is queued (up to batch_max), drop expired jobs, run one pass."""
@@ -93,25 +128,30 @@ class Served:
             now = time.monotonic()
             live = [j for j in jobs if not j.future.done() and j.deadline > now]
             if live:
-                deadlines = [j.deadline for j in live]
-                results = await loop.run_in_executor(self.executor, self._run, [j.text for j in live], deadlines)
+                runtime, deadlines = self.runtime, [j.deadline for j in live]  # a swap takes effect between passes
+                texts = [j.text for j in live]
+                results = await loop.run_in_executor(self.executor, self._run, runtime, texts, deadlines)
                 for job, result in zip(live, results, strict=True):
-                    _settle(job.future, result)
+                    _settle(job.future, _stamped(result, runtime.manifest.version))
 
-    def _run(self, texts: list[str], deadlines: list[float]) -> list[Prediction | AgentError]:
+    def _run(self, runtime: Runtime, texts: list[str], deadlines: list[float]) -> list[Prediction | AgentError]:
         """One pass; when a batch fails, each text is retried alone so one bad text (or one past its
         deadline) fails alone."""
         try:
-            return list(self.runtime.predict(texts, self.entry.top_k, deadlines))
+            return list(runtime.predict(texts, self.entry.top_k, deadlines))
         except Exception as exc:
             if len(texts) > 1:
-                return [self._alone(t, d) for t, d in zip(texts, deadlines, strict=True)]
+                return [self._alone(runtime, t, d) for t, d in zip(texts, deadlines, strict=True)]
             return [exc if isinstance(exc, AgentError) else Internal(f"{type(exc).__name__}: {exc}")]
 
-    def _alone(self, text: str, deadline: float) -> Prediction | AgentError:
+    def _alone(self, runtime: Runtime, text: str, deadline: float) -> Prediction | AgentError:
         if time.monotonic() > deadline:  # its time went to the failed batch: no second run
             return Timeout(f"no answer from model {self.entry.name} within the deadline")
-        return self._run([text], [deadline])[0]
+        return self._run(runtime, [text], [deadline])[0]
+
+
+def _stamped(result: Prediction | AgentError, version: str) -> Prediction | AgentError:
+    return dataclasses.replace(result, version=version) if isinstance(result, Prediction) else result
 
 
 def _settle(future: asyncio.Future[Prediction], result: Prediction | AgentError) -> None:
@@ -136,15 +176,15 @@ class ModelPool:
         models: ModelsFile,
         threads: int,
         batch_max: int,
-        key: bytes | None = None,
+        trusted: Sequence[Ed25519PublicKey] = (),
         loader: Loader = default_loader,
     ) -> ModelPool:
         """Load every model; a ConfigError lists every artifact that cannot be served."""
         served, problems = {}, []
         for entry in models.models:
             try:
-                manifest = load_manifest(entry.path, key)
-                runtime = loader(entry.path, manifest, entry.threads or threads)
+                manifest = load_manifest(entry.artifact, trusted)
+                runtime = loader(entry.artifact, manifest, entry.threads or threads)
             except ArtifactError as exc:
                 problems.append(f"model {entry.name}: {exc}")
                 continue

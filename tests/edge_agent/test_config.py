@@ -1,10 +1,13 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from edge_agent.config import load_models, load_settings
+from edge_agent import signing
+from edge_agent.config import load_settings
 from edge_agent.errors import EX_CONFIG, ConfigError
+from edge_agent.models_file import load_models
 from tests.support.agent import run_cli, write_models
 from tests.support.broker import free_port
 
@@ -82,23 +85,34 @@ def test_help_for_every_command() -> None:
         assert run_cli(*args).returncode == 0
 
 
-@pytest.mark.parametrize("key", ["empty", "blank", "missing", "a folder"])
-def test_an_unusable_signing_key_is_a_config_error_not_a_skipped_check(
+@pytest.mark.parametrize("key", ["empty", "blank", "missing", "a folder", "a private key", "an hmac key"])
+def test_an_unusable_trusted_key_is_a_config_error_not_a_skipped_check(
     key: str, tiny_artifact: Path, tmp_path: Path
 ) -> None:
-    """A blank key would verify nothing: the unsigned artifact must not pass as if no key were set."""
-    path = tmp_path / "fleet.key"
-    if key in ("empty", "blank"):
-        path.write_text("" if key == "empty" else " \n\t\n")
+    """A key that cannot be read would verify nothing: the agent must refuse to start, naming it."""
+    path = tmp_path / "fleet.pub"
+    if key in ("empty", "blank", "an hmac key"):
+        path.write_text({"empty": "", "blank": " \n\t\n", "an hmac key": "s3cret-fleet-key\n"}[key])
     elif key == "a folder":
         path.mkdir()
+    elif key == "a private key":
+        private, _ = signing.keygen(tmp_path / "keys")
+        path = private
     models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
-    env = {**os.environ, "EDGE_AGENT_SIGNING_KEY_FILE": str(path)}
+    env = {**os.environ, "EDGE_AGENT_TRUSTED_KEYS": json.dumps([str(path)])}
     for verb in ("check", "run"):
         result = run_cli(verb, "--models", str(models), "--port", str(free_port()), env=env)
         assert result.returncode == EX_CONFIG, result.stderr
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "signing_key_file" in lines[0] and str(path) in lines[0], lines
+        assert len(lines) == 1 and "trusted_keys" in lines[0] and str(path) in lines[0], lines
+
+
+def test_the_retired_hmac_setting_is_refused_saying_what_replaces_it(tmp_path: Path) -> None:
+    (tmp_path / "fleet.key").write_text("s3cret\n")
+    env = {**os.environ, "EDGE_AGENT_SIGNING_KEY_FILE": str(tmp_path / "fleet.key")}
+    result = run_cli("check", "--settings-only", env=env)
+    assert result.returncode == EX_CONFIG
+    assert "HMAC fleet key is retired" in result.stderr and "trusted_keys" in result.stderr
 
 
 def cloud_file(tmp_path: Path, url: str, *extra: str) -> Path:

@@ -1,12 +1,14 @@
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent import signing
 from edge_agent.errors import ArtifactError
-from edge_agent.manifest import Manifest, file_entry, load, write
+from edge_agent.manifest import SCHEMA_VERSION, Manifest, file_entry, load, version_key, write
 
 
-def artifact(tmp_path: Path, key: bytes | None = None) -> Path:
+def artifact(tmp_path: Path, key: Ed25519PrivateKey | None = None) -> Path:
     (tmp_path / "model.onnx").write_bytes(b"weights")
     (tmp_path / "tokenizer.json").write_text("{}")
     files = [file_entry(tmp_path, "model.onnx", "model"), file_entry(tmp_path, "tokenizer.json", "tokenizer")]
@@ -33,15 +35,41 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         load(folder)
 
 
-def test_signature_checked_when_key_set(tmp_path: Path) -> None:
-    folder = artifact(tmp_path, key=b"fleet-key")
-    assert load(folder, b"fleet-key").name == "m"
-    with pytest.raises(ArtifactError, match="signature does not match"):
-        load(folder, b"other-key")
+def test_signature_checked_when_keys_are_trusted(tmp_path: Path) -> None:
+    fleet, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    folder = artifact(tmp_path, key=fleet)
+    assert load(folder, [other.public_key(), fleet.public_key()]).name == "m"  # rotation: any trusted key
+    with pytest.raises(ArtifactError, match=f"signed by key {signing.key_id(fleet.public_key())}, which this device"):
+        load(folder, [other.public_key()])
     text = (folder / "manifest.json").read_text().replace('"version": "1"', '"version": "2"')
     (folder / "manifest.json").write_text(text)
     with pytest.raises(ArtifactError, match="signature does not match"):
-        load(folder, b"fleet-key")
+        load(folder, [fleet.public_key()])
+
+
+def test_unsigned_or_hmac_signed_artifact_is_refused_when_keys_are_trusted(tmp_path: Path) -> None:
+    folder = artifact(tmp_path)
+    trusted = [Ed25519PrivateKey.generate().public_key()]
+    with pytest.raises(ArtifactError, match="missing signature"):
+        load(folder, trusted)
+    (folder / "manifest.sig").write_text("ab" * 32 + "\n")  # what the retired scheme wrote
+    with pytest.raises(ArtifactError, match="retired HMAC fleet key"):
+        load(folder, trusted)
+
+
+def test_a_newer_manifest_format_says_upgrade(tmp_path: Path) -> None:
+    folder = artifact(tmp_path)
+    text = (
+        (folder / "manifest.json").read_text().replace('"schema_version": 1', f'"schema_version": {SCHEMA_VERSION + 1}')
+    )
+    (folder / "manifest.json").write_text(text.replace('"labels"', '"new_field": 1, "labels"'))
+    with pytest.raises(ArtifactError, match=r"newer than this agent reads.*upgrade edge-agent"):
+        load(folder)
+
+
+def test_versions_order_numerically() -> None:
+    assert version_key("1.10.0") > version_key("1.9.3") > version_key("1.9")
+    assert version_key("20261201.101500") > version_key("20261130.235959")
 
 
 def test_malformed_manifest_is_one_line(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ except ConfigError as exc:
 MISS_A_DEADLINE = """
 import asyncio, sys, time
 from pathlib import Path
-from edge_agent.config import ModelEntry, ModelsFile
+from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.errors import Timeout
 from edge_agent.runtimes.pool import ModelPool
 

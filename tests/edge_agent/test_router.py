@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import ModelEntry
+from edge_agent.models_file import ModelEntry
 from edge_agent.router import Policy, Reason, blocked, cloud_first, escalation, policy, stays_local, waits_for_cloud
 from edge_agent.runtimes import Prediction
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.cloud import CloudClient
-from edge_agent.config import AgentSettings, CloudSettings, ModelsFile
+from edge_agent.config import AgentSettings, CloudSettings
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler, Reply
 from edge_agent.manifest import Manifest, file_entry, write
 from edge_agent.messages import Inbound
+from edge_agent.models_file import ModelsFile
 from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.spool import Spool

@@ -12,12 +12,12 @@ import onnx
 import pytest
 
 from edge_agent import manifest as mf
+from edge_agent import signing
 from edge_agent.errors import ArtifactError
 from edge_agent.runtimes.onnx import OnnxRuntime
 from trainer import encoder, tiny
 from trainer.cli import main
 
-KEY = b"fleet-secret"
 FAST = [
     "--max-steps",
     "30",
@@ -43,7 +43,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("build")
     data = tiny.write_builtin(root / "train.jsonl")
     base = encoder.make_tiny(root / "base")
-    (root / "key").write_bytes(KEY + b"\n")
+    assert main(["keygen", "--out", str(root / "keys")]) == 0
     args = [
         "build",
         "--train",
@@ -63,7 +63,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--version",
         "1.0.0",
         "--signing-key-file",
-        str(root / "key"),
+        str(root / "keys" / "signing.key"),
+        "--registry",
+        str(root / "registry"),
         *FAST,
     ]
     assert main(args) == 0
@@ -80,7 +82,7 @@ def test_artifact_holds_only_served_files_and_verifies(built: Path) -> None:
         "report.png",
         "tokenizer.json",
     ]
-    manifest = mf.load(folder, KEY)
+    manifest = mf.load(folder, [signing.load_public(built / "keys" / "signing.pub")])
     assert (manifest.name, manifest.version, manifest.task, manifest.runtime) == (
         "tiny-test",
         "1.0.0",
@@ -179,3 +181,22 @@ def test_data_without_entities_makes_a_classify_artifact(tmp_path: Path) -> None
     manifest = mf.load(folder)
     assert manifest.task == "classify" and manifest.tags == ["O"] and manifest.entity_types == []
     assert OnnxRuntime(folder, manifest).predict(["will it rain"])[0].entities == []
+
+
+def test_publish_fills_the_registry_and_warm_up_samples(built: Path) -> None:
+    """The registry holds the signed artifact as published, latest.json points at it, and its
+    warm-up samples are dev rows this model answers right, one label after another."""
+    folder = built / "registry" / "tiny-test" / "1.0.0"
+    trusted = [signing.load_public(built / "keys" / "signing.pub")]
+    manifest = mf.load(folder, trusted)
+    assert json.loads((built / "registry" / "tiny-test" / "latest.json").read_text())["version"] == "1.0.0"
+    assert (folder / "manifest.json").read_bytes() == (built / "artifacts" / "tiny-test" / "manifest.json").read_bytes()
+    assert manifest.samples and {s.label for s in manifest.samples} <= set(manifest.labels)
+    runtime = OnnxRuntime(folder, manifest, 1)
+    assert [runtime.predict([s.text])[0].label for s in manifest.samples] == [s.label for s in manifest.samples]
+
+
+def test_keygen_never_overwrites_a_key(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (built / "keys" / "signing.key").read_bytes()
+    assert main(["keygen", "--out", str(built / "keys")]) == 2
+    assert "exists" in capsys.readouterr().err and (built / "keys" / "signing.key").read_bytes() == before

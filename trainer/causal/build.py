@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer import evaluate, publish, stage
 from trainer.causal import converter, data, finetune, gguf_export, merge
@@ -16,6 +17,9 @@ from trainer.causal import publish as causal_publish
 from trainer.causal.prompts import CausalTask
 from trainer.causal.recipe import CausalRecipe
 from trainer.errors import UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 @dataclass
@@ -34,7 +38,8 @@ class CausalBuild:
     max_tokens: int = 64
     target_accuracy: float = evaluate.DEFAULT_TARGET
     version: str | None = None
-    key: bytes | None = None
+    key: Ed25519PrivateKey | None = None
+    registry: Path | None = None
     threads: int = 1
 
 
@@ -52,5 +57,12 @@ def build(train: Path, dev: Path, options: CausalBuild, recipe: CausalRecipe | N
     target = options.target_accuracy
     evaluated = causal_eval.run(exported, dev, work / "evaluate", options.test, target, options.threads, options.serve)
     return causal_publish.run(
-        exported, evaluated, options.out, options.name, options.serve, options.version, options.key
+        exported,
+        evaluated,
+        options.out,
+        options.name,
+        options.serve,
+        options.version,
+        options.key,
+        options.registry,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.causal.recipe import CausalRecipe
+from trainer.cli_options import add_signing_options
 
 TASKS = ("classify", "extract")
 
@@ -100,7 +101,7 @@ def _artifact_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     p.add_argument("--serve", default="q8_0", help="the variant the artifact ships (default q8_0)")
     p.add_argument("--version", help="version string (default: UTC YYYYMMDD.HHMMSS)")
-    p.add_argument("--signing-key-file", type=Path, help="write manifest.sig (HMAC-SHA256) with this key")
+    add_signing_options(p)
 
 
 def _publish(p: argparse.ArgumentParser) -> None:
@@ -114,7 +115,7 @@ def _run_publish(a: argparse.Namespace) -> Path:
     from trainer import publish
 
     key = publish.read_key(a.signing_key_file)
-    return _stage("publish").run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key)
+    return _stage("publish").run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key, a.registry)
 
 
 def _build(p: argparse.ArgumentParser) -> None:
@@ -148,6 +149,7 @@ def _run_build(a: argparse.Namespace) -> Path:
         target_accuracy=a.target_accuracy,
         version=a.version,
         key=publish.read_key(a.signing_key_file),
+        registry=a.registry,
         threads=a.llama_threads,
     )
     return build.build(a.train, a.dev, options, _recipe(a))

@@ -11,12 +11,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import manifest as mf
-from trainer import publish, stage
+from trainer import publish, registry, stage
 from trainer.causal.data import TaskSpec
 from trainer.errors import UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MODEL = "model.gguf"
 
@@ -59,7 +62,8 @@ def run(
     name: str,
     variant: str = "q8_0",
     version: str | None = None,
-    key: bytes | None = None,
+    key: Ed25519PrivateKey | None = None,
+    registry_dir: Path | None = None,
 ) -> Path:
     """Copy the chosen variant as model.gguf plus the reports, write manifest.json (and .sig)."""
     publish.check_identity(name, version)
@@ -88,4 +92,6 @@ def run(
     manifest = build_manifest(staging, listed, spec, name, version or publish.default_version(), results)
     mf.write(staging, manifest, key)
     publish._replace(staging, out)  # the encoder path's atomic swap: the old artifact goes only when the new is whole
+    if registry_dir is not None:
+        registry.add(out, registry_dir)
     return out

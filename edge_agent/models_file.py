@@ -1,0 +1,129 @@
+"""The `models.yaml` schema: what a device serves, and the topics bound to its models.
+
+Paths come back absolute; a model pulled into the store (`store.Store.overlay`) replaces its `path`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_agent.config import Budget, problems_of, read_mapping
+from edge_agent.errors import ArtifactError, ConfigError
+from edge_agent.topics import check_filter
+
+TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
+
+
+class ModelEntry(BaseModel):
+    """One artifact a device serves, with per-model limits that may only tighten the manifest's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    path: Path | None = Field(
+        default=None, description="artifact folder, relative to models.yaml; a version pulled into the store wins"
+    )
+    top_k: int = Field(default=3, ge=1, le=50)
+    max_input_chars: int | None = Field(default=None, ge=1)
+    threshold: float | None = Field(default=None, ge=0, le=1, description="overrides the manifest's")
+    deadline_ms: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    route: Literal["auto", "local", "cloud"] = Field(
+        default="auto", description="default for requests that name none; local: never leaves the device"
+    )
+    collect_feedback: bool = Field(default=True, description="keep escalations as training data")
+    redact: list[str] = Field(default=[], description="regexes masked in stored feedback text")
+    budget: Budget = Budget()
+    speculative_margin: float = Field(
+        default=0.0, ge=0, le=1, description="call the cloud with local while recent confidence < threshold+margin"
+    )
+
+    @property
+    def artifact(self) -> Path:
+        """The folder to load; ArtifactError when the model is neither pulled nor given a path."""
+        if self.path is None:
+            raise ArtifactError(f"not on this device yet (no path in models.yaml): edge-agent models pull {self.name}")
+        return self.path
+
+    @field_validator("redact")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact pattern {pattern!r}: {exc}") from None
+        return value
+
+
+class Binding(BaseModel):
+    """Sensors publish, they do not ask: a topic filter bound to a model and an output topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(min_length=1, description="MQTT topic filter, e.g. sensors/+/log")
+    model: str
+    output: str = Field(default="results/{topic}", description="placeholders: {topic} {model} {device_id}")
+    text_field: str | None = Field(default=None, description="dot path into a JSON payload; none: raw")
+
+    @field_validator("topic")
+    @classmethod
+    def _filter_ok(cls, value: str) -> str:
+        return check_filter(value)
+
+    @field_validator("output")
+    @classmethod
+    def _output_ok(cls, value: str) -> str:
+        if "+" in value or "#" in value:
+            raise ValueError(f"output topic {value!r} must not contain wildcards")
+        stripped = value
+        for key in TEMPLATE_KEYS:
+            stripped = stripped.replace(key, "")
+        if "{" in stripped or "}" in stripped:
+            raise ValueError(f"output {value!r}: only {', '.join(TEMPLATE_KEYS)} may be used")
+        return value
+
+
+class ModelsFile(BaseModel):
+    """The `models.yaml` a device serves from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelEntry] = Field(min_length=1)
+    bindings: list[Binding] = []
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def load_models(path: Path) -> ModelsFile:
+    """Parse and cross-check models.yaml; paths come back absolute."""
+    if not path.is_file():
+        raise ConfigError([f"{path}: models file not found"])
+    data = read_mapping(path)
+    try:
+        models = ModelsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_of(exc, str(path))) from None
+    problems = _cross_check(models, path)
+    if problems:
+        raise ConfigError(problems)
+    for entry in models.models:
+        if entry.path is not None:
+            entry.path = (path.parent / entry.path).resolve()
+    return models
+
+
+def _cross_check(models: ModelsFile, path: Path) -> list[str]:
+    problems = []
+    names = [m.name for m in models.models]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{path}: model {name!r} is declared more than once")
+    for i, binding in enumerate(models.bindings):
+        if binding.model not in names:
+            problems.append(f"{path}: bindings.{i}: model {binding.model!r} is not declared under models")
+    return problems
