@@ -181,7 +181,9 @@ def test_work_past_the_deadline_stops_and_the_next_request_is_unharmed(
 def test_in_a_batch_only_the_text_past_its_deadline_times_out(classifier: Path, classify_rt: GgufRuntime) -> None:
     served = Served(ModelEntry(name="c", path=classifier), load(classifier), classify_rt, batch_max=2)
     try:
-        late, ok = served._run(["switch the hall lights off", "will it rain today"], [0.0, time.monotonic() + 60])
+        late, ok = served._run(
+            classify_rt, ["switch the hall lights off", "will it rain today"], [0.0, time.monotonic() + 60]
+        )
     finally:
         served.executor.shutdown()
     assert isinstance(late, Timeout) and isinstance(ok, Prediction) and ok.label == "weather"

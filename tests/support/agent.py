@@ -63,6 +63,7 @@ def spawn_agent(
     device_id: str = "dev1",
     env: dict[str, str] | None = None,
     python: str = sys.executable,
+    config: Path | None = None,
 ) -> Agent:
     """Start the daemon with `python` (another install's, or this one) without waiting for it."""
     log = tmp / f"agent-{device_id}.log"
@@ -76,7 +77,7 @@ def spawn_agent(
         "--port",
         str(port),
     ]
-    cmd += ["--device-id", device_id, "--log-level", "debug"]
+    cmd += ["--device-id", device_id, "--log-level", "debug", *(["--config", str(config)] if config else [])]
     state = {"EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}")}  # a restart finds its spool again
     proc = subprocess.Popen(cmd, stderr=log.open("wb"), env={**os.environ, **state, **(env or {})}, cwd=ROOT)
     return Agent(proc, f"edge-agent/{device_id}", log)
@@ -89,12 +90,13 @@ def start_agent(
     device_id: str = "dev1",
     env: dict[str, str] | None = None,
     python: str = sys.executable,
+    config: Path | None = None,
 ) -> Agent:
     """Start the daemon and wait for its retained `online` status (the readiness signal)."""
     watcher = Client(broker.port, auth=broker.auth)
     status = f"edge-agent/{device_id}/status"
     watcher.subscribe(status)
-    agent = spawn_agent(broker.port, models_file, tmp, device_id, env, python)
+    agent = spawn_agent(broker.port, models_file, tmp, device_id, env, python, config)
     try:
         while True:
             msg = watcher.get(timeout=30, topic=status)

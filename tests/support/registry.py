@@ -22,6 +22,7 @@ from edge_agent import signing
 from trainer import registry as trainer_registry
 
 Change = Callable[[Path, mf.Manifest], mf.Manifest]
+MATMULS = 30  # 1024 x 1024 each
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ def wrong_samples(_folder: Path, manifest: mf.Manifest) -> mf.Manifest:
 
 
 def slow_model(folder: Path, manifest: mf.Manifest) -> mf.Manifest:
-    """The same answers after ~20 GFLOP of work the runtime cannot skip: it passes warm-up (no deadline)
-    and times out on every request with a deadline of a few tens of ms."""
+    """The same answers after ~60 GFLOP of work the runtime cannot skip (~150 ms on 2 cores where the
+    tiny model takes 1 ms): it passes warm-up (no deadline) and times out on every request with a
+    deadline of 50 ms."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -85,10 +87,10 @@ def slow_model(folder: Path, manifest: mf.Manifest) -> mf.Manifest:
         helper.make_node("ReduceSum", ["slow_ids"], ["slow_s"], keepdims=0),  # depends on the input: not folded
         helper.make_node("Mul", ["slow_w", "slow_s"], ["slow_0"]),
     ]
-    for i in range(10):
+    for i in range(MATMULS):
         nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_{i + 1}"]))
     nodes += [
-        helper.make_node("ReduceSum", ["slow_10"], ["slow_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [f"slow_{MATMULS}"], ["slow_sum"], keepdims=0),
         helper.make_node("Mul", ["slow_sum", "zero"], ["slow_nothing"]),
     ]
     logits = next(o for o in graph.output if o.name == manifest.onnx.intent_logits)  # type: ignore[union-attr]

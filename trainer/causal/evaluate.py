@@ -74,7 +74,10 @@ def _variant(
         "temperature": temperature,
         "thresholds": {"escalate": threshold, "target_accuracy": target},
         "metrics": {split: sec["headline"] for split, sec in sections.items()},
+        "samples": dev_sec.pop("samples", []),  # extraction has none yet: its warm-up is one smoke inference
     }
+    for sec in sections.values():
+        sec.pop("samples", None)
     return results, {"temperature": temperature, "threshold": threshold, **sections}
 
 
@@ -88,11 +91,13 @@ def classify_section(
             logits[i] = runtime.scores(row.text)
         except AgentError:
             continue  # too long: counted as rejected
-    out = encoder_eval.Outputs(
-        path, [r.intent or "" for r in rows], [[] for _ in rows], logits, [[] for _ in rows], latency(runtime, rows)
-    )
+    gold, nothing = [r.intent or "" for r in rows], [[] for _ in rows]
+    texts = [r.text for r in rows]
+    out = encoder_eval.Outputs(path, texts, gold, nothing, logits, [[] for _ in rows], latency(runtime, rows))
     temperature, threshold = fitted or encoder_eval.calibrate(out, spec.labels, target)
-    return encoder_eval.section(out, spec.labels, temperature, threshold), temperature, threshold
+    section = encoder_eval.section(out, spec.labels, temperature, threshold)
+    section["samples"] = encoder_eval.samples(out, spec.labels, temperature)  # the warm-up set, as the encoder's
+    return section, temperature, threshold
 
 
 def extract_section(

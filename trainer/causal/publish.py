@@ -49,6 +49,7 @@ def build_manifest(
         fields_schema=spec.fields_schema,
         max_answer_tokens=spec.max_answer_tokens,
         metrics=results.get("metrics", {}),
+        samples=[mf.Sample(**sample) for sample in results.get("samples", [])],
         base_model=Path(spec.base).name,
         data=spec.data,
         created=stage.now(),
@@ -87,6 +88,7 @@ def run(
         "temperature": chosen["temperature"],
         "thresholds": chosen["thresholds"],
         "metrics": {"served": variant, **chosen["metrics"], "variants": evaluation["summary"]},
+        "samples": chosen.get("samples", []),
     }
     spec = TaskSpec.load(export_dir)
     manifest = build_manifest(staging, listed, spec, name, version or publish.default_version(), results)
