@@ -5,9 +5,14 @@ One session per model, loaded once. Intent and entity heads come out of the same
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+
+# onnxruntime >= 1.29 on Linux keeps a telemetry store in ~/.cache and uploads it unless told not to: a
+# device's inference stays on the device. Set before the import; an operator's explicit value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
