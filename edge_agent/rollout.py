@@ -281,6 +281,7 @@ class Rollout:
         prepared = await asyncio.to_thread(load_checked, self.settings, target.path, self.loader)
         self._swap(name, prepared, probation=False)
         self.events[name] = f"rolled back to {target.version}: {why}"
+        log.warning("model_rolled_back", model=name, to=target.version, why=why)
         return f"model {name}: {target.version} serves again ({why})"
 
     async def _maybe_poll(self) -> None:
