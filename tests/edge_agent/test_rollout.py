@@ -62,6 +62,14 @@ def start(fleet: Fleet, agent_factory: Callable[..., Agent]) -> Agent:
     return agent_factory(fleet.models, config=fleet.config)
 
 
+def serving_one_of(fleet: Fleet, tiny: Path, agent_factory: Callable[..., Agent], second: Any = None) -> Agent:
+    """1.0.0 and 2.0.0 (changed by `second`) in the registry, 1.0.0 pulled, the agent serving it."""
+    publish(fleet.registry, tiny, "1.0.0", fleet.keys)
+    publish(fleet.registry, tiny, "2.0.0", fleet.keys, second)
+    assert fleet.cli("models", "pull", "tiny", "--version", "1.0.0").returncode == 0
+    return start(fleet, agent_factory)
+
+
 class Load:
     """A client sending requests throughout, `window` in flight, recording every reply."""
 
@@ -206,10 +214,7 @@ def test_a_version_failing_probation_is_rolled_back_by_the_agent(
     request times out, and after `min_requests` the agent puts 1.0.0 back, saying why. The pull comes
     over MQTT, as an operator's tool would send it."""
     fleet = make_fleet(tmp_path, None, probation={"requests": 50, "min_requests": 5})
-    publish(fleet.registry, tiny_artifact, "1.0.0", fleet.keys)
-    publish(fleet.registry, tiny_artifact, "2.0.0", fleet.keys, slow_model)
-    assert fleet.cli("models", "pull", "tiny", "--version", "1.0.0").returncode == 0
-    agent = start(fleet, agent_factory)
+    agent = serving_one_of(fleet, tiny_artifact, agent_factory, slow_model)
     with client(broker.port) as ops:
         ops.subscribe("ops/replies")
         ops.publish(f"{agent.prefix}/cmd/models/pull", json.dumps({"model": "tiny", "id": "c1"}), "ops/replies")
@@ -236,10 +241,7 @@ def test_rollback_by_hand_and_a_refused_mqtt_command(
     tmp_path: Path, tiny_artifact: Path, broker: Broker, agent_factory: Callable[..., Agent]
 ) -> None:
     fleet = make_fleet(tmp_path, None)
-    for version in ("1.0.0", "2.0.0"):
-        publish(fleet.registry, tiny_artifact, version, fleet.keys)
-    assert fleet.cli("models", "pull", "tiny", "--version", "1.0.0").returncode == 0
-    agent = start(fleet, agent_factory)
+    agent = serving_one_of(fleet, tiny_artifact, agent_factory)
     with client(broker.port) as ops:
         ops.subscribe("ops/replies")
         ops.publish(f"{agent.prefix}/cmd/models/pull", json.dumps({"model": "tiny", "version": "0.1"}), "ops/replies")

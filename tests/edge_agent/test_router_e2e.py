@@ -49,7 +49,7 @@ def test_low_confidence_escalates_end_to_end(
     labels = read(tiny_artifact).labels
     with fake_cloud.serve(FakeCloud(teacher=lambda text: labels[-1])) as cloud:
         models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact), "threshold": 1.0}])
-        agents.append(start_agent(broker, models, tmp_path, "esc", cloud_env(cloud.base_url)))
+        agents.append(start_agent(broker, models, tmp_path, "esc", env=cloud_env(cloud.base_url)))
         with client(broker.port) as c:
             c.subscribe("edge-agent/esc/status")
             status = c.get(topic="edge-agent/esc/status").json()  # retained: comes first
@@ -87,7 +87,7 @@ def test_replies_made_while_the_broker_is_down_are_delivered_when_it_returns(
 ) -> None:
     with fake_cloud.serve(FakeCloud(default=HOLD)) as cloud:
         models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact), "threshold": 1.0}])
-        agent = start_agent(persistent_broker, models, tmp_path, "bk", cloud_env(cloud.base_url, timeout_s="60"))
+        agent = start_agent(persistent_broker, models, tmp_path, "bk", env=cloud_env(cloud.base_url, timeout_s="60"))
         agents.append(agent)
         me = SessionClient(persistent_broker.port, "tester-bk")
         try:
@@ -116,7 +116,7 @@ def test_agent_killed_while_requests_wait_for_the_cloud_loses_none(
     port = free_port()  # nothing listens: the cloud is down
     models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
     env = cloud_env(f"http://127.0.0.1:{port}/v1", breaker_cooldown_s="0.2", breaker_failures="1")
-    agents.append(start_agent(broker, models, tmp_path, "rs", env))
+    agents.append(start_agent(broker, models, tmp_path, "rs", env=env))
     with client(broker.port) as c:
         c.subscribe("me/replies")
         for i in range(3):
@@ -127,7 +127,7 @@ def test_agent_killed_while_requests_wait_for_the_cloud_loses_none(
         agents[0].proc.send_signal(signal.SIGKILL)
         agents[0].proc.wait(10)
         with fake_cloud.serve(FakeCloud(teacher=lambda text: "weather"), port=port):
-            agents.append(start_agent(broker, models, tmp_path, "rs", env))
+            agents.append(start_agent(broker, models, tmp_path, "rs", env=env))
             replies = [c.get(topic="me/replies").json() for _ in range(3)]
             wait_until(lambda: spool_count(tmp_path / "state-rs", "waiting") == 0, "waiting list drained")
     assert [r["id"] for r in replies] == [0, 1, 2]
@@ -143,7 +143,7 @@ def test_broken_artifact_is_answered_by_the_cloud(
     model.write_bytes(b"corrupted")
     with fake_cloud.serve(FakeCloud(teacher=lambda text: "weather")) as cloud:
         models = write_models(tmp_path, [{"name": "tiny", "path": str(copy)}])
-        agents.append(start_agent(broker, models, tmp_path, "gone", cloud_env(cloud.base_url)))
+        agents.append(start_agent(broker, models, tmp_path, "gone", env=cloud_env(cloud.base_url)))
         with client(broker.port) as c:
             c.subscribe("edge-agent/gone/status")
             status = c.get(topic="edge-agent/gone/status").json()

@@ -83,20 +83,12 @@ def spawn_agent(
     return Agent(proc, f"edge-agent/{device_id}", log)
 
 
-def start_agent(
-    broker: Broker,
-    models_file: Path,
-    tmp: Path,
-    device_id: str = "dev1",
-    env: dict[str, str] | None = None,
-    python: str = sys.executable,
-    config: Path | None = None,
-) -> Agent:
-    """Start the daemon and wait for its retained `online` status (the readiness signal)."""
+def start_agent(broker: Broker, models_file: Path, tmp: Path, device_id: str = "dev1", **spawn: Any) -> Agent:
+    """Start the daemon (`spawn`: spawn_agent's other options) and wait for its retained `online` status."""
     watcher = Client(broker.port, auth=broker.auth)
     status = f"edge-agent/{device_id}/status"
     watcher.subscribe(status)
-    agent = spawn_agent(broker.port, models_file, tmp, device_id, env, python, config)
+    agent = spawn_agent(broker.port, models_file, tmp, device_id, **spawn)
     try:
         while True:
             msg = watcher.get(timeout=30, topic=status)
