@@ -20,7 +20,7 @@ from edge_agent.config import AgentSettings
 from edge_agent.errors import ArtifactError
 from edge_agent.manifest import read as read_manifest
 from edge_agent.models_file import ModelEntry, ModelsFile
-from edge_agent.rollout import PIDFILE, STATUS, AlreadyServing, prepare, resolve
+from edge_agent.rollout import PIDFILE, STATUS, AlreadyServing, Prepared, prepare, resolve
 from edge_agent.store import Current, Store, history
 
 Common = Callable[[argparse.ArgumentParser], None]
@@ -62,12 +62,10 @@ def cmd_pull(args: argparse.Namespace, settings: AgentSettings, models: ModelsFi
     now = _current(store, entry)
     version = resolve(settings, entry.name, args.version)
     try:
-        prepared = prepare(settings, store, entry.name, version, now)
+        prepared = _install(settings, store, entry.name, version, now)
     except AlreadyServing as exc:
         print(exc)
         return 0
-    prepared.runtime.close()
-    store.promote(entry.name, prepared.version, prepared.path, now)
     print(f"model {entry.name}: {prepared.version} installed ({prepared.samples} warm-up samples); {_tell(settings)}")
     return 0
 
@@ -77,15 +75,23 @@ def cmd_rollback(args: argparse.Namespace, settings: AgentSettings, models: Mode
     store = Store(settings.state_dir)
     record = store.state(entry.name).versions.get(args.version or "")
     if args.version is not None and (record is None or record.path is None):  # not on disk: pull it, older or not
-        now = _current(store, entry)
-        prepared = prepare(settings, store, entry.name, args.version, now, allow_older=True)
-        prepared.runtime.close()
-        store.promote(entry.name, prepared.version, prepared.path, now)
+        prepared = _install(settings, store, entry.name, args.version, _current(store, entry), allow_older=True)
         store.passed(entry.name, prepared.version)  # chosen by hand: no probation
     else:
         store.rollback(entry.name, "rolled back by hand", args.version)
     print(f"model {entry.name}: {store.state(entry.name).serving} serves; {_tell(settings)}")
     return 0
+
+
+def _install(
+    settings: AgentSettings, store: Store, name: str, version: str, now: Current | None, allow_older: bool = False
+) -> Prepared:
+    """Pull, verify and warm up `version` in this process, then make it what the store serves (the
+    agent loads it again on SIGHUP; this copy is closed)."""
+    prepared = prepare(settings, store, name, version, now, allow_older)
+    prepared.runtime.close()
+    store.promote(name, prepared.version, prepared.path, now)
+    return prepared
 
 
 def _entry(models: ModelsFile, name: str) -> ModelEntry:

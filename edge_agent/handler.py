@@ -19,6 +19,7 @@ from edge_agent.escalation import Escalator, Job, Wait
 from edge_agent.manifest import Manifest
 from edge_agent.messages import (
     Answer,
+    Envelope,
     Inbound,
     Outbound,
     Request,
@@ -94,6 +95,7 @@ class Handler:
         self.prefix = settings.topic_prefix
         self.req_prefix = f"{self.prefix}/req/"
         self.cmd_prefix = f"{self.prefix}/cmd/models/"
+        self.cmd_results = f"{self.prefix}/res/cmd"  # where a command without a reply address is answered
         self.operator = operator
         self.policy = ReplyPolicy(settings.fleet_filter, settings.reply_topics, settings.reply_to_agent_topics)
 
@@ -144,9 +146,8 @@ class Handler:
         """An error reply built from the message alone, addressed as its answer would be."""
         if msg.topic.startswith(self.cmd_prefix) and self.operator is not None:
             envelope, _ = parse_with(msg.payload, self.settings.max_payload_bytes, commands.validate)
-            topic, _ = self._reply_topic(msg, envelope.reply_to, "", f"{self.prefix}/res/cmd")
-            rid = envelope.id if envelope.id is not None else message_id(msg)
-            return self._reply(msg, topic, {"id": rid, "error": {"code": error.code, "message": error.message}}, error)
+            topic, _ = self._reply_topic(msg, envelope.reply_to, "", self.cmd_results)
+            return self._command_reply(msg, envelope, topic, error)
         if msg.topic.startswith(self.req_prefix):
             model = msg.topic[len(self.req_prefix) :]
             envelope, _ = parse(msg.payload, self.settings.max_payload_bytes)
@@ -179,16 +180,27 @@ class Handler:
         """An operator's pull or rollback: the reply says what serves now, or why nothing changed."""
         assert self.operator is not None
         envelope, parsed = parse_with(msg.payload, self.settings.max_payload_bytes, commands.validate)
-        topic, refused = self._reply_topic(msg, envelope.reply_to, "", f"{self.prefix}/res/cmd")
-        rid = envelope.id if envelope.id is not None else message_id(msg)
+        topic, refused = self._reply_topic(msg, envelope.reply_to, "", self.cmd_results)
+        if refused is not None:  # the reply address: nothing runs for a command that cannot be answered
+            return self._command_reply(msg, envelope, topic, refused)
+        if isinstance(parsed, AgentError):
+            return self._command_reply(msg, envelope, topic, parsed)
+        outcome: dict[str, object] | AgentError
         try:
-            if refused is not None or isinstance(parsed, AgentError):
-                raise refused or parsed  # type: ignore[misc]
-            data: dict[str, object] = {"id": rid, **await commands.run(self.operator, action, *parsed)}
-            result: object = None
+            outcome = await commands.run(self.operator, action, *parsed)
         except AgentError as exc:
-            data, result = {"id": rid, "error": {"code": exc.code, "message": exc.message}}, exc
-        return self._reply(msg, topic, data, result)
+            outcome = exc
+        return self._command_reply(msg, envelope, topic, outcome)
+
+    def _command_reply(
+        self, msg: Inbound, envelope: Envelope, topic: str, outcome: dict[str, object] | AgentError
+    ) -> Reply | Drop:
+        rid = envelope.id if envelope.id is not None else message_id(msg)
+        if isinstance(outcome, AgentError):
+            return self._reply(
+                msg, topic, {"id": rid, "error": {"code": outcome.code, "message": outcome.message}}, outcome
+            )
+        return self._reply(msg, topic, {"id": rid, **outcome}, None)
 
     async def _sensor(self, msg: Inbound, binding: Binding) -> Attempt:
         try:

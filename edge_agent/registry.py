@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
@@ -75,6 +75,15 @@ class _Digest:
             raise ArtifactError(f"{self.relpath}: sha256 does not match the manifest (corrupted or replaced)")
 
 
+def _copy(chunks: Iterable[bytes], dest: Path, digest: _Digest, sha256: str) -> None:
+    """Write `chunks` to `dest`, refusing a byte past the expected size, then check size and hash."""
+    with dest.open("wb") as out:
+        for chunk in chunks:
+            digest.add(chunk)
+            out.write(chunk)
+    digest.check(sha256)
+
+
 class FolderSource:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -94,12 +103,8 @@ class FolderSource:
         return data
 
     def fetch(self, relpath: str, dest: Path, size: int, sha256: str) -> None:
-        digest = _Digest(unquote(relpath), size)
-        with self._path(relpath).open("rb") as src, dest.open("wb") as out:
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                digest.add(chunk)
-                out.write(chunk)
-        digest.check(sha256)
+        with self._path(relpath).open("rb") as src:
+            _copy(iter(lambda: src.read(CHUNK), b""), dest, _Digest(unquote(relpath), size), sha256)
 
 
 class HttpSource:
@@ -117,12 +122,8 @@ class HttpSource:
         return bytes(data)
 
     def fetch(self, relpath: str, dest: Path, size: int, sha256: str) -> None:
-        digest = _Digest(unquote(relpath), size)
-        with self._open(relpath) as response, dest.open("wb") as out:
-            for chunk in response.iter_bytes(CHUNK):
-                digest.add(chunk)
-                out.write(chunk)
-        digest.check(sha256)
+        with self._open(relpath) as response:
+            _copy(response.iter_bytes(CHUNK), dest, _Digest(unquote(relpath), size), sha256)
 
     def _open(self, relpath: str) -> _Response:
         return _Response(f"{self.base}/{relpath}", self.timeout)

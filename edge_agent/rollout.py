@@ -184,18 +184,19 @@ class Rollout:
         return min(waits)
 
     async def _carry_out(self, order: _Order) -> None:
+        outcome: str | Exception
         try:
-            result = await order.work()
+            outcome = await order.work()
         except (ArtifactError, AlreadyServing, Skipped, ConfigError) as exc:
-            if not order.done.done():
-                order.done.set_exception(exc)
+            outcome = exc
         except Exception as exc:  # a bug must not kill the rollout task, nor leave the caller waiting
             log.exception("rollout_failed")
-            if not order.done.done():
-                order.done.set_exception(ArtifactError(f"the agent failed: {type(exc).__name__}: {exc}"))
-        else:
-            if not order.done.done():
-                order.done.set_result(result)
+            outcome = ArtifactError(f"the agent failed: {type(exc).__name__}: {exc}")
+        if not order.done.done():  # the caller may have gone (a cancelled command)
+            if isinstance(outcome, Exception):
+                order.done.set_exception(outcome)
+            else:
+                order.done.set_result(outcome)
         self.write_status()
         self.on_change()
 
@@ -203,10 +204,9 @@ class Rollout:
         if self.pool.get(name) is None:
             raise ArtifactError(f"model {name}: not served here (models.yaml names the models a device serves)")
         version = await asyncio.to_thread(resolve, self.settings, name, version)
-        if not explicit and self.store.state(name).versions.get(version, None) is not None:
-            record = self.store.state(name).versions[version]
-            if record.state in ("refused", "rolled_back", "retired"):
-                raise Skipped(f"model {name}: {version} was {record.state} ({record.why})")
+        record = self.store.state(name).versions.get(version)
+        if not explicit and record is not None and record.state in ("refused", "rolled_back", "retired"):
+            raise Skipped(f"model {name}: {version} was {record.state} ({record.why})")
         now = current(self.pool, self.store, name)
         prepared = await asyncio.to_thread(prepare, self.settings, self.store, name, version, now, False, self.loader)
         self.store.promote(name, prepared.version, prepared.path, now)
@@ -277,7 +277,6 @@ class Rollout:
         if self.pool.get(name) is None:
             raise ArtifactError(f"model {name}: not served here")
         target = self.store.rollback(name, why, to)
-        self.watching.pop(name, None)
         prepared = await asyncio.to_thread(load_checked, self.settings, target.path, self.loader)
         self._swap(name, prepared, probation=False)
         self.events[name] = f"rolled back to {target.version}: {why}"

@@ -135,9 +135,9 @@ class Store:
     def _download(self, source: Source, base: str, manifest: mf.Manifest, raw: bytes, sig: bytes) -> Path:
         folder = self.folder(manifest.name)
         need = sum(entry.size for entry in manifest.files) + HEADROOM
-        if free_bytes(folder) < need:
-            free = free_bytes(folder) >> 20
-            raise ArtifactError(f"disk full: version {manifest.version} needs {need >> 20} MiB, {free} MiB free")
+        free = free_bytes(folder)
+        if free < need:
+            raise ArtifactError(f"disk full: version {manifest.version} needs {need >> 20} MiB, {free >> 20} MiB free")
         tmp = folder / f".incoming-{manifest.version}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:

@@ -108,15 +108,14 @@ class Served:
         if self.watch is not None:
             self.watch.answered(ok, (time.monotonic() - started) * 1000)
 
-    def swap(self, entry: ModelEntry, runtime: Runtime) -> Runtime:
+    def swap(self, entry: ModelEntry, runtime: Runtime) -> None:
         """Serve `runtime` from the next batch on, on the loop. The batch running now finishes on the
         old runtime, which is closed on the worker's thread right after it: no request fails, none
-        waits for more than the one pass already running. Returns the old runtime."""
+        waits for more than the one pass already running."""
         old = self.runtime
         self.entry, self.manifest, self.runtime = entry, runtime.manifest, runtime
         self.watch = None
         asyncio.get_running_loop().run_in_executor(self.executor, old.close)
-        return old
 
     async def work(self) -> None:
         """Forever: take what is queued (up to batch_max), drop expired jobs, run one pass."""
