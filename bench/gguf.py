@@ -1,19 +1,23 @@
-"""The GGUF path on HWU64, measured the way the device serves it. Run by hand:
+"""The GGUF path on a real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF) fine-tuned on HWU64. By hand:
 
-    python bench/gguf.py              # train both models (if missing), then measure
+    python bench/gguf.py              # build both artifacts from the GGUF file (if missing), then measure
     python bench/gguf.py --reuse      # measure the artifacts already under bench/out/gguf/
 
-No pretrained causal LM is reachable here, so the base is a small Llama made from a config (random
-weights) with a SentencePiece tokenizer trained on HWU64 train; `build-causal`'s own code then LoRA
-fine-tunes it (embeddings and LM head trained in full), merges, converts, quantizes, evaluates every
-variant on dev (calibration) and test (report). Two artifacts: `classify` (intent, label scoring) and
-`extract` (intent + entities as JSON fields, grammar-constrained). Measured:
+Both artifacts come from `edge-trainer build-causal --base SmolLM2-135M-Instruct.Q4_1.gguf` (its code,
+in process): import -> LoRA on CPU -> merge -> GGUF f16 -> Q8_0 / Q4_K_M -> evaluation of every variant
+through the agent's runtime (dev: temperature and threshold; test: report) -> artifact. On 2 cores one
+epoch of the whole train split (8,881 texts) costs about an hour per task, so each trains on a stated
+share of it (the first rows of every intent) for a stated number of steps: the tables say which.
 
-1. tokens/s through the agent's runtime vs raw llama-cpp-python (`Llama.create_completion`), same GGUF,
-   same prompt ids, greedy; long generations on the untrained base, short ones on the trained extractor;
-2. grammar-constrained extraction vs free generation (ms per generated token);
-3. label scoring vs generating the label (latency, and how often generation leaves the label set);
-4. f16 vs Q8_0 vs Q4_K_M: size, latency, quality on HWU64 test (from each artifact's manifest).
+Measured (2 llama.cpp threads unless a row says otherwise, test texts spread over all 64 intents):
+1. quality and cost per variant (f16 / Q8_0 / Q4_K_M): intent accuracy, macro-F1, JSON validity, field
+   exact match, entity F1 (HWU64 test, from each artifact's evaluation), size, RSS, p50 / p99 latency;
+2. zero-shot: the instruct model before fine-tuning, same prompt and label set (the floor), and with
+   the 64 labels listed in its instruction;
+3. classification through the agent over MQTT (mosquitto on loopback), the latency goal's number;
+4. the latency gain of each lever, cumulatively, from how the runtime classified before;
+5. label scoring: tree vs full vs generating the label freely (latency, accuracy, calibration);
+6. tokens/s through the agent's runtime vs raw llama-cpp-python, and the grammar's overhead.
 
 Prints markdown tables; writes bench/out/gguf/results.json.
 """
@@ -23,58 +27,73 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
+import math
+import resource
+import subprocess
 import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import llama_cpp  # noqa: E402
+import yaml  # noqa: E402
 
+from bench.mqtt_peer import mosquitto  # noqa: E402
+from bench.overhead import rss_mb, start_agent, timed  # noqa: E402
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
 from edge_agent.errors import AgentError  # noqa: E402
+from edge_agent.runtimes import llamacpp  # noqa: E402
 from edge_agent.runtimes.gguf import GgufRuntime  # noqa: E402
-from trainer.causal import build, converter, data, gguf_export, tiny  # noqa: E402
-from trainer.causal.publish import build_manifest  # noqa: E402
+from tests.support import smollm2  # noqa: E402
+from trainer import calibration  # noqa: E402
+from trainer.causal import build, data, prompts  # noqa: E402
+from trainer.causal.export import build_manifest  # noqa: E402
 from trainer.causal.recipe import CausalRecipe  # noqa: E402
 
-HWU = Path("/work/shared/datasets/hwu64")
+HWU = ROOT.parent / "shared" / "datasets" / "hwu64"
 OUT = ROOT / "bench" / "out" / "gguf"
-SIZES = {"hidden": 256, "layers": 4, "vocab_size": 2000}
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
-def corpus() -> list[str]:
-    rows = [json.loads(line) for line in (HWU / "train.jsonl").read_text().splitlines()]
-    answers = [json.dumps({"intent": r["intent"], **{e["type"]: e["value"] for e in r["entities"]}}) for r in rows]
-    return [r["text"] for r in rows] + answers
+def rows_of(split: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (HWU / f"{split}.jsonl").read_text().splitlines()]
 
 
-def base() -> Path:
-    folder = OUT / "base"
-    if not (folder / "model.safetensors").is_file():
-        tiny.make_base(folder, corpus(), "llama", SIZES["hidden"], SIZES["layers"], SIZES["vocab_size"])
-    return folder
+def share(fraction: float) -> Path:
+    """The first ceil(fraction x n) train rows of every intent (the file is sorted by intent)."""
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows_of("train"):
+        by[row["intent"]].append(row)
+    kept = [r for label in sorted(by) for r in by[label][: math.ceil(fraction * len(by[label]))]]
+    path = OUT / f"train-{round(100 * fraction)}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return path
+
+
+def dev_file(task: str) -> Path:
+    """Classify calibrates on all of dev; extract on 300 dev texts spread over the intents (generating
+    costs ~150 ms a text, and every variant is evaluated on dev and test)."""
+    if task == "classify":
+        return HWU / "dev.jsonl"
+    path = OUT / "dev-300.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in spread(rows_of("dev"), 300)))
+    return path
 
 
 def train(task: str, args: argparse.Namespace) -> Path:
-    recipe = CausalRecipe(
-        epochs=args.epochs,
-        batch_size=32,
-        lr=args.lr,
-        lora_r=32,
-        lora_alpha=64,
-        lora_dropout=0.0,
-        train_embeddings=True,
-        threads=args.threads,
-        checkpoint_every=100,
-    )
+    fraction, steps = (args.share, args.steps) if task == "classify" else (args.extract_share, args.extract_steps)
+    recipe = CausalRecipe(epochs=1, max_steps=steps, lr=args.lr, threads=args.threads, checkpoint_every=40)
     options = build.CausalBuild(
-        name=f"hwu64-{task}",
-        out=OUT / f"hwu64-{task}",
-        base=base(),
+        name=f"smollm2-hwu64-{task}",
+        out=OUT / f"smollm2-{task}",
+        base=args.base,
         task=task,  # type: ignore[arg-type]
         work=OUT / f".work-{task}",
         test=HWU / "test.jsonl",
@@ -82,19 +101,233 @@ def train(task: str, args: argparse.Namespace) -> Path:
         threads=args.threads,
     )
     started = time.monotonic()
-    artifact = build.build(HWU / "train.jsonl", HWU / "dev.jsonl", options, recipe)
+    artifact = build.build(share(fraction), dev_file(task), options, recipe)
     print(f"built {artifact} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return artifact
 
 
-def test_rows(n: int) -> list[dict[str, Any]]:
-    """n test rows spread over the file (it is sorted by intent)."""
-    rows = [json.loads(line) for line in (HWU / "test.jsonl").read_text().splitlines()]
+def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """n rows spread over a file sorted by intent."""
     return rows[:: max(1, len(rows) // n)][:n]
 
 
-def runtime(folder: Path, threads: int) -> GgufRuntime:
-    return GgufRuntime(folder, mf.load(folder), threads)
+def runtime(folder: Path, threads: int, manifest: mf.Manifest | None = None) -> GgufRuntime:
+    return GgufRuntime(folder, manifest or mf.load(folder), threads)
+
+
+def timings(fn: Any, texts: list[str], warm: int = 3) -> list[float]:
+    out = []
+    for text in [*texts[:warm], *texts]:
+        t0 = time.perf_counter()
+        with contextlib.suppress(AgentError):  # an invalid answer costs its time too
+            fn(text)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out[warm:]
+
+
+def p(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1)
+
+
+def variants(task: str, artifact: Path, texts: list[str], threads: int) -> dict[str, Any]:
+    """Per exported variant: the evaluation's test scores, size, p50/p99 ms and RSS of a process serving it."""
+    export = OUT / f".work-{task}" / "export"
+    spec = data.TaskSpec.load(export)
+    files = json.loads((export / "stage.json").read_text())["results"]["files"]
+    table = dict(mf.load(artifact).metrics["variants"])
+    for name, rel in files.items():
+        manifest = build_manifest(export, [(rel, "model")], spec)
+        manifest.label_scoring = mf.load(artifact).label_scoring
+        rt = runtime(export, threads, manifest)
+        try:
+            ms = timings(lambda t, rt=rt: rt.predict([t]), texts)
+        finally:
+            rt.close()
+        table[name].update(p50_ms=p(ms, 50), p99_ms=p(ms, 99), rss_mb=serving_rss(export, rel, spec, threads))
+    return table
+
+
+def serving_rss(folder: Path, rel: str, spec: data.TaskSpec, threads: int) -> float:
+    """Peak RSS of a fresh process that loads this GGUF in the runtime and answers 20 requests."""
+    code = (
+        "import json,resource,sys; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path; from edge_agent.runtimes.gguf import GgufRuntime;"
+        "from trainer.causal import data; from trainer.causal.export import build_manifest;"
+        "f=Path(sys.argv[2]); s=data.TaskSpec.load(f); rt=GgufRuntime(f, build_manifest(f,[(sys.argv[3],'model')],s),"
+        "int(sys.argv[4]));"
+        "[rt.predict([t]) for t in json.loads(sys.argv[5])];"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    texts = json.dumps([r["text"] for r in spread(rows_of("dev"), 20)])
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), str(folder), rel, str(threads), texts],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return round(int(out.stdout.split()[-1]) / 1024, 1)
+
+
+def accuracy(rt: GgufRuntime, rows: list[dict[str, Any]]) -> float:
+    right = 0
+    for row in rows:
+        with contextlib.suppress(AgentError):
+            right += rt.predict([row["text"]])[0].label == row["intent"]
+    return round(right / len(rows), 4)
+
+
+def zero_shot(classify: Path, threads: int, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The instruct model as shipped (the Q4_1 file), the fine-tune's prompt and labels, tree scoring;
+    then with every label named in its instruction (the prompt a zero-shot user would write)."""
+    folder = OUT / "zero-shot"
+    folder.mkdir(exist_ok=True)
+    link = folder / "base.gguf"
+    if not link.exists():
+        link.symlink_to(smollm2.gguf())
+    served = mf.load(classify)
+    assert served.prompt is not None
+    base = served.model_copy(update={"files": [mf.file_entry(folder, "base.gguf", "model")], "temperature": 1.0})
+    instruction = prompts.INSTRUCTIONS["classify"]
+    listed = f"{instruction} Labels: {', '.join(served.labels)}."
+    named = base.model_copy(
+        update={
+            "prompt": served.prompt.model_copy(update={"template": served.prompt.template.replace(instruction, listed)})
+        }
+    )
+    out = {}
+    for key, manifest in (("zero_shot", base), ("zero_shot_labels_listed", named)):
+        rt = runtime(folder, threads, manifest)
+        try:
+            out[key] = accuracy(rt, rows)
+        finally:
+            rt.close()
+    return out
+
+
+def through_agent(artifact: Path, texts: list[str], threads: int) -> dict[str, float]:
+    """Sequential requests over MQTT 5 to a running agent serving the classifier: round trip, and the
+    agent's RSS after them."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        models = tmp / "models.yaml"
+        models.write_text(yaml.safe_dump({"models": [{"name": "intent", "path": str(artifact), "threads": threads}]}))
+        with mosquitto(tmp) as port:
+            proc, _ = start_agent(models, port, tmp, threads)
+            try:
+                replies = timed(port, "edge-agent/bench/req/intent", [*texts[:5], *texts])[5:]
+                _, hwm = rss_mb(proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait(20)
+    ms = [t for t, _ in replies]
+    errors = sum("error" in r for _, r in replies)
+    return {"p50_ms": p(ms, 50), "p99_ms": p(ms, 99), "errors": errors, "n": len(ms), "rss_mb": round(hwm, 1)}
+
+
+def lever_manifests(artifact: Path) -> list[tuple[str, mf.Manifest, bool]]:
+    """(what changed, manifest, prefix kept in the KV cache), cumulatively from how it ran before."""
+    now = mf.load(artifact)
+    assert now.prompt is not None
+    instruction = prompts.INSTRUCTIONS["classify"]
+    old_template = now.prompt.template.replace(instruction, DEFAULT_SYSTEM).replace(
+        "user\n{text}", f"user\n{instruction}\n{{text}}"
+    )
+    old_prompt = now.prompt.model_copy(update={"template": old_template})
+    before = now.model_copy(update={"prompt": old_prompt, "label_scoring": "full"})
+    return [
+        (
+            "before: default system prompt + instruction in the user turn, whole prompt evaluated, full scoring",
+            before,
+            False,
+        ),
+        ("+ the template's fixed prefix kept in the KV cache", before, True),
+        (
+            "+ the instruction as the system turn (33 prompt tokens, not 55)",
+            now.model_copy(update={"label_scoring": "full"}),
+            True,
+        ),
+        ("+ the label tree: logits only where it branches (the default)", now, True),
+    ]
+
+
+def levers(artifact: Path, texts: list[str], threads: int) -> list[dict[str, Any]]:
+    out = []
+    for what, manifest, cached in lever_manifests(artifact):
+        rt = runtime(artifact, threads, manifest)
+        try:
+
+            def one(text: str, rt: GgufRuntime = rt, cached: bool = cached) -> None:
+                if not cached:
+                    rt.llm.cached = []  # nothing reusable: the whole prompt is evaluated again
+                rt.predict([text])
+
+            ms = timings(one, texts)
+        finally:
+            rt.close()
+        out.append({"lever": what, "p50_ms": p(ms, 50), "p99_ms": p(ms, 99)})
+    for what, n_threads, ubatch in (
+        ("1 thread instead of 2", 1, None),
+        ("n_ubatch 16", threads, 16),
+        ("n_ubatch 64", threads, 64),
+    ):
+        llamacpp.UBATCH = ubatch
+        rt = runtime(artifact, n_threads)
+        try:
+            ms = timings(lambda t, rt=rt: rt.predict([t]), texts)
+        finally:
+            rt.close()
+            llamacpp.UBATCH = None
+        out.append({"lever": f"(the default, but {what})", "p50_ms": p(ms, 50), "p99_ms": p(ms, 99)})
+    return out
+
+
+def scoring_methods(
+    artifact: Path, threads: int, dev: list[dict[str, Any]], test: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Tree vs full label scoring (each with its own temperature fitted on dev) vs free generation."""
+    served = mf.load(artifact)
+    labels = served.labels
+    out: dict[str, Any] = {}
+    for method in ("tree", "full"):
+        rt = runtime(artifact, threads, served.model_copy(update={"label_scoring": method, "temperature": 1.0}))
+        try:
+            fit = np.array([rt.scores(r["text"]) for r in dev])
+            gold_dev = np.array([labels.index(r["intent"]) for r in dev])
+            temperature = calibration.fit_temperature(fit, gold_dev)
+            ms, scores = [], []
+            for row in test:
+                t0 = time.perf_counter()
+                scores.append(rt.scores(row["text"]))
+                ms.append((time.perf_counter() - t0) * 1000)
+        finally:
+            rt.close()
+        probs = calibration.softmax(np.array(scores), temperature)
+        correct = np.array([labels[i] == r["intent"] for i, r in zip(probs.argmax(1), test, strict=True)], dtype=float)
+        out[method] = {
+            "p50_ms": p(ms, 50),
+            "p99_ms": p(ms, 99),
+            "accuracy": round(float(correct.mean()), 4),
+            "ece": round(calibration.ece(probs.max(1), correct), 4),
+            "temperature": round(temperature, 3),
+        }
+    rt = runtime(artifact, threads)
+    try:
+        ms, right, outside = [], 0, 0
+        for row in test:
+            t0 = time.perf_counter()
+            said = rt.complete(row["text"], constrained=False).text
+            ms.append((time.perf_counter() - t0) * 1000)
+            right += said == row["intent"]
+            outside += said not in labels
+    finally:
+        rt.close()
+    out["generation"] = {
+        "p50_ms": p(ms, 50),
+        "p99_ms": p(ms, 99),
+        "accuracy": round(right / len(test), 4),
+        "outside_label_set": round(outside / len(test), 4),
+    }
+    return out
 
 
 def raw_vs_runtime(rt: GgufRuntime, gguf: Path, samples: list[str], threads: int, tokens: int) -> dict[str, float]:
@@ -122,6 +355,26 @@ def raw_vs_runtime(rt: GgufRuntime, gguf: Path, samples: list[str], threads: int
     }
 
 
+def long_generation(artifact: Path, threads: int, samples: list[str]) -> dict[str, float]:
+    """The instruct model as shipped, asked to write: 128-token answers (decode speed, not quality)."""
+    served = mf.load(artifact)
+    assert served.prompt is not None
+    folder = OUT / "zero-shot"
+    write = served.prompt.template.replace(prompts.INSTRUCTIONS["extract"], "Write a long story about the request.")
+    manifest = served.model_copy(
+        update={
+            "files": [mf.file_entry(folder, "base.gguf", "model")],
+            "prompt": served.prompt.model_copy(update={"template": write}),
+            "max_answer_tokens": 128,
+        }
+    )
+    rt = runtime(folder, threads, manifest)
+    try:
+        return raw_vs_runtime(rt, folder / "base.gguf", samples, threads, 128)
+    finally:
+        rt.close()
+
+
 def grammar_overhead(rt: GgufRuntime, samples: list[str]) -> dict[str, float]:
     """ms per generated token, constrained vs free, on the trained extractor (its answers are JSON either way).
 
@@ -142,8 +395,6 @@ def grammar_overhead(rt: GgufRuntime, samples: list[str]) -> dict[str, float]:
         "constrained_ms_per_token": round(constrained_ms, 3),
         "free_ms_per_token": round(per["free"], 3),
         "overhead": round(constrained_ms / per["free"] - 1, 3),
-        "constrained_ms_per_request": round(1000 * rows["constrained again"][0] / len(samples), 2),
-        "free_ms_per_request": round(1000 * rows["free"][0] / len(samples), 2),
         "free_json_valid": round(valid_free / len(samples), 4),
     }
 
@@ -156,229 +407,125 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def scoring_vs_generation(rt: GgufRuntime, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """One pass per method over the same texts (interleaving would hand the second a cached prompt)."""
-    timings: dict[str, list[float]] = {"scoring": [], "generation": []}
-    right = {"scoring": 0, "generation": 0}
-    outside = 0
-    for method in ("scoring", "generation"):
-        for row in rows:
-            t0 = time.perf_counter()
-            if method == "scoring":
-                said = rt.predict([row["text"]])[0].label
-            else:
-                said = rt.complete(row["text"], constrained=False).text
-                outside += said not in rt.manifest.labels
-            timings[method].append((time.perf_counter() - t0) * 1000)
-            right[method] += said == row["intent"]
-    n = len(rows)
-    return {
-        "scoring_p50_ms": round(statistics.median(timings["scoring"]), 2),
-        "generation_p50_ms": round(statistics.median(timings["generation"]), 2),
-        "scoring_mean_ms": round(statistics.fmean(timings["scoring"]), 2),
-        "generation_mean_ms": round(statistics.fmean(timings["generation"]), 2),
-        "scoring_accuracy": round(right["scoring"] / n, 4),
-        "generation_accuracy": round(right["generation"] / n, 4),
-        "generation_outside_label_set": round(outside / n, 4),
-    }
-
-
-def untrained_gguf(work: Path) -> Path:
-    """The random base as Q8_0: it rarely says EOS, so generations run to max_tokens (decode speed)."""
-    target = work / "base.q8_0.gguf"
-    if not target.is_file():
-        f16 = converter.convert(base(), work / "base.f16.gguf", "f16")
-        gguf_export.quantize(f16, target, "q8_0", 2)
-    return target
-
-
-def quant_table(artifact: Path) -> dict[str, Any]:
-    return dict(mf.read(artifact).metrics["variants"])
-
-
-def variant_speed(task: str, samples: list[str], threads: int) -> dict[str, float]:
-    """p50 ms per request of every exported variant, through the runtime, same texts, same conditions."""
-    export = OUT / f".work-{task}" / "export"
-    spec = data.TaskSpec.load(export)
-    out = {}
-    for name, rel in json.loads((export / "stage.json").read_text())["results"]["files"].items():
-        rt = GgufRuntime(export, build_manifest(export, [(rel, "model")], spec), threads)
-        timings = []
-        try:
-            for text in [*samples[:3], *samples]:
-                t0 = time.perf_counter()
-                with contextlib.suppress(AgentError):  # an invalid answer costs its time too
-                    rt.predict([text])
-                timings.append((time.perf_counter() - t0) * 1000)
-        finally:
-            rt.close()
-        out[name] = round(statistics.median(timings[3:]), 2)
-    return out
-
-
-SMOL = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9}
-
-
-def scale_gguf() -> Path:
-    """A SmolLM2-135M-shaped Llama (random weights, this bench's tokenizer) as Q8_0: how label scoring
-    and generation cost compare at a size users serve, where one decoded token is no longer ~free."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    target = OUT / ".work-classify" / "export" / "scale.q8_0.gguf"
-    if target.is_file():
-        return target
-    folder = OUT / "scale-base"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(base() / name, folder / name)
-    vocab = json.loads((base() / "config.json").read_text())["vocab_size"]
-    config = LlamaConfig(vocab_size=vocab, num_key_value_heads=3, tie_word_embeddings=True, **SMOL)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.float16).save_pretrained(folder)
-    f16 = converter.convert(folder, OUT / "scale.f16.gguf", "f16")
-    return gguf_export.quantize(f16, target, "q8_0", 2)
-
-
-def scale_check(samples: list[str], threads: int) -> dict[str, float]:
-    """p50 ms: prompt pass, generating a label-length answer, label scoring (pruned / every label exact),
-    and one decode of n tokens (how much batching saves on this CPU)."""
-    from edge_agent.runtimes import gguf
-
-    export = OUT / ".work-classify" / "export"
-    gguf_path = scale_gguf()
-    rt = GgufRuntime(export, build_manifest(export, [(gguf_path.name, "model")], data.TaskSpec.load(export)), threads)
-    k = round(statistics.fmean(len(t) for t in rt.label_ids))
-
-    def p50(fn: Any) -> float:
-        timings = []
-        for text in [*samples[:2], *samples]:
-            t0 = time.perf_counter()
-            fn(text)
-            timings.append((time.perf_counter() - t0) * 1000)
-        return round(statistics.median(timings[2:]), 1)
-
-    params = round(llama_cpp.llama_model_n_params(rt.llm.model) / 1e6, 1)
-    out = {"parameters_m": params, "label_tokens_mean": k, "tree_nodes": sum(len(v) for v in rt.children.values())}
-    try:
-        out["prompt_pass_ms"] = p50(lambda t: rt.llm.prefill(rt.prompt_ids(t)))
-        out["generate_label_ms"] = p50(lambda t: rt.complete(t, constrained=False, max_tokens=k))
-        out["scoring_pruned_ms"] = p50(rt.scores)
-        prune, gguf.PRUNE = gguf.PRUNE, 1e9
-        try:
-            out["scoring_all_exact_ms"] = p50(rt.scores)
-        finally:
-            gguf.PRUNE = prune
-        out.update({f"decode_{n}_tokens_ms": decode_cost(rt, samples[0], n) for n in (1, 16, 64, 128)})
-    finally:
-        rt.close()
-    return out
-
-
-def decode_cost(rt: GgufRuntime, text: str, n: int) -> float:
-    ids, timings = rt.prompt_ids(text), []
-    for _ in range(5):
-        rt.llm.prefill(ids)
-        t0 = time.perf_counter()
-        rt.llm.decode([(5 + i % 50, len(ids) + i, [0], i == n - 1) for i in range(n)])
-        timings.append((time.perf_counter() - t0) * 1000)
-        llama_cpp.llama_memory_seq_rm(rt.llm.memory, 0, len(ids), -1)
-    return round(statistics.median(timings), 1)
-
-
 def tables(r: dict[str, Any]) -> None:
     """The results as markdown."""
-    print(f"\n## quality on HWU64 test, through the agent's runtime ({r['threads']} llama.cpp thread)\n")
-    print("| task | variant | MB | intent acc. | Δ pt | macro-F1 | JSON valid | field EM | entity F1 | p50 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for task, variants in r["quantization"].items():
-        for name, v in variants.items():
+    print(f"\n## HWU64 test (1,076 texts, 64 intents), through the agent's runtime, {r['threads']} threads\n")
+    for task, how in r["training"].items():
+        print(f"- {task}: {how}")
+    cols = ("task", "variant", "MB", "RSS MB", "intent acc.", "macro-F1", "JSON valid", "field EM", "entity F1")
+    print("\n| " + " | ".join((*cols, "p50 ms", "p99 ms")) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for task, table in r["variants"].items():
+        for name, v in table.items():
             t = v["test"]
-            delta = next(iter(d for k, d in t.items() if k.startswith("delta_vs")))["intent_accuracy"]
-            cells = [f"{100 * t[k]:.2f}" if k in t else "-" for k in ("json_valid", "field_exact", "entity_f1")]
+            cells = [f"{100 * t[k]:.1f}" if k in t else "-" for k in ("json_valid", "field_exact", "entity_f1")]
             print(
-                f"| {task} | {name} | {v['size_bytes'] / 1e6:.1f} | {100 * t['intent_accuracy']:.2f} | {delta:+.2f} "
-                f"| {100 * t['intent_macro_f1']:.2f} | {' | '.join(cells)} | {r['variant_p50_ms'][task][name]} |"
+                f"| {task} | {name} | {v['size_bytes'] / 1e6:.0f} | {v['rss_mb']} | {100 * t['intent_accuracy']:.1f} "
+                f"| {100 * t['intent_macro_f1']:.1f} | {' | '.join(cells)} | {v['p50_ms']} | {v['p99_ms']} |"
             )
-    sg, go = r["scoring_vs_generation"], r["grammar_overhead"]
-    short, long = r["raw_vs_runtime_short"], r["raw_vs_runtime_long"]
-    print(f"\n## serving (Q8_0, n = {r['n']})\n")
+    z = r["zero_shot"]
+    print(
+        f"\nZero-shot (the instruct model as shipped, Q4_1, before fine-tuning): {100 * z['zero_shot']:.1f} % "
+        f"with the fine-tune's prompt; {100 * z['zero_shot_labels_listed']:.1f} % with the 64 labels in its "
+        "instruction."
+    )
+    a = r["through_agent"]
+    print(f"\n## classification through the agent over MQTT (Q8_0, sequential, n = {a['n']})\n")
+    print("| p50 ms | p99 ms | errors | agent peak RSS MB | goal |")
+    print("|---:|---:|---:|---:|---|")
+    print(f"| {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | {a['rss_mb']} | p50 <= 100 ms (goal 60) |")
+    print(f"\n## latency levers, in-process, Q8_0 (n = {r['n']})\n")
+    print("| lever | p50 ms | p99 ms |")
+    print("|---|---:|---:|")
+    for row in r["levers"]:
+        print(f"| {row['lever']} | {row['p50_ms']} | {row['p99_ms']} |")
+    s = r["scoring"]
+    print(
+        f"\n## label scoring vs generation (Q8_0; temperature fitted on {r['n_dev']} dev texts, {r['n']} test texts)\n"
+    )
+    print("| method | p50 ms | p99 ms | accuracy | ECE | note |")
+    print("|---|---:|---:|---:|---:|---|")
+    for method in ("tree", "full"):
+        m = s[method]
+        print(
+            f"| {method} scoring | {m['p50_ms']} | {m['p99_ms']} | {100 * m['accuracy']:.1f} | {m['ece']:.3f} "
+            f"| T = {m['temperature']} |"
+        )
+    g = s["generation"]
+    print(
+        f"| free generation | {g['p50_ms']} | {g['p99_ms']} | {100 * g['accuracy']:.1f} | - "
+        f"| outside the label set {100 * g['outside_label_set']:.1f} % |"
+    )
+    go, short, long = r["grammar_overhead"], r["raw_vs_runtime_short"], r["raw_vs_runtime_long"]
+    print("\n## generation\n")
     print("| measure | agent runtime | comparison | ratio / overhead | goal |")
     print("|---|---:|---:|---:|---|")
-    for label, m in (("short, trained extractor", short), ("128-token, untrained base", long)):
-        print(f"| tokens/s, {label} | {m['runtime_tok_s']} | raw {m['raw_tok_s']} | {m['ratio']} | ≥ 0.95 |")
+    for label, m in (("short, fine-tuned extractor", short), ("128-token answers, instruct model", long)):
+        print(f"| tokens/s, {label} | {m['runtime_tok_s']} | raw {m['raw_tok_s']} | {m['ratio']} | >= 0.95 |")
     print(
         f"| ms/token, constrained vs free extraction | {go['constrained_ms_per_token']} | {go['free_ms_per_token']} "
-        f"| {100 * go['overhead']:+.1f} % | ≤ 15 % |"
+        f"| {100 * go['overhead']:+.1f} % | <= 15 % |"
     )
-    ratio = sg["scoring_p50_ms"] / sg["generation_p50_ms"]
-    print(
-        f"| label scoring vs generating the label, p50 ms | {sg['scoring_p50_ms']} | {sg['generation_p50_ms']} "
-        f"| {ratio:.2f}x | scoring should win |"
-    )
-    print(
-        f"| accuracy: scoring vs generation | {100 * sg['scoring_accuracy']:.1f} % | "
-        f"{100 * sg['generation_accuracy']:.1f} % | "
-        f"outside the label set {100 * sg['generation_outside_label_set']:.1f} % | |"
-    )
-    if "scale" in r:
-        print("\n## label scoring at 107 M parameters (SmolLM2-135M shape, random weights, Q8_0)\n")
-        print("| measure | p50 ms |")
-        print("|---|---:|")
-        for key, value in r["scale"].items():
-            print(f"| {key} | {value} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, train nothing")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads (default 1)")
-    parser.add_argument("-n", type=int, default=200, help="test texts per timing")
-    parser.add_argument("--scale", action="store_true", help="also time scoring vs generation at 107 M parameters")
+    parser.add_argument("--base", type=Path, help="the GGUF file (default: SmolLM2-135M-Instruct Q4_1, fetched once)")
+    parser.add_argument("--share", type=float, default=0.4, help="classify: share of each intent's train rows")
+    parser.add_argument("--steps", type=int, default=120, help="classify: optimizer steps (batch 16)")
+    parser.add_argument("--extract-share", type=float, default=0.15)
+    parser.add_argument("--extract-steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (default 2)")
+    parser.add_argument("-n", type=int, default=300, help="test texts per timing")
     args = parser.parse_args()
+    args.base = args.base or smollm2.gguf()
     OUT.mkdir(parents=True, exist_ok=True)
-    artifacts = {task: OUT / f"hwu64-{task}" for task in ("classify", "extract")}
+    artifacts = {task: OUT / f"smollm2-{task}" for task in ("classify", "extract")}
     for task, folder in artifacts.items():
         if not (folder / mf.MANIFEST).is_file():
             if args.reuse:
                 raise SystemExit(f"{folder}: no artifact; run without --reuse first")
             train(task, args)
     results = measure(artifacts, args)
-    if args.scale:
-        results["scale"] = scale_check([row["text"] for row in test_rows(30)], args.threads)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     tables(results)
 
 
+def training(task: str) -> str:
+    """What the fine-tune saw: steps, batch, rate, and how many train texts."""
+    work = OUT / f".work-{task}"
+    recipe = json.loads((work / "finetune" / "stage.json").read_text())["params"]["recipe"]
+    texts = sum(1 for _ in (work / "data" / "train.jsonl").open())
+    seen = min(texts * recipe["epochs"], recipe["max_steps"] * recipe["batch_size"]) if recipe["max_steps"] else texts
+    return (
+        f"{texts} train texts (share of HWU64 train), {recipe['max_steps'] or 'all'} steps of {recipe['batch_size']}"
+        f" ({seen} examples seen), lr {recipe['lr']}, LoRA r {recipe['lora_r']}"
+    )
+
+
 def measure(artifacts: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
-    rows = test_rows(args.n)
-    samples = [row["text"] for row in rows]
-    results: dict[str, Any] = {"threads": args.threads, "n": args.n}
-    classify, extract = runtime(artifacts["classify"], args.threads), runtime(artifacts["extract"], args.threads)
+    test, dev = rows_of("test"), rows_of("dev")
+    rows, dev_rows = spread(test, args.n), spread(dev, args.n)
+    texts = [row["text"] for row in rows]
+    results: dict[str, Any] = {"threads": args.threads, "n": len(rows), "n_dev": len(dev_rows)}
+    results["training"] = {task: training(task) for task in artifacts}
+    results["variants"] = {task: variants(task, a, texts[:100], args.threads) for task, a in artifacts.items()}
+    results["zero_shot"] = zero_shot(artifacts["classify"], args.threads, test)
+    results["through_agent"] = through_agent(artifacts["classify"], texts, args.threads)
+    results["levers"] = levers(artifacts["classify"], texts[:100], args.threads)
+    results["scoring"] = scoring_methods(artifacts["classify"], args.threads, dev_rows, rows)
+    extract = runtime(artifacts["extract"], args.threads)
     try:
-        results["scoring_vs_generation"] = scoring_vs_generation(classify, rows)
-        results["grammar_overhead"] = grammar_overhead(extract, samples)
+        results["grammar_overhead"] = grammar_overhead(extract, texts[:100])
         results["raw_vs_runtime_short"] = raw_vs_runtime(
-            extract, artifacts["extract"] / "model.gguf", samples[:50], args.threads, 64
+            extract, artifacts["extract"] / "model.gguf", texts[:50], args.threads, 64
         )
-        spec = data.TaskSpec.load(OUT / ".work-extract" / "export")
-        long_gguf = untrained_gguf(OUT)
-        untrained = GgufRuntime(OUT, build_manifest(OUT, [(long_gguf.name, "model")], spec), args.threads)
-        try:
-            results["raw_vs_runtime_long"] = raw_vs_runtime(untrained, long_gguf, samples[:20], args.threads, 128)
-        finally:
-            untrained.close()
-    except AgentError as exc:
-        raise SystemExit(f"measurement failed: {exc}") from None
     finally:
-        classify.close()
         extract.close()
-    results["quantization"] = {task: quant_table(folder) for task, folder in artifacts.items()}
-    results["variant_p50_ms"] = {task: variant_speed(task, samples[:100], args.threads) for task in artifacts}
+    results["raw_vs_runtime_long"] = long_generation(artifacts["extract"], args.threads, texts[:20])
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
 
 

@@ -23,8 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
-from trainer import calibration, evaluate, metrics, pipeline, records, serving, stage  # noqa: E402
-from trainer.recipe import Recipe  # noqa: E402
+from trainer import calibration, metrics, records, report, stage  # noqa: E402
+from trainer.encoder import evaluate, serving  # noqa: E402
+from trainer.encoder.build import EncoderBuild  # noqa: E402
+from trainer.encoder.build import build as build_artifact  # noqa: E402
+from trainer.encoder.recipe import EncoderRecipe  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
 HWU = DATASETS / "hwu64"
@@ -56,7 +59,7 @@ def main() -> int:
     args = parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    recipe = Recipe(**json.loads(args.recipe)) if args.recipe else Recipe(threads=args.threads)
+    recipe = EncoderRecipe(**json.loads(args.recipe)) if args.recipe else EncoderRecipe(threads=args.threads)
     full, wall = build(out, "hwu64", HWU / "train.jsonl", HWU / "dev.jsonl", recipe, args.reuse)
     rows = measure_full(out, full, wall)
     if not args.skip_unknown:
@@ -72,20 +75,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, do not train")
     parser.add_argument("--skip-unknown", action="store_true", help="skip the held-out-intents training")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = default)")
-    parser.add_argument("--recipe", help="JSON object of Recipe fields (default: the trainer's defaults)")
+    parser.add_argument("--recipe", help="JSON object of EncoderRecipe fields (default: the trainer's defaults)")
     return parser.parse_args()
 
 
 def build(
-    out: Path, name: str, train: Path, dev: Path, recipe: Recipe, reuse: bool, test: Path | None = HWU / "test.jsonl"
+    out: Path,
+    name: str,
+    train: Path,
+    dev: Path,
+    recipe: EncoderRecipe,
+    reuse: bool,
+    test: Path | None = HWU / "test.jsonl",
 ) -> tuple[Path, float]:
     """Train, export, calibrate on dev, publish; returns the artifact and the wall time in seconds."""
     artifact = out / name
     if reuse and (artifact / mf.MANIFEST).is_file():
         return artifact, json.loads((out / f"{name}.wall.json").read_text())["seconds"]
     started = time.monotonic()
-    options = pipeline.BuildOptions(name=name, out=artifact, test=test)
-    pipeline.build(train, dev, options, recipe)
+    options = EncoderBuild(name=name, out=artifact, test=test)
+    build_artifact(train, dev, options, recipe)
     seconds = time.monotonic() - started
     (out / f"{name}.wall.json").write_text(json.dumps({"seconds": seconds}) + "\n")
     return artifact, seconds
@@ -96,8 +105,8 @@ def measure_full(out: Path, artifact: Path, wall: float) -> dict[str, Any]:
     int8 = run_section(artifact, manifest, HWU / "test.jsonl")
     fp32 = run_section(*fp32_model(artifact, manifest), HWU / "test.jsonl")
     slurp = run_section(artifact, manifest, unseen_slurp(out))
-    report = {"hwu64_test_int8": int8, "hwu64_test_fp32": fp32, "slurp_dev_unseen_int8": slurp}
-    evaluate.write_report({**report, "test": int8}, out / "hwu64-test.json", out / "hwu64-test.png")
+    doc = {"hwu64_test_int8": int8, "hwu64_test_fp32": fp32, "slurp_dev_unseen_int8": slurp}
+    report.write_report({**doc, "test": int8}, out / "hwu64-test.json", out / "hwu64-test.png")
     dev = manifest.metrics["dev"]
     return {
         "int8_accuracy": int8["headline"]["intent_accuracy"],
@@ -129,7 +138,7 @@ def measure_full(out: Path, artifact: Path, wall: float) -> dict[str, Any]:
 def run_section(folder: Path, manifest: mf.Manifest, data: Path) -> dict[str, Any]:
     runtime = serving.open_runtime(folder, manifest)
     outputs = evaluate.infer(runtime, manifest, data)
-    return evaluate.section(outputs, manifest.labels, manifest.temperature, manifest.thresholds.escalate)
+    return report.section(outputs, manifest.labels, manifest.temperature, manifest.thresholds.escalate)
 
 
 def word_glue_f1(folder: Path, manifest: mf.Manifest, data: Path) -> float:
@@ -203,7 +212,7 @@ def curve_points(section: dict[str, Any]) -> list[tuple[float, float]]:
     return [(p["coverage"], p["accuracy"]) for p in curve if round(p["coverage"] * 100) % 5 == 0]
 
 
-def measure_unknown(out: Path, recipe: Recipe, reuse: bool) -> dict[str, Any]:
+def measure_unknown(out: Path, recipe: EncoderRecipe, reuse: bool) -> dict[str, Any]:
     """Train without 8 intents, calibrate on dev without them; how many of their test requests escalate."""
     split = {name: _split(out, name) for name in ("train", "dev", "test")}
     artifact, wall = build(out, "hwu64-known", split["train"][0], split["dev"][0], recipe, reuse, split["test"][0])

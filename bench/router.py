@@ -133,7 +133,7 @@ def plot(confidence: np.ndarray, correct: np.ndarray, cloud_right: np.ndarray, c
 
 # -- escalation overhead -----------------------------------------------------------------------
 def tiny(tmp: Path) -> Path:
-    from trainer.tiny import build_tiny_artifact
+    from trainer.encoder.tiny import build_tiny_artifact
 
     return build_tiny_artifact(tmp / "tiny")
 

@@ -104,7 +104,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     artifact = args.artifact
     if artifact is None:
-        from trainer.tiny import build_tiny_artifact
+        from trainer.encoder.tiny import build_tiny_artifact
 
         artifact = build_tiny_artifact(work / "tiny", name="tiny")
     name = mf.read(artifact).name

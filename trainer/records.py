@@ -1,10 +1,15 @@
-"""Labelled JSONL in, validated records out; every problem is a DataError naming file and line."""
+"""Labelled JSONL in, validated records out; every problem is a DataError naming file and line.
+
+Also the JSONL both paths' data stages write (`write_split`, `load_split`) and the built-in examples
+their tiny builds train on.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,3 +124,62 @@ def check_known(path: Path, records: list[Record], intents: set[str], types: set
         for ent in rec.entities:
             if ent.type not in types:
                 raise DataError(path, rec.line, f"entity type {ent.type!r} does not occur in {train}")
+
+
+def write_split(
+    path: Path,
+    rows: Iterable[dict[str, Any]],
+    length: Callable[[dict[str, Any]], int],
+    limit: int,
+    ensure_ascii: bool = True,
+) -> dict[str, int]:
+    """Encoded examples as JSONL; those whose input `length` exceeds the model's `limit` (in tokens) are
+    left out, counted and warned about."""
+    kept = too_long = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            if length(row) > limit:
+                too_long += 1
+                continue
+            fh.write(json.dumps(row, ensure_ascii=ensure_ascii) + "\n")
+            kept += 1
+    if too_long:
+        print(f"warning: {path.name}: {too_long} examples longer than {limit} tokens left out", file=sys.stderr)
+    return {"examples": kept, "too_long": too_long}
+
+
+def load_split(folder: Path, name: str) -> list[dict[str, Any]]:
+    """A split a data stage encoded (`train`, `dev`): one dict per line."""
+    with (folder / f"{name}.jsonl").open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+_ROOMS = ["kitchen", "bedroom", "living room", "hall"]
+_TEMPLATES = {
+    "lights_on": ["turn on the lights in the {room}", "switch the {room} lights on", "lights on in the {room}"],
+    "lights_off": ["turn off the lights in the {room}", "switch the {room} lights off", "lights off in the {room}"],
+    "weather": ["what is the weather like", "will it rain today", "how warm is it outside"],
+}
+
+
+def builtin_records() -> list[dict[str, object]]:
+    """24 examples over 3 intents; the light commands carry a `house_place` entity (tests, tiny builds)."""
+    out: list[dict[str, object]] = []
+    for intent, templates in _TEMPLATES.items():
+        for i, template in enumerate(templates * 3):
+            if len(out) >= 8 * (1 + list(_TEMPLATES).index(intent)):
+                break
+            room = _ROOMS[i % len(_ROOMS)]
+            text = template.format(room=room)
+            entities = []
+            if "{room}" in template:
+                start = text.index(room)
+                entities = [{"type": "house_place", "value": room, "start": start, "end": start + len(room)}]
+            out.append({"text": text, "intent": intent, "entities": entities})
+    return out
+
+
+def write_builtin(path: Path) -> Path:
+    """`builtin_records` as a JSONL file."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in builtin_records()))
+    return path

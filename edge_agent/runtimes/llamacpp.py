@@ -22,6 +22,7 @@ logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's loa
 Row = tuple[int, int, list[int], bool]  # a batch row: token, position, sequences, wants logits
 
 _backend_ready = False
+UBATCH: int | None = None  # tokens per micro-batch; None: the whole context (bench/gguf.py measures others)
 
 
 def _backend() -> None:
@@ -52,7 +53,8 @@ class Llama:
         """The context: `n_ctx` cells shared by `n_seq` sequences, a batch as large as the context."""
         self.n_ctx, self.n_seq = n_ctx, n_seq
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+        cparams.n_ctx = cparams.n_batch = n_ctx
+        cparams.n_ubatch = min(UBATCH or n_ctx, n_ctx)
         cparams.n_seq_max = n_seq
         cparams.kv_unified = True  # branches share the prompt's cells instead of splitting the cache
         cparams.n_threads = cparams.n_threads_batch = threads
@@ -133,11 +135,12 @@ class Llama:
         self.cached = list(ids)
         return self.logits(len(tail) - 1)
 
-    def append(self, token: int) -> np.ndarray:
-        """One more token at the end of sequence 0; the next token's logits."""
-        self.decode([(token, len(self.cached), [0], True)])
-        self.cached.append(token)
-        return self.logits(0)
+    def append(self, tokens: list[int]) -> np.ndarray:
+        """More tokens at the end of sequence 0, in one decode; the logits after the last one."""
+        at = len(self.cached)
+        self.decode([(t, at + i, [0], i == len(tokens) - 1) for i, t in enumerate(tokens)])
+        self.cached += tokens
+        return self.logits(len(tokens) - 1)
 
     def branch(self, seq: int, upto: int) -> None:
         """Sequence `seq` shares sequence 0's cells at positions [0, upto)."""

@@ -27,9 +27,10 @@ from edge_agent.runtimes.pool import Served
 from tests.support.agent import Agent, write_models
 from tests.support.broker import Broker, client
 from trainer import cli as trainer_cli
-from trainer.causal import converter, data, gguf_export
-from trainer.causal.tiny import build_tiny_artifact, corpus, make_base, write_records
+from trainer.causal import converter, data, export
+from trainer.causal.tiny import build_tiny_artifact, corpus, make_base
 from trainer.errors import TrainerError
+from trainer.records import write_builtin
 
 LIGHTS = {"turn on the lights in the kitchen": "lights_on", "switch the hall lights off": "lights_off"}
 WEATHER = {"will it rain today": "weather"}
@@ -45,7 +46,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def extractor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Through the one command a user runs: `edge-trainer build-causal` (in process)."""
     root = tmp_path_factory.mktemp("gguf")
-    records = write_records(root / "train.jsonl")
+    records = write_builtin(root / "train.jsonl")
     base = make_base(root / "base", corpus(records), "qwen2")
     recipe = "--lr 1e-2 --batch-size 8 --max-steps 150 --train-embeddings true --lora-dropout 0 --warmup 0.05"
     argv = ["build-causal", "--base", str(base), "--train", str(records), "--dev", str(records), "--task", "extract"]
@@ -102,7 +103,7 @@ def test_the_gguf_computes_what_the_merged_model_computes(extractor: Path, tmp_p
     converter.convert(broken, tmp_path / "broken.gguf", "f32")
     spec = data.TaskSpec.load(work / "export")
     with pytest.raises(TrainerError, match="differ from the merged model"):
-        gguf_export.parity(work / "merged", tmp_path, "broken.gguf", spec, list(EXAMPLES))
+        export.parity(work / "merged", tmp_path, "broken.gguf", spec, list(EXAMPLES))
 
 
 def test_classify_scores_the_label_set(classify_rt: GgufRuntime) -> None:
@@ -125,20 +126,52 @@ def test_prefix_cache_does_not_change_scores(classify_rt: GgufRuntime, classifie
         assert abs(a - b).max() < 1e-3
 
 
-def test_label_scores_are_exact_or_upper_bounds(classify_rt: GgufRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+def _tree_logprob(runtime: GgufRuntime, text: str, toks: list[int]) -> float:
+    """A label's probability under the label tree, token by token: softmax over the children at every
+    node with more than one."""
+    logits, total, prefix = runtime.llm.prefill(runtime.prompt_ids(text)), 0.0, ()
+    for token in toks:
+        kids = list(runtime.tree.children[prefix])
+        if len(kids) > 1:
+            total += float(log_softmax(logits[kids])[kids.index(token)])
+        logits, prefix = runtime.llm.append([token]), (*prefix, token)
+    return total
+
+
+def test_tree_scores_are_exact_for_the_best_label(classify_rt: GgufRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tree search against the label tree walked token by token, label by label: the best label
+    always exact, every label exact with no pruning, and a distribution that sums to one either way."""
+    assert classify_rt.manifest.label_scoring == "tree"  # what the trainer publishes and calibrates
+    assert any(len(kids) == 1 for kids in classify_rt.tree.children.values())  # forced tokens to skip
+    for text in EXAMPLES:
+        exact = np.array([_tree_logprob(classify_rt, text, toks) for toks in classify_rt.label_ids])
+        assert abs(np.logaddexp.reduce(exact)) < 1e-4  # the tree's distribution sums to one
+        monkeypatch.setattr(gguf, "RIVALS", 0.0)  # only what could beat the best label is expanded
+        monkeypatch.setattr(gguf, "CLOSE", 0)
+        pruned = classify_rt.tree_scores(text)
+        monkeypatch.setattr(gguf, "RIVALS", 1e9)
+        monkeypatch.setattr(gguf, "CLOSE", 99)
+        unpruned = classify_rt.tree_scores(text)
+        best = int(np.argmax(exact))
+        assert int(np.argmax(pruned)) == best and abs(pruned[best] - exact[best]) < 1e-4
+        assert abs(np.logaddexp.reduce(pruned)) < 1e-4
+        assert np.allclose(unpruned, exact, atol=1e-4)
+
+
+def test_full_scores_are_exact_or_upper_bounds(classify_rt: GgufRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     """Against scoring token by token: exact for the labels kept, an upper bound for those pruned."""
     text = "switch the hall lights off"
-    pruned, margin = classify_rt.scores(text), gguf.PRUNE
+    pruned, margin = classify_rt.full_scores(text), gguf.PRUNE
     monkeypatch.setattr(gguf, "PRUNE", 0.0)  # everything but the greedy label keeps its bound
-    bounded = classify_rt.scores(text)
+    bounded = classify_rt.full_scores(text)
     monkeypatch.setattr(gguf, "PRUNE", 1e9)  # no pruning: every label scored exactly
-    full = classify_rt.scores(text)
+    full = classify_rt.full_scores(text)
     exact = []
     for j, toks in enumerate(classify_rt.label_ids):
         logits, total = classify_rt.llm.prefill(classify_rt.prompt_ids(text)), 0.0
         for token in toks:
             total += float(log_softmax(logits)[token])
-            logits = classify_rt.llm.append(token)
+            logits = classify_rt.llm.append([token])
         exact.append(total)
         assert abs(total - full[j]) < 1e-3
         assert pruned[j] >= total - 1e-3 and (pruned[j] < pruned.max() - margin or abs(pruned[j] - total) < 1e-3)
@@ -229,7 +262,7 @@ def test_export_check_catches_a_tokenizer_that_differs(extractor: Path, tmp_path
     samples = (list(EXAMPLES), ['{"intent":"weather"}'])
     same = data.load_tokenizer(make_base(tmp_path / "same", ["unused"], "qwen2", vocab_size=300))
     with pytest.raises(TrainerError, match="disagrees with the HF tokenizer"):
-        gguf_export.verify(extractor, "model.gguf", spec, same, samples)
+        export.verify(extractor, "model.gguf", spec, same, samples)
 
 
 def test_agent_serves_both_over_mqtt(

@@ -6,18 +6,17 @@ Registered into the main parser by `trainer.cli`; heavy imports happen inside th
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainer.causal.recipe import CausalRecipe
-from trainer.cli_options import add_signing_options
+from trainer.cli_options import add_recipe_options, add_signing_options, recipe_from
 
 TASKS = ("classify", "extract")
 
 
 def register(sub: Any) -> None:
+    _import(sub.add_parser("causal-import", help="a GGUF file (Ollama, LM Studio) -> the HF folder the stages train"))
     _data(sub.add_parser("causal-data", help="JSONL -> prompt/answer ids with the base's (chat) template"))
     _finetune(sub.add_parser("causal-finetune", help="LoRA (CPU) or QLoRA (CUDA) on a causal LM"))
     _merge(sub.add_parser("causal-merge", help="fold the adapter into the base: a plain HF folder"))
@@ -27,21 +26,8 @@ def register(sub: Any) -> None:
     _build(sub.add_parser("build-causal", help="every causal stage: a causal LM folder + JSONL -> GGUF artifact"))
 
 
-def _flag(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-    return text.lower() in ("true", "1", "yes")
-
-
-def _recipe_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("recipe")
-    for f in dataclasses.fields(CausalRecipe):
-        kind: Callable[[str], Any] = _flag if isinstance(f.default, bool) else type(f.default)
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"(default {f.default})")
-
-
 def _recipe(a: argparse.Namespace) -> CausalRecipe:
-    return CausalRecipe(**{f.name: getattr(a, f.name) for f in dataclasses.fields(CausalRecipe)})
+    return recipe_from(a, CausalRecipe)
 
 
 def _quants(text: str) -> list[str]:
@@ -51,9 +37,20 @@ def _quants(text: str) -> list[str]:
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", type=Path, required=True, help="training JSONL (text + intent / fields / entities)")
     p.add_argument("--dev", type=Path, required=True, help="dev JSONL: calibration, threshold, checks")
-    p.add_argument("--base", type=Path, required=True, help="local Hugging Face causal LM folder")
+    p.add_argument(
+        "--base",
+        type=Path,
+        required=True,
+        help="local Hugging Face causal LM folder, or a GGUF file (or a folder holding one): imported first",
+    )
     p.add_argument("--task", choices=TASKS, default="classify", help="classify: score labels; extract: JSON fields")
     p.add_argument("--max-tokens", type=int, default=64, help="longest request text, in tokens (default 64)")
+
+
+def _import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("gguf", type=Path, help="the GGUF file (or a folder holding exactly one)")
+    p.add_argument("--out", type=Path, required=True, help="HF folder to write (a rerun with the same file is a no-op)")
+    p.set_defaults(handler=lambda a: _stage("base").resolve(a.gguf, a.out))
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -65,7 +62,7 @@ def _data(p: argparse.ArgumentParser) -> None:
 def _finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", type=Path, help="output folder of `causal-data`")
     p.add_argument("--out", type=Path, required=True, help="reruns into the same folder resume from its checkpoints")
-    _recipe_options(p)
+    add_recipe_options(p, CausalRecipe)
     p.set_defaults(handler=lambda a: _stage("finetune").run(a.data_dir, a.out, _recipe(a)))
 
 
@@ -81,7 +78,7 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quant", type=_quants, default=["q8_0", "q4_k_m"], help="comma list (default q8_0,q4_k_m)")
     p.add_argument("--threads", type=int, default=2)
-    p.set_defaults(handler=lambda a: _stage("gguf_export").run(a.merged_dir, a.out, a.quant, a.threads))
+    p.set_defaults(handler=lambda a: _stage("export").run(a.merged_dir, a.out, a.quant, a.threads))
 
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
@@ -112,9 +109,9 @@ def _publish(p: argparse.ArgumentParser) -> None:
 
 
 def _run_publish(a: argparse.Namespace) -> Path:
-    from trainer import publish
+    from trainer import artifact
 
-    key = publish.read_key(a.signing_key_file)
+    key = artifact.read_key(a.signing_key_file)
     return _stage("publish").run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key, a.registry)
 
 
@@ -127,12 +124,12 @@ def _build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
     p.add_argument("--target-accuracy", type=float, default=0.98)
     p.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads for quantizing and evaluating")
-    _recipe_options(p)
+    add_recipe_options(p, CausalRecipe)
     p.set_defaults(handler=_run_build)
 
 
 def _run_build(a: argparse.Namespace) -> Path:
-    from trainer import publish
+    from trainer import artifact
 
     build = _stage("build")
     options = build.CausalBuild(
@@ -148,7 +145,7 @@ def _run_build(a: argparse.Namespace) -> Path:
         max_tokens=a.max_tokens,
         target_accuracy=a.target_accuracy,
         version=a.version,
-        key=publish.read_key(a.signing_key_file),
+        key=artifact.read_key(a.signing_key_file),
         registry=a.registry,
         threads=a.llama_threads,
     )

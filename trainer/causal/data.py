@@ -18,9 +18,9 @@ from typing import Any
 from edge_agent import schema as json_schema
 from edge_agent.manifest import Prompt
 from trainer import records, stage
+from trainer.causal import base as causal_base
 from trainer.causal import fields, prompts
 from trainer.causal.prompts import CausalTask
-from trainer.data import load_split as load_split  # the causal stages read splits like the encoder path
 from trainer.errors import DataError, UsageError
 
 TASK_FILE = "task.json"
@@ -47,6 +47,7 @@ class TaskSpec:
     max_input_tokens: int = 64
     max_answer_tokens: int | None = None
     base: str = ""
+    base_source: dict[str, Any] | None = None  # set when the base was imported from a GGUF file
     tokenizer: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -195,7 +196,9 @@ def encode(ex: Example, spec: TaskSpec, tokenizer: Any) -> dict[str, Any]:
 
 
 def run(train: Path, dev: Path, out: Path, base: Path, task: CausalTask = "classify", max_tokens: int = 64) -> Path:
-    """Validate both files, decide the task spec from train, encode both splits."""
+    """Validate both files, decide the task spec from train, encode both splits. A GGUF base is imported
+    first, into OUT/../base (once)."""
+    base = causal_base.resolve(base, out.parent / "base")
     base, train, dev = base.resolve(), train.resolve(), dev.resolve()  # later stages read them from task.json
     tokenizer = load_tokenizer(base)
     train_ex = read(train, task)
@@ -204,12 +207,19 @@ def run(train: Path, dev: Path, out: Path, base: Path, task: CausalTask = "class
     if task == "extract":
         spec.max_answer_tokens = answer_bound([*train_ex, *dev_ex], spec, tokenizer)
     spec.base, spec.tokenizer = str(base), {"vocab_size": len(tokenizer), "class": type(tokenizer).__name__}
+    spec.base_source = causal_base.source_of(base)
     spec.data = {"train": stage.file_info(train), "dev": stage.file_info(dev)}
     _check_dev(dev, dev_ex, spec)
     out.mkdir(parents=True, exist_ok=True)
     spec.save(out)
     counts = {
-        name: _write(out / f"{name}.jsonl", exs, spec, tokenizer)
+        name: records.write_split(
+            out / f"{name}.jsonl",
+            (encode(ex, spec, tokenizer) for ex in exs),
+            _text_tokens,
+            spec.max_input_tokens,
+            ensure_ascii=False,
+        )
         for name, exs in (("train", train_ex), ("dev", dev_ex))
     }
     stage.write(
@@ -244,19 +254,6 @@ def _check_dev(path: Path, dev: list[Example], spec: TaskSpec) -> None:
             print(f"warning: {path.name}: {outside} examples have fields outside the training schema", file=sys.stderr)
 
 
-def _write(path: Path, exs: list[Example], spec: TaskSpec, tokenizer: Any) -> dict[str, int]:
-    kept = too_long = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in exs:
-            row = encode(ex, spec, tokenizer)
-            if row["text_tokens"] > spec.max_input_tokens:
-                too_long += 1
-                continue
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            kept += 1
-    if too_long:
-        print(
-            f"warning: {path.name}: {too_long} examples longer than {spec.max_input_tokens} tokens left out",
-            file=sys.stderr,
-        )
-    return {"examples": kept, "too_long": too_long}
+def _text_tokens(row: dict[str, Any]) -> int:
+    """An encoded row's length against the limit: the request text alone, not the prompt around it."""
+    return int(row["text_tokens"])

@@ -1,7 +1,7 @@
 """Stage `causal-evaluate`: every GGUF variant scored through the agent's own GGUF runtime.
 
 classify: accuracy, macro-F1, calibration, risk-coverage and the escalation threshold, from the
-label scores the device computes (the encoder path's `evaluate.section`, reused as is).
+label scores the device computes (`trainer.report.section`, as the encoder path's).
 extract: JSON validity, field-level and whole-answer exact match, entity P/R/F1 over the fields,
 intent accuracy when the intent is a field, calibration of the answer's probability.
 Both: latency of single requests. The reference (f16/f32) comes first; each quantization's loss
@@ -10,7 +10,6 @@ against it is a measured number (`summary`), which publish copies into the manif
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,20 @@ from tqdm import tqdm
 
 from edge_agent.errors import AgentError
 from edge_agent.runtimes.gguf import GgufRuntime
-from trainer import calibration, metrics, plot, stage
-from trainer import evaluate as encoder_eval
+from trainer import calibration, metrics, stage
 from trainer.causal import data, fields
-from trainer.causal.publish import build_manifest
-from trainer.publish import PLOT, REPORT
+from trainer.causal.export import build_manifest
+from trainer.report import (
+    DEFAULT_TARGET,
+    PLOT,
+    REPORT,
+    Outputs,
+    calibrate,
+    latency_headline,
+    samples,
+    section,
+    write_report,
+)
 
 LATENCY_REQUESTS = 100
 HEADLINE = ("intent_accuracy", "intent_macro_f1", "json_valid", "field_exact", "answer_exact", "entity_f1")
@@ -35,7 +43,7 @@ def run(
     dev: Path,
     out: Path,
     test: Path | None = None,
-    target: float = encoder_eval.DEFAULT_TARGET,
+    target: float = DEFAULT_TARGET,
     threads: int = 1,
     serve: str | None = None,
 ) -> Path:
@@ -44,6 +52,8 @@ def run(
     spec = data.TaskSpec.load(export_dir)
     variants: dict[str, Any] = {}
     report: dict[str, Any] = {"target_accuracy": target, "variants": {}}
+    if spec.base_source:  # a GGUF base was quantized before training: the figures are of a re-quantized model
+        report["base"] = {**spec.base_source, "note": "the base was a quantized GGUF file, dequantized for training"}
     for name, rel in exported["files"].items():
         runtime = GgufRuntime(export_dir, build_manifest(export_dir, [(rel, "model")], spec), threads)
         try:
@@ -55,7 +65,8 @@ def run(
     summary = _summary(variants, exported["reference"], spec.task)
     out.mkdir(parents=True, exist_ok=True)
     shown = report["variants"].get(serve or "") or next(iter(report["variants"].values()))
-    write_report({**report, "summary": summary}, shown, out)
+    plotted = {**{k: v for k, v in shown.items() if k in ("dev", "test")}, "target_accuracy": target}
+    write_report({**report, "summary": summary}, out / REPORT, out / PLOT, plotted)
     results = {"variants": variants, "summary": summary, "reference": exported["reference"]}
     inputs = {"dev": dev, **({"test": test} if test else {})}
     stage.write(out, "causal-evaluate", {"target_accuracy": target, "threads": threads}, inputs, results)
@@ -93,11 +104,11 @@ def classify_section(
             continue  # too long: counted as rejected
     gold, nothing = [r.intent or "" for r in rows], [[] for _ in rows]
     texts = [r.text for r in rows]
-    out = encoder_eval.Outputs(path, texts, gold, nothing, logits, [[] for _ in rows], latency(runtime, rows))
-    temperature, threshold = fitted or encoder_eval.calibrate(out, spec.labels, target)
-    section = encoder_eval.section(out, spec.labels, temperature, threshold)
-    section["samples"] = encoder_eval.samples(out, spec.labels, temperature)  # the warm-up set, as the encoder's
-    return section, temperature, threshold
+    out = Outputs(path, texts, gold, nothing, logits, [[] for _ in rows], latency(runtime, rows))
+    temperature, threshold = fitted or calibrate(out, spec.labels, target)
+    scores = section(out, spec.labels, temperature, threshold)
+    scores["samples"] = samples(out, spec.labels, temperature)  # the warm-up set, as the encoder's
+    return scores, temperature, threshold
 
 
 def extract_section(
@@ -117,9 +128,9 @@ def extract_section(
     gold = [r.fields or {} for r in rows]
     correct = np.array([p == g for p, g in zip(predicted, gold, strict=True)], dtype=float)
     threshold = fitted[1] if fitted else calibration.pick_threshold(confidence, correct, target)
-    section = _extract_scores(path, gold, predicted, confidence, correct, threshold, spec.labels)
-    section["headline"].update(_latency_headline(latency(runtime, rows)))
-    return section, 1.0, threshold
+    scores = _extract_scores(path, gold, predicted, confidence, correct, threshold, spec.labels)
+    scores["headline"].update(latency_headline(latency(runtime, rows)))
+    return scores, 1.0, threshold
 
 
 def _extract_scores(
@@ -146,14 +157,14 @@ def _extract_scores(
         "escalated": chosen["escalated"],
         "kept_accuracy": chosen["kept_accuracy"],
     }
-    section: dict[str, Any] = {"file": str(path), "headline": headline, "entities": entity, "selective": chosen}
+    scores: dict[str, Any] = {"file": str(path), "headline": headline, "entities": entity, "selective": chosen}
     if labels:
         said = [str((p or {}).get(fields.INTENT, "<invalid>")) for p in predicted]
         intent = metrics.intents([str(g.get(fields.INTENT)) for g in gold], said)
         headline.update(intent_accuracy=intent["accuracy"], intent_macro_f1=intent["macro_f1"])
-        section["intent"] = intent
-    section["calibration"] = calibration.summary(confidence, correct)
-    return section
+        scores["intent"] = intent
+    scores["calibration"] = calibration.summary(confidence, correct)
+    return scores
 
 
 def latency(runtime: GgufRuntime, rows: list[data.Example]) -> list[float]:
@@ -169,14 +180,6 @@ def latency(runtime: GgufRuntime, rows: list[data.Example]) -> list[float]:
         if i >= 3:
             timings.append((time.perf_counter() - started) * 1000)
     return timings
-
-
-def _latency_headline(timings: list[float]) -> dict[str, float]:
-    lat = np.array(timings) if timings else np.zeros(1)
-    return {
-        "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
-        "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
-    }
 
 
 def _summary(variants: dict[str, Any], reference: str, task: str) -> dict[str, Any]:
@@ -196,9 +199,3 @@ def _summary(variants: dict[str, Any], reference: str, task: str) -> dict[str, A
             }
         out[name] = row
     return out
-
-
-def write_report(report: dict[str, Any], shown: dict[str, Any], out: Path) -> None:
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    sections = {k: v for k, v in shown.items() if k in ("dev", "test")}
-    plot.draw({**sections, "target_accuracy": report["target_accuracy"]}, out / PLOT)

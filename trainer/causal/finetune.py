@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from trainer import stage
+from trainer import records, stage
 from trainer.causal import data
 from trainer.causal.recipe import CausalRecipe
 from trainer.errors import TrainerError, UsageError
@@ -35,7 +35,7 @@ def run(data_dir: Path, out: Path, recipe: CausalRecipe | None = None, base: Pat
     stage.read(data_dir, "causal-data")
     spec = data.TaskSpec.load(data_dir)
     base = base or Path(spec.base)
-    train, dev = data.load_split(data_dir, "train"), data.load_split(data_dir, "dev")
+    train, dev = records.load_split(data_dir, "train"), records.load_split(data_dir, "dev")
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     if recipe.threads > 0:

@@ -37,15 +37,34 @@ def make(tokenizer: Any, task: CausalTask, use_chat_template: bool = True) -> Pr
 
 
 def _from_chat_template(tokenizer: Any, task: CausalTask) -> tuple[str, list[str]]:
-    """Render a user turn and an assistant turn: what precedes the answer is the template, the first
-    word after it closes the turn (ChatML's <|im_end|>, Llama 3's <|eot_id|>)."""
-    user = {"role": "user", "content": f"{INSTRUCTIONS[task]}\n{_TEXT}"}
-    full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": _ANSWER}], tokenize=False)
-    if full.count(_TEXT) != 1 or full.count(_ANSWER) != 1:
+    """Render the instruction, a user turn and an assistant turn: what precedes the answer is the
+    template, the first word after it closes the turn (ChatML's <|im_end|>, Llama 3's <|eot_id|>).
+
+    The instruction is the system turn where the template has one: it replaces the template's
+    default system prompt, so every training example is shorter (SmolLM2: 33 tokens instead of 55,
+    40 % less compute per step on a CPU); templates without a system role get it in the user turn.
+    """
+    answer = {"role": "assistant", "content": _ANSWER}
+    system = {"role": "system", "content": INSTRUCTIONS[task]}
+    full = _render(tokenizer, [system, {"role": "user", "content": _TEXT}, answer])
+    if full is None or INSTRUCTIONS[task] not in full:
+        full = _render(tokenizer, [{"role": "user", "content": f"{INSTRUCTIONS[task]}\n{_TEXT}"}, answer])
+    if full is None or full.count(_TEXT) != 1 or full.count(_ANSWER) != 1:
         raise UsageError("the base's chat template does not render the request and the answer once each")
     head, tail = full.split(_ANSWER)
     stop = [tail.split()[0]] if tail.strip() else []
     return head.replace(_TEXT, "{text}"), stop
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
+    """The chat template applied, or None where it refuses these roles (Gemma's has no system turn)."""
+    from jinja2 import TemplateError  # what a template's raise_exception raises; transformers depends on jinja2
+
+    try:
+        text: str = tokenizer.apply_chat_template(messages, tokenize=False)
+    except (TemplateError, ValueError):
+        return None
+    return text
 
 
 def _special_strings(tokenizer: Any) -> set[str]:

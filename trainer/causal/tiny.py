@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trainer import records
 from trainer.causal.prompts import INSTRUCTIONS, PLAIN, CausalTask
 
 CHATML = (
@@ -104,14 +105,6 @@ def make_base(
     return folder
 
 
-def write_records(path: Path) -> Path:
-    """The encoder path's built-in 24 examples (3 intents, `house_place` entities) as JSONL."""
-    from trainer.tiny import builtin_records
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in builtin_records()))
-    return path
-
-
 def corpus(path: Path) -> list[str]:
     """What the tiny tokenizer is trained on: the texts, the labels and the answers' JSON."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -131,7 +124,7 @@ def build_tiny_artifact(out: Path, arch: str = "llama", task: CausalTask = "clas
     )
     with tempfile.TemporaryDirectory(prefix=f"tiny-{arch}-{task}-") as tmp:
         work = Path(tmp)
-        data = write_records(work / "train.jsonl")
+        data = records.write_builtin(work / "train.jsonl")
         base = make_base(work / "base", corpus(data), arch)
         options = build.CausalBuild(
             name=f"tiny-{arch}-{task}",

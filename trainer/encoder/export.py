@@ -5,7 +5,8 @@ transformers<4.58, which conflicts with the transformers 5 that our default base
 onnxruntime's dynamic quantizer, per-tensor and per-channel; the one with the better dev accuracy wins.
 
 Output folder: `model.onnx` (the chosen int8), `model.fp32.onnx`, the int8 candidates, labels and
-tokenizer copied from the model folder, `stage.json` with the checks' numbers.
+tokenizer copied from the model folder, `stage.json` with the checks' numbers. `build_manifest`
+describes such files as the agent's ONNX runtime reads them (for evaluate, then publish).
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from trainer import data, encoder, finetune, model, stage
+from edge_agent import manifest as mf
+from trainer import artifact, records, stage
+from trainer.encoder import base as encoder_base
+from trainer.encoder import data, finetune, model
 from trainer.errors import TrainerError
 
 INPUTS = ["input_ids", "attention_mask"]
@@ -37,7 +42,7 @@ def run(model_dir: Path, data_dir: Path, out: Path, opset: int = 17) -> Path:
     """Export, quantize, check; the int8 variant with the best dev intent accuracy becomes model.onnx."""
     meta = stage.read(model_dir, "finetune")
     data_meta = stage.read(data_dir, "data")
-    dev = data.load_split(data_dir, "dev")
+    dev = records.load_split(data_dir, "dev")
     net = model.load(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     to_onnx(net, out / FP32, opset)
@@ -49,7 +54,7 @@ def run(model_dir: Path, data_dir: Path, out: Path, opset: int = 17) -> Path:
     }
     chosen = max(variants, key=lambda name: (scores[name], -variants[name].stat().st_size))
     shutil.copy(variants[chosen], out / MODEL)
-    for name in (data.LABELS, encoder.TOKENIZER):
+    for name in (data.LABELS, encoder_base.TOKENIZER):
         shutil.copy(model_dir / name, out / name)
     stage.write(
         out,
@@ -80,6 +85,45 @@ def data_summary(data_meta: dict[str, Any]) -> dict[str, Any]:
         split: {"file": Path(info["path"]).name, "sha256": info["sha256"], **counts[split]}
         for split, info in data_meta["inputs"].items()
     }
+
+
+def build_manifest(
+    folder: Path,
+    name: str,
+    version: str,
+    files: list[tuple[str, str]],
+    labels: data.Labels,
+    export_meta: dict[str, Any],
+    calibration: dict[str, Any],
+) -> mf.Manifest:
+    """The manifest for the files in `folder`; `calibration` is the evaluate stage's results (may be empty)."""
+    tokenizer = Tokenizer.from_file(str(folder / encoder_base.TOKENIZER))
+    extract = bool(labels.entity_types)
+    return artifact.manifest(
+        folder,
+        files,
+        calibration,
+        name=name,
+        version=version,
+        runtime="onnx",
+        task="classify+extract" if extract else "classify",
+        labels=labels.intents,
+        entity_types=labels.entity_types,
+        tags=labels.tags,
+        max_input_tokens=labels.max_tokens,
+        tokenizer={
+            "file": encoder_base.TOKENIZER,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "add_special_tokens": True,
+        },
+        onnx=mf.OnnxIO(
+            inputs=export_meta["params"]["inputs"],
+            intent_logits="intent_logits",
+            tag_logits="tag_logits",
+        ),
+        base_model=export_meta["params"]["base_model"],
+        data=export_meta["params"]["data"],
+    )
 
 
 def to_onnx(net: model.JointModel, path: Path, opset: int) -> None:

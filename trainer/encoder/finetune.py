@@ -18,20 +18,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainer import data, encoder, model, stage
-from trainer.data import Labels
-from trainer.recipe import Recipe
+from trainer import records, stage
+from trainer.encoder import base as encoder_base
+from trainer.encoder import data, model
+from trainer.encoder.data import Labels
+from trainer.encoder.recipe import EncoderRecipe
 
 IGNORE = -100
 
 
-def run(data_dir: Path, out: Path, base: Path | None = None, recipe: Recipe | None = None) -> Path:
+def run(data_dir: Path, out: Path, base: Path | None = None, recipe: EncoderRecipe | None = None) -> Path:
     """Fine-tune `base` on `data_dir` (output of `data`) and save the joint model into `out`."""
-    recipe = recipe or Recipe()
-    base = encoder.resolve(base)
+    recipe = recipe or EncoderRecipe()
+    base = encoder_base.resolve(base)
     stage.read(data_dir, "data")
     labels = Labels.load(data_dir)
-    train, dev = data.load_split(data_dir, "train"), data.load_split(data_dir, "dev")
+    train, dev = records.load_split(data_dir, "train"), records.load_split(data_dir, "dev")
     _seed(recipe.seed)
     _threads(recipe.threads)
     net = model.from_base(
@@ -46,12 +48,12 @@ def run(data_dir: Path, out: Path, base: Path | None = None, recipe: Recipe | No
     started = time.monotonic()
     history = _train(net, train, dev, recipe)
     model.save(net, out)
-    for name in (data.LABELS, encoder.TOKENIZER):
+    for name in (data.LABELS, encoder_base.TOKENIZER):
         shutil.copy(data_dir / name, out / name)
     stage.write(
         out,
         "finetune",
-        {"recipe": asdict(recipe), "base": str(base), "base_model": encoder.describe(base)},
+        {"recipe": asdict(recipe), "base": str(base), "base_model": encoder_base.describe(base)},
         {"data": data_dir / "train.jsonl"},
         {"history": history, "seconds": round(time.monotonic() - started, 1)},
     )
@@ -70,7 +72,7 @@ def _seed(seed: int) -> None:
 
 
 def _train(
-    net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[str, Any]], recipe: Recipe
+    net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[str, Any]], recipe: EncoderRecipe
 ) -> list[dict[str, float]]:
     pad = int(getattr(net.encoder.config, "pad_token_id", 0) or 0)
     per_epoch = (len(train) + recipe.batch_size - 1) // recipe.batch_size
@@ -110,7 +112,7 @@ def _train(
     return history
 
 
-def param_groups(net: model.JointModel, recipe: Recipe) -> list[dict[str, Any]]:
+def param_groups(net: model.JointModel, recipe: EncoderRecipe) -> list[dict[str, Any]]:
     """Heads at `head_lr`; encoder layer l at lr * decay^(top - l), embeddings lowest.
 
     Biases and LayerNorm weights get no weight decay (the usual BERT practice).

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe as plain data (no torch import), so the CLI can offer every knob cheaply.
+"""The encoder fine-tuning recipe as plain data (no torch import), so the CLI can offer every knob cheaply.
 
 Why these defaults: mean pooling matches how all-MiniLM-L6-v2 was pretrained; the fresh heads learn
 at a higher rate than the encoder and lower layers move less (layer-wise decay), so pretrained
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 
 @dataclass
-class Recipe:
+class EncoderRecipe:
     """Hyperparameters; every field is a CLI option of `finetune` and `build`."""
 
     epochs: int = 8

@@ -6,6 +6,8 @@ template, and the token ids of prompts and answers (training's ids against servi
 stops the export: a model that is served with other ids than it was trained with is broken silently.
 
 Output folder: model.{f16|f32|q8_0|q4_k_m}.gguf, task.json, stage.json (sizes, tensor types, checks).
+`build_manifest` describes such a file as the agent's GGUF runtime reads it (for the checks here,
+then evaluate and publish).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 
 import llama_cpp
 
+from edge_agent import manifest as mf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
-from trainer import stage
+from trainer import artifact, stage
 from trainer.causal import converter, data, prompts
-from trainer.causal.publish import build_manifest
 from trainer.errors import TrainerError, UsageError
 
 OUTTYPES = {"float16": "f16", "float32": "f32", "bfloat16": "bf16"}
@@ -59,6 +61,44 @@ def run(merged: Path, out: Path, quants: list[str] | None = None, threads: int =
     }
     stage.write(out, "causal-export", params, {"merged": merged}, results)
     return out
+
+
+def build_manifest(
+    folder: Path,
+    files: list[tuple[str, str]],
+    spec: data.TaskSpec,
+    name: str = "candidate",
+    version: str = "0",
+    evaluation: dict[str, Any] | None = None,
+) -> mf.Manifest:
+    """The manifest for files already in `folder`; `evaluation` is the evaluate stage's results."""
+    return artifact.manifest(
+        folder,
+        files,
+        evaluation or {},
+        name=name,
+        version=version,
+        task=spec.task,
+        runtime="gguf",
+        labels=spec.labels,
+        max_input_tokens=spec.max_input_tokens,
+        tokenizer=spec.tokenizer,
+        prompt=spec.prompt_model,
+        fields_schema=spec.fields_schema,
+        max_answer_tokens=spec.max_answer_tokens,
+        label_scoring="tree",  # what evaluate calibrates: the label set's own distribution (bench/gguf.py)
+        base_model=spec.base_source["file"] if spec.base_source else Path(spec.base).name,
+        base=_base(spec.base_source),
+        data=spec.data,
+    )
+
+
+def _base(source: dict[str, Any] | None) -> mf.Base | None:
+    if source is None:
+        return None
+    return mf.Base(
+        file=source["file"], sha256=source["sha256"], quantization=source["quantization"], name=source["name"]
+    )
 
 
 def quantize(source: Path, target: Path, quant: str, threads: int) -> Path:

@@ -15,8 +15,10 @@ from edge_agent import manifest as mf
 from edge_agent import signing
 from edge_agent.errors import ArtifactError
 from edge_agent.runtimes.onnx import OnnxRuntime
-from trainer import encoder, tiny
 from trainer.cli import main
+from trainer.encoder import base as encoder_base
+from trainer.encoder import tiny
+from trainer.records import builtin_records, write_builtin
 
 FAST = [
     "--max-steps",
@@ -41,8 +43,8 @@ FAST = [
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("build")
-    data = tiny.write_builtin(root / "train.jsonl")
-    base = encoder.make_tiny(root / "base")
+    data = write_builtin(root / "train.jsonl")
+    base = encoder_base.make_tiny(root / "base")
     assert main(["keygen", "--out", str(root / "keys")]) == 0
     args = [
         "build",
@@ -155,7 +157,7 @@ def test_corrupted_artifact_is_refused(built: Path, tmp_path: Path, capsys: pyte
 
 
 def test_bad_name_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = tiny.write_builtin(tmp_path / "train.jsonl")
+    data = write_builtin(tmp_path / "train.jsonl")
     assert (
         main(["build", "--train", str(data), "--dev", str(data), "--name", "no spaces", "--out", str(tmp_path / "a")])
         == 2
@@ -174,7 +176,7 @@ def test_module_entry_point_prints_help() -> None:
 
 
 def test_data_without_entities_makes_a_classify_artifact(tmp_path: Path) -> None:
-    records = [{"text": r["text"], "intent": r["intent"]} for r in tiny.builtin_records()]
+    records = [{"text": r["text"], "intent": r["intent"]} for r in builtin_records()]
     data = tmp_path / "plain.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     folder = tiny.build_tiny_artifact(tmp_path / "plain", train=data, name="plain", steps=5)

@@ -10,12 +10,13 @@ import pytest
 from trainer.causal import converter, data, prompts, tiny
 from trainer.causal.finetune import choose_mode
 from trainer.errors import DataError, TrainerError
+from trainer.records import load_split, write_builtin
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("causal-bases")
-    records = tiny.write_records(root / "train.jsonl")
+    records = write_builtin(root / "train.jsonl")
     texts = tiny.corpus(records)
     return {arch: tiny.make_base(root / arch, texts, arch) for arch in ("llama", "qwen2")}
 
@@ -41,21 +42,33 @@ def test_chat_prompt_comes_from_the_chat_template(bases: dict[str, Path]) -> Non
     tokenizer = data.load_tokenizer(bases["qwen2"])
     prompt = prompts.make(tokenizer, "extract")
     before, after = prompt.parts()
-    assert before.startswith("<|im_start|>user\n") and after == "<|im_end|>\n<|im_start|>assistant\n"
+    system = f"<|im_start|>system\n{prompts.INSTRUCTIONS['extract']}<|im_end|>\n"  # not the template's default
+    assert before == f"{system}<|im_start|>user\n" and after == "<|im_end|>\n<|im_start|>assistant\n"
     assert prompt.stop == ["<|im_end|>"] and set(prompt.specials) == {"<|im_start|>", "<|im_end|>"}
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert prompts.answer_ids(tokenizer, prompt, "{}")[-1] == end
     smuggled = prompts.prompt_ids(tokenizer, prompt, "hi <|im_end|> there")
-    assert smuggled.count(end) == 1  # only the template's own end of turn; the user's text stays text
+    assert smuggled.count(end) == prompt.template.count("<|im_end|>")  # the template's own; the user's text stays text
+
+
+def test_a_template_without_a_system_turn_gets_the_instruction_in_the_user_turn(bases: dict[str, Path]) -> None:
+    tokenizer = data.load_tokenizer(bases["qwen2"])
+    tokenizer.chat_template = (  # Gemma's shape: no system role, raise_exception when one is given
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<turn>{{ m['role'] }}\n{{ m['content'] }}<end>\n{% endfor %}"
+    )
+    prompt = prompts.make(tokenizer, "classify")
+    assert prompt.template == f"<turn>user\n{prompts.INSTRUCTIONS['classify']}\n{{text}}<end>\n<turn>assistant\n"
+    assert prompt.stop == ["<end>"]
 
 
 def test_entities_become_fields_and_the_intent_leads(bases: dict[str, Path], tmp_path: Path) -> None:
-    train = tiny.write_records(tmp_path / "train.jsonl")
+    train = write_builtin(tmp_path / "train.jsonl")
     out = data.run(train, train, tmp_path / "data", bases["qwen2"], "extract", 32)
     spec = data.TaskSpec.load(out)
     assert spec.task == "extract" and spec.labels == ["lights_off", "lights_on", "weather"]
     assert list(spec.fields_schema["properties"]) == ["intent", "house_place"]  # type: ignore[index]
-    row = data.load_split(out, "train")[0]
+    row = load_split(out, "train")[0]
     answer = json.loads(row["answer"])
     assert answer == row["fields"] and next(iter(answer)) == "intent" and answer["intent"] == row["intent"]
     assert spec.data["train"]["sha256"] and Path(spec.base).is_absolute()
@@ -143,7 +156,7 @@ def test_a_tokenizer_llama_cpp_cannot_convert_stops_the_build_before_training(
     from trainer import cli
 
     base = byte_bpe_base(tmp_path / "base")
-    records = tiny.write_records(tmp_path / "train.jsonl")
+    records = write_builtin(tmp_path / "train.jsonl")
     argv = ["build-causal", "--base", str(base), "--train", str(records), "--dev", str(records)]
     argv += ["--name", "bpe", "--out", str(tmp_path / "bpe"), "--work", str(tmp_path / "work")]
     capsys.readouterr()  # what making the base printed

@@ -7,14 +7,15 @@ Output folder: `labels.json`, `tokenizer.json` (as the agent will load it), `tra
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from trainer import encoder, records, stage, tags
+from trainer import records, stage
+from trainer.encoder import base as encoder_base
+from trainer.encoder import tags
 from trainer.records import Record
 
 LABELS = "labels.json"
@@ -39,16 +40,18 @@ class Labels:
 
 def run(train: Path, dev: Path, out: Path, base: Path | None = None, max_tokens: int = 64) -> Path:
     """Validate both files, build label maps from train, encode both splits."""
-    base = encoder.resolve(base)
+    base = encoder_base.resolve(base)
     train_recs, dev_recs = records.read(train), records.read(dev)
     labels = label_maps(train_recs, max_tokens)
     records.check_known(dev, dev_recs, set(labels.intents), set(labels.entity_types), train)
-    tokenizer = encoder.load_tokenizer(base)
+    tokenizer = encoder_base.load_tokenizer(base)
     out.mkdir(parents=True, exist_ok=True)
     labels.save(out)
-    tokenizer.save(str(out / encoder.TOKENIZER))
+    tokenizer.save(str(out / encoder_base.TOKENIZER))
     counts = {
-        name: _write_split(out / f"{name}.jsonl", recs, tokenizer, labels)
+        name: records.write_split(
+            out / f"{name}.jsonl", (encode(r, tokenizer, labels) for r in recs), _ids, labels.max_tokens
+        )
         for name, recs in (("train", train_recs), ("dev", dev_recs))
     }
     stage.write(
@@ -75,25 +78,6 @@ def encode(rec: Record, tokenizer: Tokenizer, labels: Labels) -> dict[str, Any]:
     return {"ids": enc.ids, "tags": tag_ids, "intent": labels.intents.index(rec.intent), "text": rec.text}
 
 
-def _write_split(path: Path, recs: list[Record], tokenizer: Tokenizer, labels: Labels) -> dict[str, int]:
-    """Encode and write; inputs longer than the model's window are left out (and counted)."""
-    kept = too_long = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for rec in recs:
-            example = encode(rec, tokenizer, labels)
-            if len(example["ids"]) > labels.max_tokens:
-                too_long += 1
-                continue
-            fh.write(json.dumps(example) + "\n")
-            kept += 1
-    if too_long:
-        print(
-            f"warning: {path.name}: {too_long} examples longer than {labels.max_tokens} tokens left out",
-            file=sys.stderr,
-        )
-    return {"examples": kept, "too_long": too_long}
-
-
-def load_split(folder: Path, name: str) -> list[dict[str, Any]]:
-    with (folder / f"{name}.jsonl").open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+def _ids(example: dict[str, Any]) -> int:
+    """An encoded example's length as the model sees it: every token, special ones included."""
+    return len(example["ids"])

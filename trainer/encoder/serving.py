@@ -8,8 +8,10 @@ from pathlib import Path
 
 from edge_agent import manifest as mf
 from edge_agent.runtimes.onnx import OnnxRuntime
-from trainer import encoder, export, publish, stage
-from trainer.data import Labels
+from trainer import stage
+from trainer.encoder import base as encoder_base
+from trainer.encoder import export
+from trainer.encoder.data import Labels
 
 
 def describe(folder: Path) -> mf.Manifest:
@@ -17,8 +19,8 @@ def describe(folder: Path) -> mf.Manifest:
     if (folder / mf.MANIFEST).is_file():
         return mf.load(folder)
     meta = stage.read(folder, "export")
-    files = [(export.MODEL, "model"), (encoder.TOKENIZER, "tokenizer")]
-    return publish.build_manifest(folder, "candidate", "0", files, Labels.load(folder), meta, {})
+    files = [(export.MODEL, "model"), (encoder_base.TOKENIZER, "tokenizer")]
+    return export.build_manifest(folder, "candidate", "0", files, Labels.load(folder), meta, {})
 
 
 def open_runtime(folder: Path, manifest: mf.Manifest, threads: int = 2) -> OnnxRuntime:

@@ -11,12 +11,13 @@ import torch
 from trainer.causal import data, finetune, merge, tiny
 from trainer.causal.recipe import CausalRecipe
 from trainer.errors import UsageError
+from trainer.records import load_split, write_builtin
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("causal-ft")
-    records = tiny.write_records(root / "train.jsonl")
+    records = write_builtin(root / "train.jsonl")
     base = tiny.make_base(root / "base", tiny.corpus(records), "llama")
     return data.run(records, records, root / "data", base, "classify", 32)
 
@@ -26,7 +27,7 @@ def recipe(**kw: object) -> CausalRecipe:
 
 
 def test_only_answer_tokens_carry_loss(data_dir: Path) -> None:
-    rows = data.load_split(data_dir, "train")[:3]
+    rows = load_split(data_dir, "train")[:3]
     batch = finetune.collate(rows, pad=0)
     for i, row in enumerate(rows):
         labels = batch["labels"][i].tolist()

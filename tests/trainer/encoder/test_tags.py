@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.spans import decode_bio
-from trainer import encoder, tags
+from trainer.encoder import base as encoder_base
+from trainer.encoder import tags
 from trainer.records import Entity
 
 TAGS = tags.tag_set(["device_type", "house_place", "time"])
@@ -26,7 +27,7 @@ def span(text: str, kind: str, value: str) -> Entity:
     ],
 )
 def test_align_then_decode_round_trips(text: str, gold: list[tuple[str, str]]) -> None:
-    tokenizer = encoder.load_tokenizer(encoder.default_base())
+    tokenizer = encoder_base.load_tokenizer(encoder_base.default_base())
     enc = tokenizer.encode(text, add_special_tokens=True)
     entities = [span(text, kind, value) for kind, value in gold]
     tag_ids = tags.align(enc.offsets, enc.special_tokens_mask, entities, TAGS)

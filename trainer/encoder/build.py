@@ -1,0 +1,31 @@
+"""`build`: every encoder stage in order, each into its own folder under a work dir, the artifact last.
+
+data -> finetune -> export -> evaluate (dev: calibrate; test: report) -> publish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import artifact, stage
+from trainer.encoder import data, evaluate, export, finetune, publish
+from trainer.encoder.recipe import EncoderRecipe
+
+
+@dataclass(kw_only=True)
+class EncoderBuild(artifact.Build):
+    """What `build` needs beyond the data: the shared options, and the encoder (default: the bundled one)."""
+
+    base: Path | None = None
+
+
+def build(train: Path, dev: Path, options: EncoderBuild, recipe: EncoderRecipe | None = None) -> Path:
+    """Run every stage; returns the published artifact folder."""
+    artifact.check_identity(options.name, options.version)
+    work = stage.work_dir(options.name, options.out, options.work)
+    data_dir = data.run(train, dev, work / "data", options.base, options.max_tokens)
+    model_dir = finetune.run(data_dir, work / "finetune", options.base, recipe)
+    export_dir = export.run(model_dir, data_dir, work / "export")
+    eval_dir = evaluate.run(export_dir, dev, work / "evaluate", options.test, options.target_accuracy)
+    return publish.run(export_dir, options.out, options.name, eval_dir, options.version, options.key, options.registry)

@@ -1,0 +1,125 @@
+"""Stage `evaluate`: how good the served model is, and how sure it may be before it asks the cloud.
+
+Runs labelled JSONL through the agent's runtime, scores intents and entities, measures latency,
+fits the temperature on dev and picks the escalation threshold that keeps `target` accuracy on the
+requests the device answers itself. Writes `report.json` and `report.png`. The scoring itself is
+`trainer.report`, shared with the causal path; what is here is how an ONNX artifact is asked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from edge_agent import manifest as mf
+from edge_agent.errors import TooLarge
+from edge_agent.runtimes.onnx import OnnxRuntime
+from trainer import metrics, records, stage
+from trainer.encoder import serving
+from trainer.report import DEFAULT_TARGET, PLOT, REPORT, Outputs, calibrate, samples, section, write_report
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+WARMUP = 5
+
+
+def run(model_dir: Path, dev: Path, out: Path, test: Path | None = None, target: float = DEFAULT_TARGET) -> Path:
+    """Calibrate on dev, then report dev (and test, with dev's temperature and threshold)."""
+    manifest = serving.describe(model_dir)
+    runtime = serving.open_runtime(model_dir, manifest)
+    dev_out = infer(runtime, manifest, dev)
+    temperature, threshold = calibrate(dev_out, manifest.labels, target)
+    report: dict[str, Any] = {
+        "target_accuracy": target,
+        "temperature": temperature,
+        "threshold": threshold,
+        "dev": section(dev_out, manifest.labels, temperature, threshold),
+    }
+    if test:
+        report["test"] = section(infer(runtime, manifest, test), manifest.labels, temperature, threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out / REPORT, out / PLOT)
+    results = {
+        "temperature": temperature,
+        "thresholds": {"escalate": threshold, "target_accuracy": target},
+        "metrics": {split: report[split]["headline"] for split in ("dev", "test") if split in report},
+        "samples": samples(dev_out, manifest.labels, temperature),
+    }
+    inputs = {"model": model_dir / manifest.file("model").path, "dev": dev, **({"test": test} if test else {})}
+    stage.write(out, "evaluate", {"target_accuracy": target}, inputs, results)
+    return out
+
+
+def standalone(
+    folder: Path,
+    data: Path,
+    report_path: Path,
+    calibrate_here: bool = False,
+    target: float = DEFAULT_TARGET,
+    write_manifest: bool = False,
+    key: Ed25519PrivateKey | None = None,
+) -> dict[str, Any]:
+    """`edge-trainer evaluate ARTIFACT --data FILE`: the artifact's own temperature and threshold, or
+    (with `calibrate_here`) ones fitted on FILE, optionally written back into the manifest."""
+    manifest = serving.describe(folder)
+    out = infer(serving.open_runtime(folder, manifest), manifest, data)
+    temperature, threshold = manifest.temperature, manifest.thresholds.escalate
+    if calibrate_here:
+        temperature, threshold = calibrate(out, manifest.labels, target)
+    report: dict[str, Any] = {
+        "artifact": f"{manifest.name} {manifest.version}",
+        "temperature": temperature,
+        "threshold": threshold,
+        "data": section(out, manifest.labels, temperature, threshold),
+    }
+    write_report(report, report_path, report_path.with_suffix(".png"))
+    if write_manifest and (folder / mf.MANIFEST).is_file():
+        updated = manifest.model_copy(
+            update={
+                "temperature": temperature,
+                "thresholds": mf.Thresholds(escalate=threshold, target_accuracy=target if calibrate_here else None),
+                "metrics": {**manifest.metrics, "dev": report["data"]["headline"]},
+            }
+        )
+        mf.write(folder, updated, key)
+    return report
+
+
+def infer(runtime: OnnxRuntime, manifest: mf.Manifest, path: Path) -> Outputs:
+    """Every record as its own request, as the device answers them: dynamic int8 quantizes activations
+    per call, so padding in a batch would change the answers. Each `predict` is also a latency sample."""
+    recs = records.read(path)
+    logits = np.full((len(recs), len(manifest.labels)), np.nan, dtype=np.float64)
+    mentions: list[list[metrics.Mention]] = [[] for _ in recs]
+    timings: list[float] = []
+    for rec in recs[:WARMUP]:
+        _request(runtime, rec.text)
+    for i, rec in enumerate(tqdm(recs, desc=f"evaluate {path.name}", leave=False, unit="request")):
+        started = time.perf_counter()
+        answer = _request(runtime, rec.text)
+        if answer is not None:
+            timings.append((time.perf_counter() - started) * 1000)
+            logits[i], mentions[i] = runtime.logits([rec.text])[0], answer
+    return Outputs(
+        file=path,
+        texts=[r.text for r in recs],
+        gold=[r.intent for r in recs],
+        gold_mentions=[[(e.type, e.value) for e in r.entities] for r in recs],
+        logits=logits,
+        mentions=mentions,
+        latency_ms=timings,
+    )
+
+
+def _request(runtime: OnnxRuntime, text: str) -> list[metrics.Mention] | None:
+    """The entities of one request, or None when the model refuses it (too long)."""
+    try:
+        prediction = runtime.predict([text])[0]
+    except TooLarge:
+        return None
+    return [(e.type, e.value) for e in prediction.entities]
