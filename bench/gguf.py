@@ -150,14 +150,14 @@ def variants(task: str, artifact: Path, texts: list[str], threads: int) -> dict[
 def serving_rss(folder: Path, rel: str, spec: data.TaskSpec, threads: int) -> float:
     """Peak RSS of a fresh process that loads this GGUF in the runtime and answers 20 requests."""
     code = (
-        "import json,resource,sys; sys.path.insert(0, sys.argv[1]);"
+        "import json,sys; sys.path.insert(0, sys.argv[1]);"
         "from pathlib import Path; from edge_agent.runtimes.gguf import GgufRuntime;"
         "from trainer.causal import data; from trainer.causal.export import build_manifest;"
         "f=Path(sys.argv[2]); s=data.TaskSpec.load(f); rt=GgufRuntime(f, build_manifest(f,[(sys.argv[3],'model')],s),"
         "int(sys.argv[4]));"
         "[rt.predict([t]) for t in json.loads(sys.argv[5])];"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+    )  # VmHWM, not ru_maxrss: that one keeps the forking parent's high-water mark across exec
     texts = json.dumps([r["text"] for r in spread(rows_of("dev"), 20)])
     out = subprocess.run(
         [sys.executable, "-c", code, str(ROOT), str(folder), rel, str(threads), texts],

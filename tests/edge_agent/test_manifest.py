@@ -60,7 +60,9 @@ def test_unsigned_or_hmac_signed_artifact_is_refused_when_keys_are_trusted(tmp_p
 def test_a_newer_manifest_format_says_upgrade(tmp_path: Path) -> None:
     folder = artifact(tmp_path)
     text = (
-        (folder / "manifest.json").read_text().replace('"schema_version": 1', f'"schema_version": {SCHEMA_VERSION + 1}')
+        (folder / "manifest.json")
+        .read_text()
+        .replace(f'"schema_version": {SCHEMA_VERSION}', f'"schema_version": {SCHEMA_VERSION + 1}')
     )
     (folder / "manifest.json").write_text(text.replace('"labels"', '"new_field": 1, "labels"'))
     with pytest.raises(ArtifactError, match=r"newer than this agent reads.*upgrade edge-agent"):

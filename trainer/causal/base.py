@@ -116,9 +116,42 @@ def _convert(source: Path, out: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    embedded = int(loaded.config.vocab_size)
-    if not embedded // 2 <= len(tokenizer) <= embedded:  # a silently tiny vocabulary is a known failure
-        raise UsageError(f"--base {source}: imported tokenizer has {len(tokenizer)} tokens, the model {embedded}")
     config = json.loads((out / "config.json").read_text())
     config.pop("quantization_config", None)  # the folder holds plain fp32 weights
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _check_tokenizer(source, out, int(loaded.config.vocab_size))
+
+
+PROBES = (
+    "turn on the lights in the kitchen",
+    "Wake me up at 7:30 AM, please!",
+    "two  spaces inside, a\ttab and a\nnew line",
+    "what's the weather in São Paulo? 23°C",
+    "order 12345 items for 9.99 $ each",
+    "déjà vu: naïve café, straße, 東京 🙂",
+)
+
+
+def _check_tokenizer(source: Path, out: Path, embedded: int) -> None:
+    """The tokenizer as the stages will load it from `out` must cut text as llama.cpp cuts it with the
+    GGUF's own vocabulary: transformers' GGUF conversion and its save/load round trip can each change a
+    pre-tokenizer silently (seen with a tiny Qwen2), and a model fed other ids than it was trained on
+    only looks broken much later."""
+    import llama_cpp
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    if not embedded // 2 <= len(tokenizer) <= embedded:  # a silently tiny vocabulary is a known failure
+        raise UsageError(f"--base {source}: imported tokenizer has {len(tokenizer)} tokens, the model {embedded}")
+    vocab = llama_cpp.Llama(str(source), vocab_only=True, verbose=False)
+    try:
+        for text in PROBES:
+            ours = tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+            theirs = vocab.tokenize(text.encode(), add_bos=False, special=False)
+            if ours != theirs:
+                raise UsageError(
+                    f"--base {source}: the imported tokenizer cuts {text!r} into other tokens than llama.cpp does "
+                    f"with the file's vocabulary ({ours[:8]} vs {theirs[:8]}): import it from its Hugging Face folder"
+                )
+    finally:
+        vocab.close()
