@@ -135,10 +135,11 @@ def variants(task: str, artifact: Path, texts: list[str], threads: int) -> dict[
     export = OUT / f".work-{task}" / "export"
     spec = data.TaskSpec.load(export)
     files = json.loads((export / "stage.json").read_text())["results"]["files"]
-    table = dict(mf.load(artifact).metrics["variants"])
+    served = mf.load(artifact)
+    table = dict(served.metrics["variants"])
     for name, rel in files.items():
         manifest = build_manifest(export, [(rel, "model")], spec)
-        manifest.label_scoring = mf.load(artifact).label_scoring
+        manifest.label_scoring = served.label_scoring
         rt = runtime(export, threads, manifest)
         try:
             ms = timings(lambda t, rt=rt: rt.predict([t]), texts)

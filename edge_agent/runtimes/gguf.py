@@ -92,15 +92,10 @@ class GgufRuntime:
         self.before, self.after = self.piece_ids(before), self.piece_ids(after)
         self.end = self.piece_ids(self.prompt.end)
         self.label_ids = [self.plain(label) + self.end for label in self.manifest.labels]
-        self.whole = {tuple(toks) for toks in self.label_ids}
         try:
             self.tree = LabelTree(self.label_ids)
         except ValueError as exc:
             raise ArtifactError(f"artifact {self.manifest.name}: {exc} in the GGUF vocabulary") from None
-        self.children: dict[tuple[int, ...], set[int]] = {}
-        for toks in self.label_ids:
-            for depth in range(len(toks)):
-                self.children.setdefault(tuple(toks[:depth]), set()).add(toks[depth])
         fixed = 1 + len(self.before) + len(self.after) + self.manifest.max_input_tokens
         if self.manifest.task == "classify":
             n_seq = min(len(self.label_ids), MAX_BRANCHES) + 1
@@ -244,7 +239,7 @@ class GgufRuntime:
         ids = self.prompt_ids(text)
         first = log_softmax(self.llm.prefill(ids))
         known = self._greedy(first, deadline)
-        best = max(value for prefix, value in known.items() if prefix in self.whole)
+        best = max(value for prefix, value in known.items() if prefix in self.tree.leaves)
         margin = PRUNE * max(1.0, self.manifest.temperature)
         out, exact = np.zeros(len(self.label_ids)), []
         for j, toks in enumerate(self.label_ids):
@@ -266,14 +261,14 @@ class GgufRuntime:
         known: dict[tuple[int, ...], float] = {}
         prefix: tuple[int, ...] = ()
         logprobs, total = first, 0.0
-        while prefix not in self.whole:
-            for token in self.children[prefix]:
+        while prefix not in self.tree.leaves:
+            for token in self.tree.children[prefix]:
                 step = (*prefix, token)  # mypy (3.10 target) misreads it inline as 3.11 syntax
                 known[step] = total + float(logprobs[token])
-            token = max(self.children[prefix], key=lambda t: logprobs[t])
+            token = max(self.tree.children[prefix], key=lambda t: logprobs[t])
             prefix = (*prefix, token)
             total = known[prefix]
-            if prefix not in self.whole:
+            if prefix not in self.tree.leaves:
                 self._in_time(deadline)
                 logprobs = log_softmax(self.llm.append([token]))
         return known
