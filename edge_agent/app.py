@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +14,20 @@ import structlog
 
 from edge_agent import __version__, systemd
 from edge_agent.cloud import CloudClient
-from edge_agent.config import AgentSettings
+from edge_agent.config import AgentSettings, CloudSettings
 from edge_agent.delivery import Delivery
 from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler
 from edge_agent.manifest import Manifest
 from edge_agent.manifest import read as read_manifest
+from edge_agent.messages import Outbound
+from edge_agent.metrics import Budget, Metrics, ModelState, Prices, State
 from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.mqtt_client import MqttClient
 from edge_agent.rollout import PIDFILE, Rollout
 from edge_agent.runtimes.pool import ModelPool
+from edge_agent.scrape import Endpoint
 from edge_agent.spool import Spool
 from edge_agent.store import Store
 from edge_agent.supervisor import Supervisor
@@ -76,33 +81,42 @@ def _manifest_only(entry: ModelEntry) -> Manifest | None:
 async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, missing: Missing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight work and publish `offline`."""
     changed = asyncio.Event()  # breaker or budget moved: the retained status says so
+    parts: dict[str, Any] = {}  # what the metrics read at scrape time, filled in as it is built
+    metrics = Metrics(prices(settings.cloud), lambda: state(pool, **parts))
     cloud = CloudClient(settings.cloud) if settings.cloud else None
-    escalator = Escalator(settings, models, cloud, on_change=changed.set)
+    escalator = Escalator(settings, models, cloud, on_change=changed.set, metrics=metrics)
     spool = Spool(settings.state_dir / "spool.sqlite")
     waitlist = Waitlist(spool, settings.cloud)
     rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set)
-    handler = Handler(settings, models, pool, escalator, waitlist, missing, rollout)
-    client = MqttClient(settings, handler.subscriptions(), f"{settings.topic_prefix}/status")
+    handler = Handler(settings, models, pool, escalator, waitlist, missing, rollout, metrics)
+    client = MqttClient(settings, handler.subscriptions(), f"{settings.agent_prefix}/status")
     delivery = Delivery(
         settings, client, handler, spool, lambda: status(settings, pool, escalator, spool, missing, rollout), changed
     )
+    parts.update(delivery=delivery, spool=spool, escalator=escalator, rollout=rollout)
+    endpoint = Endpoint(metrics, lambda: summary(settings, metrics))
+    if settings.metrics.enabled:
+        await endpoint.start(settings.metrics.address, settings.metrics.port)
     supervisor = Supervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, rollout.reload)
-    pool.start(supervisor.start)
+    pool.start(supervisor.start, metrics, settings.batch_wait_ms / 1000)
     supervisor.start("waitlist", lambda: waitlist.run(handler, delivery.deliver, escalator.breaker.retry_in))
     supervisor.start("watchdog", lambda: systemd.watchdog(supervisor.alive))
     supervisor.start("rollout", rollout.run)
     supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
+    if settings.metrics.publish_s > 0:
+        supervisor.start("metrics", lambda: _publish_metrics(settings, metrics, delivery))
     pidfile = _write_pid(settings.state_dir / PIDFILE)
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     try:
         await delivery.run(stop)
     finally:
         pidfile.unlink(missing_ok=True)
+        await endpoint.close()
         await supervisor.stop()
         await pool.stop()
         await escalator.drain()
@@ -131,6 +145,68 @@ def status(
     if spool is not None:
         body["spool"] = spool.counts()
     return body
+
+
+def prices(cloud: CloudSettings | None) -> Prices:
+    if cloud is None:
+        return Prices()
+    return Prices(
+        cloud.price_per_call_usd, cloud.price_per_1k_prompt_tokens_usd, cloud.price_per_1k_completion_tokens_usd
+    )
+
+
+def state(
+    pool: ModelPool,
+    delivery: Delivery | None = None,
+    spool: Spool | None = None,
+    escalator: Escalator | None = None,
+    rollout: Rollout | None = None,
+) -> State:
+    """What the metrics' gauges read, from the parts that hold it (on the loop)."""
+    watching = rollout.watching if rollout is not None else {}
+    models = [
+        ModelState(name, m.manifest.version, m.manifest.runtime, _quantization(m.manifest), name in watching)
+        for name, m in pool.served.items()
+    ]
+    budgets = []
+    if escalator is not None and escalator.cloud is not None:
+        for scope, windows in escalator.budgets.snapshot().items():
+            budgets += [Budget(scope, window, w["used"], w["limit"]) for window, w in windows.items()]
+    return State(
+        inflight=delivery.inflight if delivery else 0,
+        backlog=delivery.backlog if delivery else 0,
+        spool=spool.depths() if spool else {},
+        breaker=escalator.breaker.state if escalator is not None and escalator.cloud is not None else None,
+        budgets=budgets,
+        models=models,
+        connected=delivery.client.connected() if delivery else False,
+    )
+
+
+def _quantization(manifest: Manifest) -> str:
+    if manifest.onnx is not None:
+        return manifest.onnx.quantization or "dynamic"
+    return "unknown"
+
+
+def summary(settings: AgentSettings, metrics: Metrics) -> dict[str, Any]:
+    """The metrics summary published on `{prefix}/metrics` and served at /summary."""
+    return {
+        "device_id": settings.device_id,
+        "agent": __version__,
+        "time": round(time.time(), 3),
+        "interval_s": settings.metrics.publish_s,
+        "metrics": metrics.summary(),
+    }
+
+
+async def _publish_metrics(settings: AgentSettings, metrics: Metrics, delivery: Delivery) -> None:
+    """Every `publish_s`, while connected: the summary, retained, so a late subscriber sees the last one."""
+    topic = f"{settings.agent_prefix}/metrics"
+    while True:
+        await asyncio.sleep(settings.metrics.publish_s)
+        if delivery.ready.is_set():
+            delivery.announce(Outbound(topic, json.dumps(summary(settings, metrics)).encode()))
 
 
 def _write_pid(path: Path) -> Path:

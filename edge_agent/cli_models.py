@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from edge_agent import readout
 from edge_agent.config import AgentSettings
 from edge_agent.errors import ArtifactError
 from edge_agent.manifest import read as read_manifest
@@ -134,7 +137,7 @@ def status(args: argparse.Namespace, settings: AgentSettings) -> int:
     """Print the agent's status file; with --wait-healthy, wait until MODEL serves VERSION, proven."""
     if args.wait_healthy is None:
         print(json.dumps(_read_status(settings), indent=2))
-        return 0
+        return _print_metrics(settings)
     name, version = args.wait_healthy
     deadline = time.monotonic() + args.timeout
     store = Store(settings.state_dir)
@@ -148,6 +151,25 @@ def status(args: argparse.Namespace, settings: AgentSettings) -> int:
             print(f"model {name}: {version} not healthy within {args.timeout:g}s", file=sys.stderr)
             return 1
         time.sleep(0.2)  # a CLI polling a file: nothing to wake it
+
+
+def _print_metrics(settings: AgentSettings) -> int:
+    """The running agent's metrics in a few lines; 1 with one line on stderr when it cannot be reached."""
+    if not settings.metrics.enabled:
+        print("metrics: off (metrics.enabled is false)")
+        return 0
+    try:
+        summary = readout.fetch(settings)
+    except (httpx.HTTPError, ValueError) as exc:
+        print(
+            f"metrics: no answer from {readout.url(settings)} ({type(exc).__name__}): is the agent running?",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"metrics ({readout.url(settings)}/metrics):")
+    for line in readout.lines(summary):
+        print(f"  {line}")
+    return 0
 
 
 def _read_status(settings: AgentSettings) -> dict[str, Any]:

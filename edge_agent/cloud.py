@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timezone
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import structlog
@@ -91,6 +91,22 @@ def endpoint_name(base_url: str) -> str:
     return str(url.copy_with(username=None, password=None, query=None))
 
 
+class Meter(Protocol):
+    """Who counts a call's retries and tokens (metrics)."""
+
+    def retried(self) -> None: ...
+
+    def used(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class _Unmetered:
+    def retried(self) -> None:
+        pass
+
+    def used(self, prompt_tokens: int, completion_tokens: int) -> None:
+        pass
+
+
 class CloudClient:
     """One endpoint; `ask` returns a validated Prediction or raises CloudFailure in time for the deadline."""
 
@@ -109,25 +125,26 @@ class CloudClient:
         base = settings.base_url.rstrip("/") + "/"
         self.http = httpx.AsyncClient(base_url=base, headers=headers, transport=transport)
 
-    async def ask(self, manifest: Manifest, text: str, deadline: float) -> Prediction:
-        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up.
+    async def ask(self, manifest: Manifest, text: str, deadline: float, meter: Meter | None = None) -> Prediction:
+        """The cloud's answer for one text; `deadline` is time.monotonic() by which to give up; `meter`
+        hears of retries and of the tokens each answered HTTP call used.
 
         Total: whatever goes wrong ends as a CloudFailure, so the caller (and its breaker) sees every failure.
         """
         with failing_as("cloud_error", f"asking {self.name}"):
             wanted = answer_schema(manifest)
-            content = await self._in_a_format_it_takes(manifest, wanted, text, deadline)
+            content = await self._in_a_format_it_takes(manifest, wanted, text, deadline, meter or _Unmetered())
         with failing_as("cloud_invalid", "reading the answer"):
             return read_answer(content, wanted, manifest, text)
 
     async def _in_a_format_it_takes(
-        self, manifest: Manifest, wanted: dict[str, Any], text: str, deadline: float
+        self, manifest: Manifest, wanted: dict[str, Any], text: str, deadline: float, meter: Meter
     ) -> str:
         """The answer's text; in auto a refused format moves on to the next at once (no retry, no failure)."""
         while True:
             used = self.format
             try:
-                return await self._post(self.request_body(manifest, wanted, text, used), deadline)
+                return await self._post(self.request_body(manifest, wanted, text, used), deadline, meter)
             except FormatRefused as refused:
                 self._fall_back(used, str(refused))
 
@@ -165,7 +182,7 @@ class CloudClient:
             body["response_format"] = {"type": "json_object", "schema": wanted}
         return body
 
-    async def _post(self, body: dict[str, Any], deadline: float) -> str:
+    async def _post(self, body: dict[str, Any], deadline: float, meter: Meter) -> str:
         """POST with retries on 429/5xx only, jittered exponential backoff, never past the deadline.
 
         A refusal of the response_format is raised as FormatRefused at once: retrying cannot change it.
@@ -175,6 +192,7 @@ class CloudClient:
             response = await self._once(body, deadline)
             code = response.status_code
             if code < 400:
+                meter.used(*token_usage(response))
                 return message_content(response)
             if "response_format" in body and refuses_format(response):
                 raise FormatRefused(f"HTTP {code}")
@@ -185,6 +203,7 @@ class CloudClient:
             delay = self._delay(attempt, response)
             if time.monotonic() + delay >= deadline:
                 raise CloudFailure("cloud_timeout", f"HTTP {code} and no time left to retry")
+            meter.retried()
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -243,6 +262,15 @@ def retry_after_s(value: str, now: float) -> float | None:
         return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_MAX_S)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
+
+
+def token_usage(response: httpx.Response) -> tuple[int, int]:
+    """(prompt, completion) tokens from an answer's `usage`; (0, 0) where the server reports none."""
+    try:
+        usage = response.json().get("usage") or {}
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0, 0
 
 
 def message_content(response: httpx.Response) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -91,6 +91,9 @@ class CloudSettings(BaseModel):
     allow_insecure_http: bool = Field(
         default=False, description="allow http:// to a host that is not loopback: the API key and texts travel in clear"
     )
+    price_per_call_usd: float = Field(default=0.0, ge=0, description="estimated cost of one answered call")
+    price_per_1k_prompt_tokens_usd: float = Field(default=0.0, ge=0, description="as the provider bills them")
+    price_per_1k_completion_tokens_usd: float = Field(default=0.0, ge=0, description="as the provider bills them")
 
     @field_validator("base_url")
     @classmethod
@@ -145,6 +148,19 @@ class ProbationSettings(BaseModel):
     min_agreement: float = Field(default=0.5, ge=0, le=1, description="with the cloud on escalations, when seen")
 
 
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint (loopback by default: the numbers name models and volumes) and the MQTT summary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    address: str = Field(default="127.0.0.1", description="where GET /metrics and /summary are served")
+    port: int = Field(default=9877, ge=1, le=65535)
+    publish_s: float = Field(
+        default=60.0, ge=0, description="the summary on {prefix}/metrics (retained) this often; 0: never"
+    )
+
+
 def _default_state_dir() -> Path:
     """systemd's StateDirectory= when set (first entry), else ./var."""
     return Path(os.environ.get("STATE_DIRECTORY", "var").split(":")[0])
@@ -157,6 +173,12 @@ class AgentSettings(BaseSettings):
 
     device_id: str = Field(default_factory=socket.gethostname)
     prefix: str = Field(default="edge-agent/{device_id}", description="topic prefix of the request API")
+    shared_group: str | None = Field(
+        default=None,
+        description="MQTT 5 shared subscription group: agents with the same group and prefix share one request "
+        "stream ($share/{group}/...), each message answered by one of them; their own topics (status, metrics, "
+        "commands) move under {prefix}/agents/{device_id}",
+    )
     models_file: Path = Path("models.yaml")
     mqtt: MqttSettings = MqttSettings()
     reply_topics: list[str] = Field(
@@ -173,10 +195,17 @@ class AgentSettings(BaseSettings):
     deadline_ms: int = Field(default=5000, ge=1, description="default when a request sets none")
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads per model")
     batch_max: int = Field(
-        default=1,
+        default=32,
         ge=1,
-        description="requests one model pass may take; >1 trades determinism for throughput "
-        "(dynamic int8 scales activations over the whole batch)",
+        description="texts one ONNX model pass may take, for models whose answers do not depend on the batch "
+        "(static int8 or float; a dynamic int8 model is always served one text per pass)",
+    )
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="how long a pass waits for more texts once one is queued; 0: it takes what queued while "
+        "the previous pass ran (no added latency when idle)",
     )
     trusted_keys: list[Path] = Field(
         default=[], description="Ed25519 public keys (PEM) artifacts must be signed by; empty: unsigned accepted"
@@ -184,6 +213,7 @@ class AgentSettings(BaseSettings):
     signing_key_file: Path | None = Field(default=None, description="retired (the shared HMAC key): refused")
     registry: RegistrySettings | None = Field(default=None, description="where `models pull` fetches artifacts")
     probation: ProbationSettings = ProbationSettings()
+    metrics: MetricsSettings = MetricsSettings()
     cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
     state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
     feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
@@ -198,6 +228,24 @@ class AgentSettings(BaseSettings):
         if not value or any(c in value for c in "/+#\0"):
             raise ValueError("must be non-empty and hold none of / + # NUL")
         return value
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/+#\0")):
+            raise ValueError("must be non-empty and hold none of / + # NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _group_shares_a_prefix(self) -> AgentSettings:
+        if self.shared_group is not None and "{device_id}" in self.prefix:
+            raise PydanticCustomError(
+                "shared_prefix",
+                "shared_group: the agents of a group share one request prefix, but prefix {prefix!r} holds "
+                "{{device_id}}: set prefix to the group's own, e.g. edge-agent/site1",
+                {"prefix": self.prefix},
+            )
+        return self
 
     @field_validator("signing_key_file")
     @classmethod
@@ -252,6 +300,14 @@ class AgentSettings(BaseSettings):
     @property
     def topic_prefix(self) -> str:
         return self.prefix.format(device_id=self.device_id).rstrip("/")
+
+    @property
+    def agent_prefix(self) -> str:
+        """Where this agent's own topics live (status, metrics, commands): the prefix itself, or, in a
+        shared group, `{prefix}/agents/{device_id}` so each member keeps its own."""
+        if self.shared_group is None:
+            return self.topic_prefix
+        return f"{self.topic_prefix}/agents/{self.device_id}"
 
     @property
     def client_id(self) -> str:

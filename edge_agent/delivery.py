@@ -230,12 +230,24 @@ class Delivery:
             return
         self._pending[mid] = settle
 
-    # -- status and shutdown -----------------------------------------------------------
+    # -- status, metrics and shutdown -------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def announce(self, out: Outbound) -> None:
+        """A retained message of the agent's own (the metrics summary); a refusal is logged."""
+        self._publish(out, lambda refused: self._replied(out, refused), retain=True)
+
     def publish_status(self, state: str = "online") -> asyncio.Future[None]:
         """The retained status; the future completes when the broker has it."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         data = {"status": state, **(self.status() if state == "online" else {})}
-        status = Outbound(f"{self.settings.topic_prefix}/status", json.dumps(data).encode())
+        status = Outbound(f"{self.settings.agent_prefix}/status", json.dumps(data).encode())
         self._publish(status, lambda _refused: _complete(done), retain=True)
         return done
 

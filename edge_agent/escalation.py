@@ -23,6 +23,7 @@ from edge_agent.feedback import FeedbackLog, record
 from edge_agent.guards import Breaker, Budgets, Trend
 from edge_agent.manifest import Manifest
 from edge_agent.messages import Answer, Request
+from edge_agent.metrics import CloudMeter, Metrics
 from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.router import Reason
 from edge_agent.runtimes import Prediction
@@ -62,6 +63,7 @@ class LocalRun:
 class CloudCall:
     task: asyncio.Task[Prediction]
     started: float
+    meter: CloudMeter
 
     @property
     def ms(self) -> float:
@@ -78,7 +80,9 @@ class Escalator:
         cloud: CloudClient | None = None,
         on_change: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         limits = settings.cloud or CloudSettings(base_url="http://127.0.0.1/unused", model="none")
         self.cloud = cloud
         self.budgets = Budgets(limits.budget, {m.name: m.budget for m in models.models}, clock)
@@ -156,6 +160,7 @@ class Escalator:
     def _cut(self, call: CloudCall) -> None:
         """The deadline cut a call short: for the breaker that is a timeout, not a call nobody needed."""
         self.breaker.failure()
+        call.meter.ended(call.ms / 1000, "cloud_timeout")
         call.task.cancel()
 
     def _start(self, job: Job) -> CloudCall | Reason:
@@ -169,16 +174,17 @@ class Escalator:
         self.budgets.spend(job.model)
         if exhausted_before != (not self.budgets.overall.allows()):
             self.on_change()
-        task = asyncio.create_task(self._ask(job))
+        meter = self.metrics.cloud_call(job.model)
+        task = asyncio.create_task(self._ask(job, meter))
         task.add_done_callback(_succeeded)  # a failure nobody awaits is still retrieved
-        return CloudCall(task, time.monotonic())
+        return CloudCall(task, time.monotonic(), meter)
 
-    async def _ask(self, job: Job) -> Prediction:
+    async def _ask(self, job: Job, meter: CloudMeter) -> Prediction:
         """One cloud call; every way it can end gives the breaker its verdict (none when cancelled)."""
         assert self.cloud is not None
-        before = self.breaker.state
+        before, started = self.breaker.state, time.monotonic()
         try:
-            prediction = await self.cloud.ask(job.manifest, job.request.text, job.deadline)
+            prediction = await self.cloud.ask(job.manifest, job.request.text, job.deadline, meter)
         except asyncio.CancelledError:
             self.breaker.release()
             raise
@@ -186,9 +192,11 @@ class Escalator:
             self.breaker.failure()
             failure = exc if isinstance(exc, CloudFailure) else CloudFailure("cloud_error", type(exc).__name__)
             log.warning("cloud_failed", model=job.model, reason=failure.reason, error=failure.message)
+            meter.ended(time.monotonic() - started, failure.reason)
             raise failure from None
         else:
             self.breaker.success()
+            meter.ended(time.monotonic() - started, None)
         finally:
             if self.breaker.state != before:
                 self.on_change()

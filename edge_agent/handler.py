@@ -30,12 +30,15 @@ from edge_agent.messages import (
     parse_with,
     sensor_text,
 )
+from edge_agent.metrics import Metrics
 from edge_agent.models_file import Binding, ModelEntry, ModelsFile
 from edge_agent.router import Reason
 from edge_agent.runtimes.pool import ModelPool, Served
-from edge_agent.topics import ReplyPolicy, matches, topic_problem
+from edge_agent.topics import ReplyPolicy, matches, shared, topic_problem
 
 log = structlog.get_logger("edge_agent.handler")
+
+UNKNOWN_MODEL = "_unknown"  # the metrics' model label for requests naming no model served here
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,10 @@ class Handler:
         parking: Parking | None = None,
         missing: dict[str, tuple[ModelEntry, Manifest]] | None = None,
         operator: commands.Operator | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.models = models
         self.pool = pool
         self.escalator = escalator
@@ -94,14 +99,16 @@ class Handler:
         self.missing = missing or {}  # models only the cloud can answer here
         self.prefix = settings.topic_prefix
         self.req_prefix = f"{self.prefix}/req/"
-        self.cmd_prefix = f"{self.prefix}/cmd/models/"
-        self.cmd_results = f"{self.prefix}/res/cmd"  # where a command without a reply address is answered
+        self.cmd_prefix = f"{settings.agent_prefix}/cmd/models/"  # commands go to each agent, never shared
+        self.cmd_results = f"{settings.agent_prefix}/res/cmd"  # where a command without a reply address is answered
         self.operator = operator
         self.policy = ReplyPolicy(settings.fleet_filter, settings.reply_topics, settings.reply_to_agent_topics)
 
     def subscriptions(self) -> list[str]:
         operator = [f"{self.cmd_prefix}+"] if self.operator is not None else []
-        return [f"{self.req_prefix}+", *operator, *(b.topic for b in self.models.bindings)]
+        group = self.settings.shared_group
+        bindings = [shared(group, b.topic) for b in self.models.bindings]
+        return [shared(group, f"{self.req_prefix}+"), *operator, *bindings]
 
     async def handle(self, msg: Inbound) -> Outcome:
         """The outcome of a new message; never raises."""
@@ -153,12 +160,14 @@ class Handler:
             envelope, _ = parse(msg.payload, self.settings.max_payload_bytes)
             topic, _ = self._reply_topic(msg, envelope.reply_to, model)
             rid = envelope.id if envelope.id is not None else message_id(msg)
-            return self._reply(msg, topic, body(rid, model, error), error)
+            return self._reply(msg, topic, body(rid, model, error), error, model=model)
         binding = self._binding(msg.topic)
         if binding is None:
             return _drop(error.message, msg)
         data = body(message_id(msg), binding.model, error, topic=msg.topic)
-        return self._reply(msg, self._output_topic(binding, msg.topic), data, error, correlate=False)
+        return self._reply(
+            msg, self._output_topic(binding, msg.topic), data, error, correlate=False, model=binding.model
+        )
 
     def _binding(self, topic: str) -> Binding | None:
         return next((b for b in self.models.bindings if matches(b.topic, topic)), None)
@@ -170,11 +179,11 @@ class Handler:
         if refused is not None:
             request = refused
         if isinstance(request, AgentError):
-            return self._reply(msg, topic, body(rid, model, request), request)
+            return self._reply(msg, topic, body(rid, model, request), request, model=model)
         result = await self._answer(model, request, msg.received)
         if isinstance(result, Wait):
             return Waiting(model, result.reason)
-        return self._reply(msg, topic, self._body(rid, model, result, msg), result)
+        return self._reply(msg, topic, self._body(rid, model, result, msg), result, model=model)
 
     async def _command(self, msg: Inbound, action: str) -> Attempt:
         """An operator's pull or rollback: the reply says what serves now, or why nothing changed."""
@@ -211,7 +220,9 @@ class Handler:
         if isinstance(result, Wait):
             return Waiting(binding.model, result.reason)
         data = self._body(message_id(msg), binding.model, result, msg, topic=msg.topic)
-        return self._reply(msg, self._output_topic(binding, msg.topic), data, result, correlate=False)
+        return self._reply(
+            msg, self._output_topic(binding, msg.topic), data, result, correlate=False, model=binding.model
+        )
 
     def _known(self, model: str) -> tuple[Served | None, ModelEntry, Manifest] | None:
         """The model as loaded here, with its entry and manifest; `served` is None for a cloud-only model."""
@@ -255,15 +266,36 @@ class Handler:
         return default, BadRequest(problem)
 
     def _reply(
-        self, msg: Inbound, topic: str, data: dict[str, object], result: object, correlate: bool = True
+        self,
+        msg: Inbound,
+        topic: str,
+        data: dict[str, object],
+        result: object,
+        correlate: bool = True,
+        model: str | None = None,
     ) -> Reply | Drop:
+        """The reply, counted in the metrics when it answers a model's request (`model`)."""
         if isinstance(result, AgentError):
             log.warning("request_failed", code=result.code, reason=result.message, topic=msg.topic, to=topic)
         problem = topic_problem(topic)  # a client's address passed the policy; this is the last check
         if problem is not None:
             return _drop(f"the reply topic {problem}", msg)
+        if model is not None:
+            self._count(model, result, msg)
         durable = isinstance(result, Answer) and result.source == "cloud"  # paid for: never asked twice
         return Reply(Outbound(topic, encode(data), msg.correlation if correlate else None, durable))
+
+    def _count(self, model: str, result: object, msg: Inbound) -> None:
+        """One reply in the metrics; a name no model has is counted as `_unknown`, so a client publishing
+        to endless made-up topics cannot grow the label set without bound."""
+        seconds = time.monotonic() - msg.received
+        model = model if self._known(model) is not None else UNKNOWN_MODEL
+        if isinstance(result, Answer):  # a fallback's trigger: why it wanted the cloud; its reason: why it went without
+            fallback = result.reason if result.source == "local-fallback" else None
+            trigger = result.trigger if fallback else result.reason
+            self.metrics.replied(model, result.source, "answered", seconds, trigger, fallback)
+        elif isinstance(result, AgentError):
+            self.metrics.replied(model, "none", result.code, seconds, None, None)
 
     def _output_topic(self, binding: Binding, topic: str) -> str:
         return binding.output.format(topic=topic, model=binding.model, device_id=self.settings.device_id)

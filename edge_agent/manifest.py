@@ -55,6 +55,16 @@ class OnnxIO(_Strict):
     inputs: list[str] = ["input_ids", "attention_mask"]
     intent_logits: str | None = "intent_logits"
     tag_logits: str | None = "tag_logits"
+    quantization: Literal["static", "dynamic", "none"] | None = Field(
+        default=None,
+        description="int8 'static' (QDQ, activation scales fixed at calibration) or 'dynamic' (scales taken from "
+        "each call's whole batch); 'none': float. Unset (older artifacts): taken as dynamic.",
+    )
+
+    @property
+    def batch_independent(self) -> bool:
+        """Whether a text's answer is the same alone and in a batch: dynamic int8 scales over the batch."""
+        return self.quantization in ("static", "none")
 
 
 class Prompt(_Strict):

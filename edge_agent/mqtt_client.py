@@ -24,6 +24,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import AgentSettings
 from edge_agent.messages import Inbound
+from edge_agent.topics import is_shared
 
 log = structlog.get_logger("edge_agent.mqtt")
 
@@ -178,8 +179,9 @@ class MqttClient:
 
     def subscribe(self) -> None:
         if self.v5:
-            opts = SubscribeOptions(qos=1, noLocal=True)  # our own results never loop back
-            self._paho.subscribe([(topic, opts) for topic in self.subscriptions])
+            own = SubscribeOptions(qos=1, noLocal=True)  # our own results never loop back
+            group = SubscribeOptions(qos=1)  # No Local on a shared subscription is a protocol error (MQTT 5 3.8.3.1)
+            self._paho.subscribe([(topic, group if is_shared(topic) else own) for topic in self.subscriptions])
         else:
             self._paho.subscribe([(topic, 1) for topic in self.subscriptions])
 

@@ -20,7 +20,7 @@ from edge_agent.messages import Inbound, Outbound
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, correlation BLOB,
-    refused TEXT
+    refused TEXT, created REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS waiting (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
@@ -51,6 +51,7 @@ class Spool:
         self.db.executescript(SCHEMA)
         self._add_column("waiting", "arrived", "REAL NOT NULL DEFAULT 0")  # spools older than arrival times
         self._add_column("replies", "refused", "TEXT")  # spools older than broker refusals
+        self._add_column("replies", "created", "REAL NOT NULL DEFAULT 0")  # spools older than the metrics
 
     def _add_column(self, table: str, column: str, kind: str) -> None:
         if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
@@ -59,8 +60,8 @@ class Spool:
     # -- replies waiting for the broker ---------------------------------------------------
     def put_reply(self, out: Outbound) -> int:
         cur = self.db.execute(
-            "INSERT INTO replies (topic, payload, correlation) VALUES (?, ?, ?)",
-            (out.topic, out.payload, out.correlation),
+            "INSERT INTO replies (topic, payload, correlation, created) VALUES (?, ?, ?, ?)",
+            (out.topic, out.payload, out.correlation, time.time()),
         )
         return int(cur.lastrowid or 0)
 
@@ -107,6 +108,20 @@ class Spool:
         (refused,) = self.db.execute("SELECT COUNT(*) FROM replies WHERE refused IS NOT NULL").fetchone()
         (waiting,) = self.db.execute("SELECT COUNT(*) FROM waiting").fetchone()
         return {"replies": int(replies), "refused": int(refused), "waiting": int(waiting)}
+
+    def depths(self) -> dict[str, tuple[int, float | None]]:
+        """Per queue (replies, waiting, refused): rows, and the oldest row's age in seconds (None: empty)."""
+        now = time.time()
+        queries = {
+            "replies": "SELECT COUNT(*), MIN(NULLIF(created, 0)) FROM replies WHERE refused IS NULL",
+            "refused": "SELECT COUNT(*), MIN(NULLIF(created, 0)) FROM replies WHERE refused IS NOT NULL",
+            "waiting": "SELECT COUNT(*), MIN(NULLIF(arrived, 0)) FROM waiting",
+        }
+        out: dict[str, tuple[int, float | None]] = {}
+        for queue, query in queries.items():
+            rows, oldest = self.db.execute(query).fetchone()
+            out[queue] = (int(rows), None if oldest is None else max(0.0, now - float(oldest)))
+        return out
 
     def close(self) -> None:
         self.db.close()

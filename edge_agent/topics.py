@@ -47,6 +47,16 @@ def check_filter(value: str) -> str:
     return value
 
 
+def shared(group: str | None, topic_filter: str) -> str:
+    """The filter as an MQTT 5 shared subscription of `group` ($share/{group}/{filter}): the broker hands
+    each message to one member of the group. None: an ordinary subscription."""
+    return topic_filter if group is None else f"$share/{group}/{topic_filter}"
+
+
+def is_shared(topic_filter: str) -> bool:
+    return topic_filter.startswith("$share/")
+
+
 def matches(pattern: str, topic: str) -> bool:
     """MQTT filter matching (+ one level, # the rest); $-topics never match a leading wildcard."""
     if topic.startswith("$") and pattern[:1] in ("+", "#"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +61,21 @@ class _Job:
     text: str
     deadline: float
     future: asyncio.Future[Prediction]
+    queued: float = field(default_factory=time.monotonic)
+
+
+class Meter(Protocol):
+    """Who counts the passes (metrics)."""
+
+    def pass_done(self, model: str, waits: Iterable[float], seconds: float) -> None: ...
+
+
+def batch_limit(manifest: Manifest, batch_max: int) -> int:
+    """Texts per pass: several only where a text's answer cannot depend on its batch-mates. A GGUF
+    model answers texts one after another anyway (a batch would only hold back the first answer);
+    a dynamic int8 encoder scales activations over the whole batch."""
+    independent = manifest.runtime == "onnx" and manifest.onnx is not None and manifest.onnx.batch_independent
+    return batch_max if independent else 1
 
 
 @dataclass
@@ -70,10 +85,12 @@ class Served:
     entry: ModelEntry
     manifest: Manifest
     runtime: Runtime
-    batch_max: int
+    batch_max: int  # the setting; `batch_limit` says what this model may take
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
     watch: Watch | None = None  # probation, after a swap
+    meter: Meter | None = None
+    batch_wait_s: float = 0.0
 
     @property
     def threshold(self) -> float:
@@ -118,20 +135,39 @@ class Served:
         asyncio.get_running_loop().run_in_executor(self.executor, old.close)
 
     async def work(self) -> None:
-        """Forever: take what is queued (up to batch_max), drop expired jobs, run one pass."""
+        """Forever: take what is queued (up to the batch limit), drop expired jobs, run one pass."""
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self.queue.get()]
-            while len(jobs) < self.batch_max and not self.queue.empty():
-                jobs.append(self.queue.get_nowait())
-            now = time.monotonic()
-            live = [j for j in jobs if not j.future.done() and j.deadline > now]
+            jobs = await self._take()
+            started = time.monotonic()
+            live = [j for j in jobs if not j.future.done() and j.deadline > started]
             if live:
                 runtime, deadlines = self.runtime, [j.deadline for j in live]  # a swap takes effect between passes
                 texts = [j.text for j in live]
                 results = await loop.run_in_executor(self.executor, self._run, runtime, texts, deadlines)
                 for job, result in zip(live, results, strict=True):
                     _settle(job.future, _stamped(result, runtime.manifest.version))
+                if self.meter is not None:
+                    waits = (started - j.queued for j in live)
+                    self.meter.pass_done(self.entry.name, waits, time.monotonic() - started)
+
+    async def _take(self) -> list[_Job]:
+        """The next batch: what queued while the last pass ran, topped up for `batch_wait_s` when set."""
+        jobs = [await self.queue.get()]
+        limit = batch_limit(self.manifest, self.batch_max)
+        until = time.monotonic() + self.batch_wait_s
+        while len(jobs) < limit:
+            if not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+                continue
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self.queue.get(), left))
+            except asyncio.TimeoutError:  # on 3.10 not the builtin TimeoutError
+                break
+        return jobs
 
     def _run(self, runtime: Runtime, texts: list[str], deadlines: list[float]) -> list[Prediction | AgentError]:
         """One pass; when a batch fails, each text is retried alone so one bad text (or one past its
@@ -197,9 +233,15 @@ class ModelPool:
     def get(self, name: str) -> Served | None:
         return self.served.get(name)
 
-    def start(self, spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None) -> None:
+    def start(
+        self,
+        spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None,
+        meter: Meter | None = None,
+        batch_wait_s: float = 0.0,
+    ) -> None:
         """Start each model's worker: through `spawn` (a supervisor) when given, else as plain tasks."""
         for name, model in self.served.items():
+            model.meter, model.batch_wait_s = meter, batch_wait_s
             if spawn is not None:
                 spawn(f"model-{name}", model.work)
             else:

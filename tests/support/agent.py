@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from edge_agent.config import AgentSettings, MqttSettings
-from tests.support.broker import Broker, Client
+from edge_agent.config import AgentSettings, MetricsSettings, MqttSettings
+from tests.support.broker import Broker, Client, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -33,6 +33,7 @@ class Agent:
     proc: subprocess.Popen[bytes]
     prefix: str
     log: Path
+    metrics_port: int
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -78,15 +79,22 @@ def spawn_agent(
         str(port),
     ]
     cmd += ["--device-id", device_id, "--log-level", "debug", *(["--config", str(config)] if config else [])]
-    state = {"EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}")}  # a restart finds its spool again
-    proc = subprocess.Popen(cmd, stderr=log.open("wb"), env={**os.environ, **state, **(env or {})}, cwd=ROOT)
-    return Agent(proc, f"edge-agent/{device_id}", log)
+    state = {
+        "EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}"),  # a restart finds its spool again
+        "EDGE_AGENT_METRICS__PORT": str(free_port()),  # agents side by side: each its own endpoint
+    }
+    env = {**os.environ, **state, **(env or {})}
+    proc = subprocess.Popen(cmd, stderr=log.open("wb"), env=env, cwd=ROOT)
+    return Agent(proc, f"edge-agent/{device_id}", log, int(env["EDGE_AGENT_METRICS__PORT"]))
 
 
-def start_agent(broker: Broker, models_file: Path, tmp: Path, device_id: str = "dev1", **spawn: Any) -> Agent:
-    """Start the daemon (`spawn`: spawn_agent's other options) and wait for its retained `online` status."""
+def start_agent(
+    broker: Broker, models_file: Path, tmp: Path, device_id: str = "dev1", status: str | None = None, **spawn: Any
+) -> Agent:
+    """Start the daemon (`spawn`: spawn_agent's other options) and wait for its retained `online` status
+    (on `status`, default `edge-agent/{device_id}/status`)."""
     watcher = Client(broker.port, auth=broker.auth)
-    status = f"edge-agent/{device_id}/status"
+    status = status or f"edge-agent/{device_id}/status"
     watcher.subscribe(status)
     agent = spawn_agent(broker.port, models_file, tmp, device_id, **spawn)
     try:
@@ -114,4 +122,5 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def agent_settings(port: int, **kw: object) -> AgentSettings:
+    kw.setdefault("metrics", MetricsSettings(port=free_port()))
     return AgentSettings(device_id="t1", mqtt=MqttSettings(port=port), models_file=Path("unused"), **kw)  # type: ignore[arg-type]

@@ -124,11 +124,15 @@ class FakeCloud:
             return list(self.seen)
 
 
+USAGE = (40, 6)  # tokens every answer reports (prompt, completion): the metrics' spend is checked against them
+
+
 def completion(text: str) -> bytes:
     body = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": USAGE[0], "completion_tokens": USAGE[1], "total_tokens": sum(USAGE)},
     }
     return json.dumps(body).encode()
 
