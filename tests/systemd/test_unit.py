@@ -162,3 +162,39 @@ def test_the_daemon_serves_over_tls_under_the_units_filters(tiny_artifact: Path,
             agent.proc.kill()
             agent.proc.wait(10)
         broker.stop()
+
+
+TEMPLATE = ROOT / "systemd" / "edge-agent@.service"
+PER_INSTANCE = ("Description=", "ExecStart=", "WorkingDirectory=", "StateDirectory=", "EnvironmentFile=")
+
+
+def settings_lines(unit: Path) -> list[str]:
+    return [line for line in unit.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_the_template_unit_is_the_unit_but_for_its_instance_lines() -> None:
+    """Several agents on one box (edge-agent@1, @2): one sandbox and limits; their own state, device id, port."""
+    base, template = settings_lines(UNIT), settings_lines(TEMPLATE)
+    assert [x for x in base if not x.startswith(PER_INSTANCE)] == [
+        x for x in template if not x.startswith(PER_INSTANCE)
+    ]
+    own = {line.split("=", 1)[0]: line for line in template if line.startswith(PER_INSTANCE) and "%i" in line}
+    assert own["ExecStart"].endswith("--device-id %H-%i")
+    assert own["StateDirectory"] == "StateDirectory=edge-agent/%i edge-agent/%i/models"
+    assert "EnvironmentFile=/etc/edge-agent/%i.env" in template  # its metrics port: required, not optional
+
+
+def test_an_instance_of_the_template_verifies(tmp_path: Path) -> None:
+    entry_point = Path(sys.executable).parent / "edge-agent"
+    (tmp_path / TEMPLATE.name).write_text(TEMPLATE.read_text().replace(DEVICE_EXEC, str(entry_point)))
+    out = analyze("verify", "--man=no", str(tmp_path / "edge-agent@1.service"))
+    assert out.returncode == 0 and not out.stderr.strip() and not out.stdout.strip(), out.stdout + out.stderr
+
+
+def test_an_instance_of_the_template_keeps_the_exposure_at_most_2(tmp_path: Path) -> None:
+    copy = tmp_path / TEMPLATE.name
+    copy.write_text(TEMPLATE.read_text())
+    out = analyze("security", "--offline=yes", "--no-pager", f"--threshold={round(MAX_EXPOSURE * 10)}", str(copy))
+    found = re.search(r"Overall exposure level for edge-agent@\S*: (\d+\.\d)", out.stdout)
+    assert found, out.stdout + out.stderr
+    assert float(found.group(1)) <= MAX_EXPOSURE and out.returncode == 0, found.group(0)
