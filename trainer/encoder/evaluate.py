@@ -91,8 +91,10 @@ def standalone(
 
 
 def infer(runtime: OnnxRuntime, manifest: mf.Manifest, path: Path) -> Outputs:
-    """Every record as its own request, as the device answers them: dynamic int8 quantizes activations
-    per call, so padding in a batch would change the answers. Each `predict` is also a latency sample."""
+    """Every record as its own request, so each `predict` is also a latency sample of one request.
+    Dynamic int8 (`manifest.onnx.batch_independent` false) could not be scored any other way: its
+    activation scales come from the whole call, so batch neighbours and padding change the answers;
+    static int8 answers the same alone or batched."""
     recs = records.read(path)
     logits = np.full((len(recs), len(manifest.labels)), np.nan, dtype=np.float64)
     mentions: list[list[metrics.Mention]] = [[] for _ in recs]

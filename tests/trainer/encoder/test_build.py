@@ -105,7 +105,9 @@ def test_onnx_graph_is_int8_with_the_declared_io(built: Path) -> None:
     graph = onnx.load(str(folder / "model.onnx")).graph
     assert [i.name for i in graph.input] == manifest.onnx.inputs == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.output] == ["intent_logits", "tag_logits"]
-    assert any(node.op_type in {"MatMulInteger", "DynamicQuantizeMatMul"} for node in graph.node)
+    int8_ops = {"static": {"QuantizeLinear", "DequantizeLinear"}, "dynamic": {"MatMulInteger", "DynamicQuantizeLinear"}}
+    assert manifest.onnx.quantization in int8_ops
+    assert int8_ops[manifest.onnx.quantization] <= {node.op_type for node in graph.node}
     runtime = OnnxRuntime(folder, manifest)
     logits = runtime.logits(["turn on the lights in the kitchen", "will it rain"])
     assert logits.shape == (2, 3)
@@ -119,7 +121,8 @@ def test_every_stage_leaves_its_metadata_and_checks(built: Path) -> None:
     assert stages["finetune"]["params"]["recipe"]["max_steps"] == 30
     checks = stages["export"]["results"]
     assert checks["parity_fp32_vs_torch"]["max_abs_diff_intent"] < 1e-3
-    assert checks["chosen"] in ("int8-dynamic", "int8-per-channel")
+    assert checks["chosen"] in ("int8-static", "int8-static-per-channel", "int8-dynamic", "int8-per-channel")
+    assert checks["quantization"] == checks["kinds"][checks["chosen"]]
     assert (work / "export" / "model.fp32.onnx").is_file()
 
 
