@@ -1,7 +1,8 @@
 """What the agent costs beyond the model: MQTT round trip minus in-process model time, start-up, RSS.
 
 Run by hand:  .venv/bin/python bench/overhead.py [--artifact artifacts/iot-intents] [-n 2000]
-Goals (issue 3): overhead <= 1 ms p50 and <= 5 ms p99; start-up <= 1.5 s; RSS <= 150 MB with int8 MiniLM.
+Goals: overhead <= 0.7 ms p50 and <= 3 ms p99 (issue 13; issue 3 asked 1 / 5); start-up <= 1.5 s; RSS <= 150 MB
+with int8 MiniLM. Where the time goes comes from the agent's own metrics (GET /summary) as well as the replies.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +61,25 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def start_agent(models: Path, port: int, tmp: Path, threads: int) -> tuple[subprocess.Popen[bytes], float]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_agent(
+    models: Path, port: int, tmp: Path, threads: int, metrics_port: int = 0
+) -> tuple[subprocess.Popen[bytes], float]:
     watcher = Peer(port)
     watcher.subscribe("edge-agent/bench/status")
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "edge_agent", "run", "--models", str(models), "--port", str(port)]
     cmd += ["--device-id", "bench", "--log-level", "warning"]
-    env = {**os.environ, "EDGE_AGENT_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "EDGE_AGENT_THREADS": str(threads),
+        "EDGE_AGENT_METRICS__PORT": str(metrics_port or free_port()),
+    }
     proc = subprocess.Popen(cmd, stderr=(tmp / "agent.log").open("wb"), env=env, cwd=ROOT)
     while watcher.next("edge-agent/bench/status", timeout=60).get("status") != "online":
         pass
@@ -160,9 +175,11 @@ def main() -> None:
         tmp = Path(tmpdir)
         models = tmp / "models.yaml"
         models.write_text(yaml.safe_dump({"models": [{"name": "m", "path": str(args.artifact.resolve())}]}))
-        proc, startup = start_agent(models, port, tmp, args.threads)
+        metrics_port = free_port()
+        proc, startup = start_agent(models, port, tmp, args.threads, metrics_port)
         rss_ready, _ = rss_mb(proc.pid)
         rtts = round_trips(port, batch)
+        inside = agent_means(metrics_port)
         qps = throughput(port, batch[:1000])
         echo = echo_baseline(port, batch[:1000])
         rss_now, rss_peak = rss_mb(proc.pid)
@@ -178,6 +195,30 @@ def main() -> None:
         "outside the agent's handler: round trip - latency_ms": np.array([x[1] - x[2] for x in rtts]),
     }
     report(args, startup, (rss_ready, rss_now, rss_peak), rows, qps)
+    print()
+    print("Inside the agent, from its own metrics over the sequential requests (means, ms):")
+    print("| measure | mean ms |")
+    print("|---|---:|")
+    model_best = float(np.mean(rows["in-process model time (ms)"]))
+    for name, value in inside.items():
+        print(f"| {name} | {value:.3f} |")
+    print(f"| the same texts in this process, best of 3 (for comparison) | {model_best:.3f} |")
+    rtt = float(np.mean(rows["round trip via mosquitto (ms)"]))
+    print(f"| round trip - the model pass as the agent ran it | {rtt - inside['model pass (inference)']:.3f} |")
+
+
+def agent_means(port: int) -> dict[str, float]:
+    """Mean queue wait and model pass of model m, from the agent's /summary (histogram sum / count)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/summary", timeout=5) as response:
+        metrics = json.loads(response.read())["metrics"]
+    names = {
+        "queue wait": "edge_agent_queue_wait_seconds",
+        "model pass (inference)": "edge_agent_inference_duration_seconds",
+    }
+    return {
+        label: metrics[name]["model=m"]["sum"] / metrics[name]["model=m"]["count"] * 1000
+        for label, name in names.items()
+    }
 
 
 def report(
@@ -191,7 +232,7 @@ def report(
     print("| measure | p50 | p99 | goal |")
     print("|---|---:|---:|---|")
     for name, values in rows.items():
-        goal = "<= 1 / <= 5" if name.startswith("**overhead") else ""
+        goal = "<= 0.7 / <= 3" if name.startswith("**overhead") else ""
         print(f"| {name} | {np.percentile(values, 50):.3f} | {np.percentile(values, 99):.3f} | {goal} |")
     print()
     print("| measure | value | goal |")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,8 @@ class Endpoint:
         try:
             self.server = await asyncio.start_server(self._serve, host, port)
         except OSError as exc:
-            raise ConfigError([f"metrics: cannot listen on {host}:{port}: {exc.strerror}; set metrics.port"]) from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio words strerror with the address again
+            raise ConfigError([f"metrics: cannot listen on {host}:{port}: {why}; set metrics.port"]) from None
         log.info("metrics_listening", url=f"http://{host}:{port}/metrics")
 
     async def close(self) -> None:
@@ -54,8 +56,8 @@ class Endpoint:
             )
             writer.write(head.encode() + body)
             await writer.drain()
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-            pass  # a scraper that went away: nothing to answer
+        except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass  # a scraper that went away, or a request line past the reader's limit: nothing to answer
         finally:
             writer.close()
             with contextlib.suppress(OSError):

@@ -3,6 +3,7 @@ summary and `edge-agent status` carry the same numbers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -191,3 +192,58 @@ def test_summary_of_a_fresh_registry_has_no_samples_but_gauges() -> None:
     out = summarize(Metrics().registry.collect())
     assert out["edge_agent_inflight_requests"] == {"": 0}
     assert "edge_agent_requests_total" not in out  # a labelled counter has no sample before its first count
+
+
+def test_the_endpoint_answers_only_what_it_serves() -> None:
+    """Wrong paths and methods get a status line, a request line past the reader's limit and a silent
+    client get nothing, and the endpoint keeps serving."""
+    from edge_agent.metrics import Metrics
+    from edge_agent.scrape import Endpoint
+    from tests.support.broker import free_port
+
+    async def ask(port: int, raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def scenario() -> list[bytes]:
+        port = free_port()
+        endpoint = Endpoint(Metrics(), lambda: {"ok": True})
+        await endpoint.start("127.0.0.1", port)
+        try:
+            return [
+                await ask(port, b"GET /nope HTTP/1.1\r\n\r\n"),
+                await ask(port, b"POST /metrics HTTP/1.1\r\n\r\n"),
+                await ask(port, b"GET /" + b"x" * 100_000 + b" HTTP/1.1\r\n\r\n"),
+                await ask(port, b"GET /summary HTTP/1.1\r\n\r\n"),
+                await ask(port, b"GET /metrics HTTP/1.1\r\n\r\n"),
+            ]
+        finally:
+            await endpoint.close()
+
+    missing, method, huge, summary, metrics = asyncio.run(scenario())
+    assert missing.startswith(b"HTTP/1.1 404 ") and method.startswith(b"HTTP/1.1 405 ")
+    assert huge == b""
+    assert summary.startswith(b"HTTP/1.1 200 ") and summary.endswith(b'{"ok": true}')
+    assert b"# HELP edge_agent_inflight_requests " in metrics
+
+
+def test_a_taken_port_stops_start_up_with_one_line() -> None:
+    import socket
+
+    from edge_agent.errors import ConfigError
+    from edge_agent.metrics import Metrics
+    from edge_agent.scrape import Endpoint
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError) as err:
+            asyncio.run(Endpoint(Metrics(), dict).start("127.0.0.1", port))
+    assert err.value.problems == [
+        f"metrics: cannot listen on 127.0.0.1:{port}: Address already in use; set metrics.port"
+    ]
