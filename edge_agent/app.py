@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,14 @@ async def _publish_metrics(settings: AgentSettings, metrics: Metrics, delivery: 
     topic = f"{settings.agent_prefix}/metrics"
     while True:
         await asyncio.sleep(settings.metrics.publish_s)
-        if delivery.ready.is_set():
-            delivery.announce(Outbound(topic, json.dumps(summary(settings, metrics)).encode()))
+        if not delivery.ready.is_set():
+            continue
+        try:
+            payload = json.dumps(summary(settings, metrics)).encode()
+        except sqlite3.Error as exc:  # the spool's disk failing must not end the summaries (nor restart the agent)
+            log.error("metrics_summary_failed", error=str(exc))
+            continue
+        delivery.announce(Outbound(topic, payload))
 
 
 def _write_pid(path: Path) -> Path:

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--wait-healthy", nargs=2, metavar=("MODEL", "VERSION"), help="wait until it serves, proven")
     status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait-healthy waits (default 300)")
+    status.add_argument("--json", action="store_true", help="one JSON object: the status file and the metrics summary")
     feedback = sub.add_parser("feedback", help="escalations kept as training data")
     feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
     export = feedback_sub.add_parser("export", help="write the trainer's JSONL (cloud label as teacher)")

@@ -136,8 +136,7 @@ def _agent_pid(path: Path) -> int | None:
 def status(args: argparse.Namespace, settings: AgentSettings) -> int:
     """Print the agent's status file; with --wait-healthy, wait until MODEL serves VERSION, proven."""
     if args.wait_healthy is None:
-        print(json.dumps(_read_status(settings), indent=2))
-        return _print_metrics(settings)
+        return _print_status(settings, args.json)
     name, version = args.wait_healthy
     deadline = time.monotonic() + args.timeout
     store = Store(settings.state_dir)
@@ -153,19 +152,24 @@ def status(args: argparse.Namespace, settings: AgentSettings) -> int:
         time.sleep(0.2)  # a CLI polling a file: nothing to wake it
 
 
-def _print_metrics(settings: AgentSettings) -> int:
-    """The running agent's metrics in a few lines; 1 with one line on stderr when it cannot be reached."""
+def _print_status(settings: AgentSettings, as_json: bool) -> int:
+    """The status file, then the running agent's metrics in a few lines (or both as one JSON object).
+    An agent that cannot be reached is said in one line on stderr; the exit stays 0, as before metrics."""
+    status, summary, problem = _read_status(settings), None, None
     if not settings.metrics.enabled:
-        print("metrics: off (metrics.enabled is false)")
+        problem = "off (metrics.enabled is false)"
+    else:
+        try:
+            summary = readout.fetch(settings)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            problem = f"no answer from {readout.url(settings)} ({type(exc).__name__}): is the agent running?"
+    if as_json:
+        print(json.dumps({"status": status, "metrics": summary if summary is not None else {"error": problem}}))
         return 0
-    try:
-        summary = readout.fetch(settings)
-    except (httpx.HTTPError, ValueError) as exc:
-        print(
-            f"metrics: no answer from {readout.url(settings)} ({type(exc).__name__}): is the agent running?",
-            file=sys.stderr,
-        )
-        return 1
+    print(json.dumps(status, indent=2))
+    if summary is None:
+        print(f"metrics: {problem}", file=sys.stderr)
+        return 0
     print(f"metrics ({readout.url(settings)}/metrics):")
     for line in readout.lines(summary):
         print(f"  {line}")

@@ -268,9 +268,10 @@ def token_usage(response: httpx.Response) -> tuple[int, int]:
     """(prompt, completion) tokens from an answer's `usage`; (0, 0) where the server reports none."""
     try:
         usage = response.json().get("usage") or {}
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (ValueError, AttributeError, TypeError):
+        counts = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, AttributeError, TypeError, OverflowError):  # a server's odd numbers never cost the answer
         return 0, 0
+    return max(0, counts[0]), max(0, counts[1])
 
 
 def message_content(response: httpx.Response) -> str:

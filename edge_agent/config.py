@@ -157,8 +157,15 @@ class MetricsSettings(BaseModel):
     address: str = Field(default="127.0.0.1", description="where GET /metrics and /summary are served")
     port: int = Field(default=9877, ge=1, le=65535)
     publish_s: float = Field(
-        default=60.0, ge=0, description="the summary on {prefix}/metrics (retained) this often; 0: never"
+        default=60.0, ge=0, description="the summary on {prefix}/metrics (retained) this often (>= 0.1 s); 0: never"
     )
+
+    @field_validator("publish_s")
+    @classmethod
+    def _not_a_flood(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("must be 0 (never) or at least 0.1 s: each summary is a retained publish")
+        return value
 
 
 def _default_state_dir() -> Path:
@@ -278,8 +285,12 @@ class AgentSettings(BaseSettings):
 
     @property
     def fleet_filter(self) -> str:
-        """Every device's prefix as one filter (`edge-agent/+`): replies never go into the fleet's API."""
-        return self.prefix.replace("{device_id}", "+").rstrip("/")
+        """Every device's prefix as one filter (`edge-agent/+`): replies never go into the fleet's API. A
+        group's shared prefix (`edge-agent/site1`) stands for its site: its siblings are protected too."""
+        prefix = self.prefix.replace("{device_id}", "+").rstrip("/")
+        if self.shared_group is not None and "/" in prefix:
+            return prefix.rsplit("/", 1)[0] + "/+"
+        return prefix
 
     @field_validator("cloud")
     @classmethod

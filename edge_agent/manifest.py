@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-SCHEMA_VERSION = 2  # 2: label_scoring, base
+SCHEMA_VERSION = 3  # 2: label_scoring, base; 3: onnx.quantization
 
 Task = Literal["classify", "extract", "classify+extract"]
 RuntimeKind = Literal["onnx", "gguf"]

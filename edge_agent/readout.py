@@ -15,13 +15,13 @@ from edge_agent.config import AgentSettings
 
 def url(settings: AgentSettings) -> str:
     host = settings.metrics.address
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-    return f"http://{host}:{settings.metrics.port}"
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.metrics.port}"
 
 
 def fetch(settings: AgentSettings, timeout_s: float = 3.0) -> dict[str, Any]:
-    """The running agent's summary; OSError-like httpx errors are the caller's to word."""
-    response = httpx.get(f"{url(settings)}/summary", timeout=timeout_s)
+    """The running agent's summary; httpx errors (and InvalidURL) are the caller's to word."""
+    response = httpx.get(f"{url(settings)}/summary", timeout=timeout_s, trust_env=False)  # never via a proxy
     response.raise_for_status()
     data = response.json()
     return data if isinstance(data, dict) else {}
@@ -34,7 +34,8 @@ def lines(summary: dict[str, Any]) -> list[str]:
     errors = sum(v for k, v in m.get("edge_agent_requests_total", {}).items() if "outcome=answered" not in k)
     total = sum(requests.values())
     escalated = _by(m.get("edge_agent_escalations_total", {}), "reason")
-    share = sum(escalated.values()) / total if total else 0.0
+    answered = total - errors
+    share = sum(escalated.values()) / answered if answered else 0.0  # of answered requests, as the dashboard
     latency = _merged(m.get("edge_agent_request_duration_seconds", {}))
     inference = _merged(m.get("edge_agent_inference_duration_seconds", {}))
     spool = ", ".join(f"{key.split('=', 1)[1]} {rows:.0f}" for key, rows in m.get("edge_agent_spool_rows", {}).items())

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,9 @@ from edge_agent.metrics import Metrics
 log = structlog.get_logger("edge_agent.scrape")
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
-READ_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 2.0
+LINE_LIMIT = 4096  # bytes of request line a connection may hold (asyncio's default is 64 KiB)
+MAX_CONNECTIONS = 16  # a scraper needs one; more are closed at once (memory and file descriptors are the device's)
 
 
 class Endpoint:
@@ -32,11 +35,12 @@ class Endpoint:
         self.metrics = metrics
         self.summary = summary
         self.server: asyncio.Server | None = None
+        self.open = 0
 
     async def start(self, host: str, port: int) -> None:
         """Listen; ConfigError (one line) when the address cannot be had, so a misconfigured port stops start-up."""
         try:
-            self.server = await asyncio.start_server(self._serve, host, port)
+            self.server = await asyncio.start_server(self._serve, host, port, limit=LINE_LIMIT)
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio words strerror with the address again
             raise ConfigError([f"metrics: cannot listen on {host}:{port}: {why}; set metrics.port"]) from None
@@ -48,9 +52,17 @@ class Endpoint:
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self.open += 1
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
-            status, kind, body = self._answer(line)
+            try:
+                status, kind, body = self._answer(line)
+            except sqlite3.Error as exc:  # the spool's disk failing: say so, keep serving
+                log.error("metrics_read_failed", error=str(exc))
+                status, kind, body = "500 Internal Server Error", "text/plain", f"{exc}\n".encode()
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
@@ -59,6 +71,7 @@ class Endpoint:
         except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             pass  # a scraper that went away, or a request line past the reader's limit: nothing to answer
         finally:
+            self.open -= 1
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

@@ -52,6 +52,9 @@ class Spool:
         self._add_column("waiting", "arrived", "REAL NOT NULL DEFAULT 0")  # spools older than arrival times
         self._add_column("replies", "refused", "TEXT")  # spools older than broker refusals
         self._add_column("replies", "created", "REAL NOT NULL DEFAULT 0")  # spools older than the metrics
+        now = time.time()  # rows from before either column: their age counts from now (a lower bound)
+        self.db.execute("UPDATE replies SET created = ? WHERE created = 0", (now,))
+        self.db.execute("UPDATE waiting SET arrived = ? WHERE arrived = 0", (now,))
 
     def _add_column(self, table: str, column: str, kind: str) -> None:
         if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:

@@ -135,21 +135,26 @@ class Served:
         asyncio.get_running_loop().run_in_executor(self.executor, old.close)
 
     async def work(self) -> None:
-        """Forever: take what is queued (up to the batch limit), drop expired jobs, run one pass."""
-        loop = asyncio.get_running_loop()
+        """Forever: take what is queued (up to the batch limit), drop expired jobs, run it."""
         while True:
             jobs = await self._take()
-            started = time.monotonic()
-            live = [j for j in jobs if not j.future.done() and j.deadline > started]
-            if live:
-                runtime, deadlines = self.runtime, [j.deadline for j in live]  # a swap takes effect between passes
-                texts = [j.text for j in live]
-                results = await loop.run_in_executor(self.executor, self._run, runtime, texts, deadlines)
-                for job, result in zip(live, results, strict=True):
-                    _settle(job.future, _stamped(result, runtime.manifest.version))
-                if self.meter is not None:
-                    waits = (started - j.queued for j in live)
-                    self.meter.pass_done(self.entry.name, waits, time.monotonic() - started)
+            now = time.monotonic()
+            live = [j for j in jobs if not j.future.done() and j.deadline > now]
+            runtime = self.runtime  # a swap takes effect between passes
+            limit = batch_limit(runtime.manifest, self.batch_max)  # smaller when a swap came while it gathered
+            for start in range(0, len(live), limit):
+                await self._pass(runtime, live[start : start + limit])
+
+    async def _pass(self, runtime: Runtime, jobs: list[_Job]) -> None:
+        started = time.monotonic()
+        texts, deadlines = [j.text for j in jobs], [j.deadline for j in jobs]
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.executor, self._run, runtime, texts, deadlines)
+        for job, result in zip(jobs, results, strict=True):
+            _settle(job.future, _stamped(result, runtime.manifest.version))
+        if self.meter is not None:
+            waits = (started - j.queued for j in jobs)
+            self.meter.pass_done(self.entry.name, waits, time.monotonic() - started)
 
     async def _take(self) -> list[_Job]:
         """The next batch: what queued while the last pass ran, topped up for `batch_wait_s` when set."""
@@ -163,10 +168,15 @@ class Served:
             left = until - time.monotonic()
             if left <= 0:
                 break
+            # asyncio.wait, not wait_for: before 3.12 wait_for can swallow a cancel (shutdown) that races the get
+            getter = asyncio.ensure_future(self.queue.get())
             try:
-                jobs.append(await asyncio.wait_for(self.queue.get(), left))
-            except asyncio.TimeoutError:  # on 3.10 not the builtin TimeoutError
+                done, _ = await asyncio.wait({getter}, timeout=left)
+            finally:
+                getter.cancel()  # Queue.get is cancel-safe: a text it had not returned stays queued
+            if getter not in done:
                 break
+            jobs.append(getter.result())
         return jobs
 
     def _run(self, runtime: Runtime, texts: list[str], deadlines: list[float]) -> list[Prediction | AgentError]:

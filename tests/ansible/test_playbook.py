@@ -33,7 +33,7 @@ import pytest
 
 from edge_agent import manifest as mf
 from tests.ansible.runner import ANSIBLE, BIN, ROOT, local_inventory, playbook, recap, results
-from tests.support.broker import Broker, client
+from tests.support.broker import Broker, client, free_port
 from tests.support.registry import Keys, publish, serve, wrong_samples
 
 V1, V2, V3, V4 = "1.0", "2.0", "3.0", "4.0"
@@ -175,7 +175,10 @@ def fleet(
         "edge_agent_probation": {"minutes": PROBATION_MINUTES},
         "edge_agent_models": [{"name": model, "version": V1}],
     }
-    hosts = {device.name: {"edge_agent_prefix": str(device.prefix)} for device in devices}
+    hosts = {  # two agents on one host: a metrics port each
+        device.name: {"edge_agent_prefix": str(device.prefix), "edge_agent_metrics_port": free_port()}
+        for device in devices
+    }
     inventory = local_inventory(tmp_path / "hosts.yml", {"pis": hosts}, fleet_vars)
     yield Fleet(tmp_path, inventory, devices, model)
     for device in devices:

@@ -161,11 +161,14 @@ def test_mqtt_summary_and_status_carry_the_same_numbers(served: tuple[Agent, dic
     for name in ("edge_agent_request_duration_seconds", "edge_agent_queue_wait_seconds"):
         counts = {key: h["count"] for key, h in published[name].items()}
         assert counts == scraped[f"{name}_count"], name
-    result = run_cli("status", env={**os.environ, **env, "EDGE_AGENT_METRICS__PORT": str(agent.metrics_port)})
+    port = str(agent.metrics_port)
+    result = run_cli("status", env={**os.environ, **env, "EDGE_AGENT_METRICS__PORT": port})
     assert result.returncode == 0, result.stderr
     assert "requests: 11 (local 5, cloud 3, none 3; 3 error replies)" in result.stdout
-    assert "escalation share: 27.3% (low_confidence 3)" in result.stdout
+    assert "escalation share: 37.5% (low_confidence 3)" in result.stdout  # of the 8 answered
     assert "3 calls, 0 failed" in result.stdout
+    both = json.loads(run_cli("status", "--json", env={**os.environ, **env, "EDGE_AGENT_METRICS__PORT": port}).stdout)
+    assert both["metrics"]["metrics"]["edge_agent_requests_total"] == scraped["edge_agent_requests_total"]
 
 
 def test_status_says_when_the_agent_is_not_there(tmp_path: Path) -> None:
@@ -173,8 +176,10 @@ def test_status_says_when_the_agent_is_not_there(tmp_path: Path) -> None:
 
     env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path), "EDGE_AGENT_METRICS__PORT": str(free_port())}
     result = run_cli("status", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 0 and json.loads(result.stdout) == {}  # no agent: an empty status, as before
     assert result.stderr.strip().splitlines()[-1].startswith("metrics: no answer from http://127.0.0.1:")
+    both = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert both["status"] == {} and both["metrics"]["error"].startswith("no answer from")
 
 
 def test_quantile_follows_prometheus_histogram_quantile() -> None:

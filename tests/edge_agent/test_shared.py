@@ -98,4 +98,5 @@ def test_a_group_needs_one_prefix_for_all_its_agents() -> None:
     assert "shared_group" in err.value.problems[0] and "edge-agent/site1" in err.value.problems[0]
     settings = load_settings(shared_group="site", prefix="edge-agent/site", device_id="a1")
     assert settings.agent_prefix == "edge-agent/site/agents/a1"
+    assert settings.fleet_filter == "edge-agent/+"  # replies may not aim at a sibling site's API either
     assert load_settings(device_id="a1").agent_prefix == "edge-agent/a1"
