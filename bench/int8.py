@@ -67,9 +67,7 @@ def main() -> None:
         f"# bench/int8.py  {time.strftime('%Y-%m-%d %H:%M')}  {platform.machine()} {os.cpu_count()} cores  "
         f"threads {args.threads}  {args.export}  served: {results['chosen']}"
     )
-    print(
-        "| variant | kind | MB | dev intent acc. | logit change alone vs batched | texts/s, batch 1 | batch 32 |"
-    )
+    print("| variant | kind | MB | dev intent acc. | logit change alone vs batched | texts/s, batch 1 | batch 32 |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, kind in results["kinds"].items():
         path = args.export / ("model.fp32.onnx" if name == "fp32" else f"model.{name}.onnx")
