@@ -16,7 +16,7 @@ from edge_agent.config import AgentSettings, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
 from edge_agent.manifest import load as load_manifest
 from edge_agent.messages import Answer, body
-from edge_agent.models_file import ModelsFile, load_models
+from edge_agent.models_file import ModelsFile, group_problems, load_models
 from edge_agent.store import Store
 
 EX_DATAERR = 65
@@ -92,7 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ArtifactError as exc:
             problems.append(f"model {entry.name}: {exc}")
     if models is not None:
-        problems.extend(cloud_problems(settings, models))
+        problems.extend(cloud_problems(settings, models) + group_problems(settings, models))
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings, models = _load(args)
     logs.configure(settings.log_level)
-    problems = cloud_problems(settings, models)
+    problems = cloud_problems(settings, models) + group_problems(settings, models)
     if problems:
         raise ConfigError(problems)
     pool, missing = load_served(settings, models)

@@ -40,7 +40,13 @@ class InvalidOutput(AgentError):
 
 
 class CloudUnavailable(AgentError):
+    """`escalation`: why the request went to the cloud, when it did (the metrics count it as an escalation)."""
+
     code = "cloud_unavailable"
+
+    def __init__(self, message: str, escalation: str | None = None) -> None:
+        super().__init__(message)
+        self.escalation = escalation
 
 
 class Unavailable(AgentError):

@@ -210,7 +210,9 @@ class Escalator:
         if router.waits_for_cloud(p.route, job.request.deadline_ms is not None):
             return Wait(reason)
         if run.prediction is None or run.invalid:
-            raise CloudUnavailable(f"no usable local answer ({trigger}) and the cloud failed ({reason})")
+            raise CloudUnavailable(
+                f"no usable local answer ({trigger}) and the cloud failed ({reason})", escalation=str(trigger)
+            )
         return Answer(run.prediction, "local-fallback", str(reason), str(trigger), None, run.ms, cloud_ms)
 
     def _cloud_answer(

@@ -118,7 +118,9 @@ class Handler:
         if self.parking is not None and self.parking.park(attempt.model, msg):
             log.info("request_waits_for_cloud", model=attempt.model, reason=str(attempt.reason))
             return Parked()
-        unavailable = CloudUnavailable(f"the cloud is unavailable ({attempt.reason}) and no room is left to wait")
+        unavailable = CloudUnavailable(
+            f"the cloud is unavailable ({attempt.reason}) and no room is left to wait", escalation=str(Reason.FORCED)
+        )
         return self.refusal(msg, unavailable)
 
     async def attempt(self, msg: Inbound) -> Attempt:
@@ -147,7 +149,7 @@ class Handler:
     def expired(self, msg: Inbound) -> Outcome:
         """The reply for a request that waited for the cloud longer than its time to live."""
         ttl = self.settings.cloud.wait_ttl_s if self.settings.cloud else 0
-        return self.refusal(msg, CloudUnavailable(f"waited {ttl:g}s for the cloud; giving up"))
+        return self.refusal(msg, CloudUnavailable(f"waited {ttl:g}s for the cloud; giving up", str(Reason.FORCED)))
 
     def refusal(self, msg: Inbound, error: AgentError) -> Reply | Drop:
         """An error reply built from the message alone, addressed as its answer would be."""
@@ -294,8 +296,9 @@ class Handler:
             fallback = result.reason if result.source == "local-fallback" else None
             trigger = result.trigger if fallback else result.reason
             self.metrics.replied(model, result.source, "answered", seconds, trigger, fallback)
-        elif isinstance(result, AgentError):
-            self.metrics.replied(model, "none", result.code, seconds, None, None)
+        elif isinstance(result, AgentError):  # an escalation that ended without an answer still counts as one
+            escalation = result.escalation if isinstance(result, CloudUnavailable) else None
+            self.metrics.replied(model, "none", result.code, seconds, escalation, None)
 
     def _output_topic(self, binding: Binding, topic: str) -> str:
         return binding.output.format(topic=topic, model=binding.model, device_id=self.settings.device_id)

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge_agent.config import Budget, problems_of, read_mapping
+from edge_agent.config import AgentSettings, Budget, problems_of, read_mapping
 from edge_agent.errors import ArtifactError, ConfigError
-from edge_agent.topics import check_filter
+from edge_agent.topics import check_filter, matches
 
 TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
 
@@ -126,4 +126,21 @@ def _cross_check(models: ModelsFile, path: Path) -> list[str]:
     for i, binding in enumerate(models.bindings):
         if binding.model not in names:
             problems.append(f"{path}: bindings.{i}: model {binding.model!r} is not declared under models")
+    return problems
+
+
+def group_problems(settings: AgentSettings, models: ModelsFile) -> list[str]:
+    """In a shared group No Local is not allowed (MQTT 5), so a binding whose output topic falls under its own
+    filter would get its results back as new sensor messages, each one level deeper: refused at load."""
+    if settings.shared_group is None:
+        return []
+    problems = []
+    for b in models.bindings:
+        sample = "/".join("x" if level in ("+", "#") else level for level in b.topic.split("/"))
+        output = b.output.format(topic=sample, model=b.model, device_id=settings.device_id)
+        if matches(b.topic, output):
+            problems.append(
+                f"binding {b.topic}: its output {b.output!r} falls under its own filter; "
+                "in a shared_group its results would come back to it: choose an output outside the filter"
+            )
     return problems

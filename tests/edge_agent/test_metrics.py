@@ -252,3 +252,27 @@ def test_a_taken_port_stops_start_up_with_one_line() -> None:
     assert err.value.problems == [
         f"metrics: cannot listen on 127.0.0.1:{port}: Address already in use; set metrics.port"
     ]
+
+
+def test_an_escalation_that_ends_in_an_error_still_counts_as_one(
+    broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
+) -> None:
+    """route=cloud with the cloud away: the request waits in the spool, expires, and its error reply is
+    counted with its escalation (forced), so an outage does not make the escalation share fall."""
+    from tests.support.broker import free_port
+
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    env = {
+        "EDGE_AGENT_CLOUD__BASE_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens there
+        "EDGE_AGENT_CLOUD__MODEL": "teacher",
+        "EDGE_AGENT_CLOUD__RETRIES": "0",
+        "EDGE_AGENT_CLOUD__WAIT_TTL_S": "0.5",
+    }
+    agents.append(start_agent(broker, models, tmp_path, "out", env=env))
+    with client(broker.port) as c:
+        c.subscribe("me/r")
+        c.publish("edge-agent/out/req/tiny", json.dumps({"text": "lights on", "route": "cloud"}), "me/r")
+        assert c.get(topic="me/r", timeout=30).json()["error"]["code"] == "cloud_unavailable"
+    got = samples(scrape(agents[-1]))
+    assert got["edge_agent_requests_total"] == {"model=tiny,outcome=cloud_unavailable,source=none": 1}
+    assert got["edge_agent_escalations_total"] == {"model=tiny,reason=forced": 1}

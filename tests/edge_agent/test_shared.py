@@ -8,6 +8,7 @@ when it comes back (as systemd restarts it), while the other keeps answering.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -100,3 +101,22 @@ def test_a_group_needs_one_prefix_for_all_its_agents() -> None:
     assert settings.agent_prefix == "edge-agent/site/agents/a1"
     assert settings.fleet_filter == "edge-agent/+"  # replies may not aim at a sibling site's API either
     assert load_settings(device_id="a1").agent_prefix == "edge-agent/a1"
+
+
+def test_a_binding_that_would_feed_itself_is_refused_in_a_group(tmp_path: Path, tiny_artifact: Path) -> None:
+    from tests.support.agent import run_cli
+
+    bindings = [
+        {"topic": "sensors/#", "model": "tiny", "output": "sensors/out/{topic}"},  # loops: under its own filter
+        {"topic": "sensors/+/json", "model": "tiny", "output": "results/{topic}"},  # fine
+    ]
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}], bindings)
+    env = {**os.environ, **GROUP, "EDGE_AGENT_STATE_DIR": str(tmp_path / "state")}
+    result = run_cli("check", "--models", str(models), env=env)
+    assert result.returncode == 78
+    assert result.stderr.strip() == (
+        "binding sensors/#: its output 'sensors/out/{topic}' falls under its own filter; "
+        "in a shared_group its results would come back to it: choose an output outside the filter"
+    )
+    alone = {k: v for k, v in env.items() if k != "EDGE_AGENT_SHARED_GROUP"}
+    assert run_cli("check", "--models", str(models), env=alone).returncode == 0  # No Local keeps it safe there
