@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -53,18 +54,23 @@ def collect(c: Client, seen: dict[int, int], until: int, timeout: float = 60.0) 
     return seen
 
 
-def test_two_agents_split_one_stream_and_answer_each_request_once(
-    broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
-) -> None:
+@pytest.fixture()
+def group(broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]) -> Iterator[tuple[Path, Client]]:
+    """Two members a1 and a2 (in `agents`) and a client subscribed to the replies; yields the models file too."""
     models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
     agents += [start_member(broker, models, tmp_path, name) for name in ("a1", "a2")]
     c = Client(broker.port)
-    try:
-        c.subscribe("me/r")
-        send(c, range(200))
-        seen = collect(c, {}, 200)
-    finally:
-        c.close()
+    c.subscribe("me/r")
+    yield models, c
+    c.close()
+
+
+def test_two_agents_split_one_stream_and_answer_each_request_once(
+    group: tuple[Path, Client], agents: list[Agent]
+) -> None:
+    _, c = group
+    send(c, range(200))
+    seen = collect(c, {}, 200)
     assert all(n == 1 for n in seen.values()), {i: n for i, n in seen.items() if n > 1}
     counts = [answered(a) for a in agents]
     assert sum(counts) == 200  # each reply is counted before it is published: the counts are final here
@@ -72,23 +78,17 @@ def test_two_agents_split_one_stream_and_answer_each_request_once(
 
 
 def test_an_agent_killed_mid_stream_loses_nothing(
-    broker: Broker, tiny_artifact: Path, tmp_path: Path, agents: list[Agent]
+    group: tuple[Path, Client], broker: Broker, tmp_path: Path, agents: list[Agent]
 ) -> None:
-    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
-    agents += [start_member(broker, models, tmp_path, name) for name in ("a1", "a2")]
-    c = Client(broker.port)
-    try:
-        c.subscribe("me/r")
-        send(c, range(300))
-        seen = collect(c, {}, 60)
-        agents[0].proc.send_signal(signal.SIGKILL)  # mid-stream, requests in flight: no drain, no offline status
-        agents[0].proc.wait(10)
-        down = len(seen)
-        collect(c, seen, down + 40)  # the survivor keeps answering while a1 is down
-        agents.append(start_member(broker, models, tmp_path, "a1"))  # systemd's Restart=, by hand
-        collect(c, seen, 300)  # a1's share waited in its broker session: nothing lost
-    finally:
-        c.close()
+    models, c = group
+    send(c, range(300))
+    seen = collect(c, {}, 60)
+    agents[0].proc.send_signal(signal.SIGKILL)  # mid-stream, requests in flight: no drain, no offline status
+    agents[0].proc.wait(10)
+    down = len(seen)
+    collect(c, seen, down + 40)  # the survivor keeps answering while a1 is down
+    agents.append(start_member(broker, models, tmp_path, "a1"))  # systemd's Restart=, by hand
+    collect(c, seen, 300)  # a1's share waited in its broker session: nothing lost
     assert set(seen) == set(range(300))
     assert sum(answered(a) for a in agents[1:]) >= 300 - down  # answered by the survivor and the restarted a1
 

@@ -9,87 +9,32 @@ the alerts are run against synthetic series (`promtool test rules`).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.manifest import read
+from tests.ops.promql import (
+    ALERTS,
+    EXPECTED_ALERTS,
+    alert_rules,
+    dashboard_exprs,
+    load_dashboard,
+    load_rules,
+    metric_names,
+    panels,
+    rule_exprs,
+    unknown,
+)
 from tests.support import cloud as fake_cloud
 from tests.support.agent import start_agent, write_models
 from tests.support.broker import client, make_broker
 from tests.support.cloud import FakeCloud, status
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-DASHBOARD = ROOT / "ops" / "grafana" / "edge-agent.json"
-ALERTS = ROOT / "ops" / "prometheus" / "edge-agent-alerts.yml"
-PROMETHEUS_MADE = {"up"}  # series Prometheus writes itself for every target
-
-# -- metric names in a PromQL expression ---------------------------------------------------
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-FUNCTIONS = _words(
-    """
-    abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes clamp clamp_max
-    clamp_min cos cosh count_over_time day_of_month day_of_week day_of_year days_in_month deg delta deriv
-    double_exponential_smoothing exp floor histogram_avg histogram_count histogram_fraction histogram_quantile
-    histogram_stddev histogram_stdvar histogram_sum holt_winters hour idelta increase info irate label_join
-    label_replace last_over_time ln log10 log2 mad_over_time max_over_time min_over_time minute month pi
-    predict_linear present_over_time quantile_over_time rad rate resets round scalar sgn sin sinh sort
-    sort_by_label sort_by_label_desc sort_desc sqrt stddev_over_time stdvar_over_time sum_over_time tan tanh
-    time timestamp vector year
-    """
-)
-AGGREGATIONS = _words(
-    """
-    avg bottomk count count_values group limit_ratio limitk max min quantile stddev stdvar sum topk
-    """
-)
-KEYWORDS = _words(
-    """
-    and or unless bool by without on ignoring group_left group_right offset atan2 start end inf nan
-    """
-)
-NOT_METRICS = FUNCTIONS | AGGREGATIONS | KEYWORDS
-
-_STRINGS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
-_MATCHERS = re.compile(r"\{[^{}]*\}")
-_RANGES = re.compile(r"\[[^\[\]]*\]")  # ranges, subqueries
-_LABEL_LISTS = re.compile(r"(?<![\w:])(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
-_GRAFANA_VARS = re.compile(r"\$\{[^}]*\}|\$\w+")
-_NUMBERS = re.compile(r"(?<![\w:])\.?\d[\w.]*")  # 0.99, 350e6, 0x1f, and durations (5m, 1d)
-_IDENTIFIER = re.compile(r"(?<![\w:])([a-zA-Z_:][\w:]*)\s*(\()?")
-_LABEL_VALUES = re.compile(r"label_values\(\s*([a-zA-Z_:][\w:]*)")
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (Grafana's $variables allowed)."""
-    text = _STRINGS.sub(" ", expr)
-    text = _MATCHERS.sub(" ", text)
-    text = _RANGES.sub(" ", text)
-    text = _LABEL_LISTS.sub(" ", text)
-    text = _GRAFANA_VARS.sub(" ", text)
-    text = _NUMBERS.sub(" ", text)
-    names = set()
-    for match in _IDENTIFIER.finditer(text):
-        name, call = match.groups()
-        if call is None and name.lower() not in NOT_METRICS:
-            names.add(name)
-    return names
 
 
 def test_metric_names_finds_the_metrics_and_only_them() -> None:
@@ -116,68 +61,9 @@ def test_metric_names_finds_the_metrics_and_only_them() -> None:
         assert metric_names(expr) == names, expr
 
 
-# -- what the dashboard and the rules use --------------------------------------------------
-
-
-def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, those inside rows (collapsed rows keep theirs in `panels`) included."""
-    stack = list(dashboard.get("panels", []))
-    while stack:
-        panel = stack.pop(0)
-        yield panel
-        stack[:0] = panel.get("panels", [])
-
-
-def dashboard_exprs(dashboard: dict[str, Any]) -> dict[str, str]:
-    """{where: expr} for every panel target and every template query."""
-    out = {}
-    for panel in panels(dashboard):
-        for target in panel.get("targets", []):
-            if "expr" in target:
-                out[f"panel {panel.get('title')!r} target {target.get('refId')}"] = target["expr"]
-    for var in dashboard.get("templating", {}).get("list", []):
-        if var.get("type") == "query":
-            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-            out[f"variable {var['name']}"] = query
-    return out
-
-
 def test_panels_finds_those_in_collapsed_rows() -> None:
     dashboard = {"panels": [{"title": "a"}, {"type": "row", "title": "r", "panels": [{"title": "b"}]}, {"title": "c"}]}
     assert [p["title"] for p in panels(dashboard)] == ["a", "r", "b", "c"]
-
-
-def alert_rules(rules: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for group in rules["groups"]:
-        yield from group["rules"]
-
-
-def names_used(expr: str) -> set[str]:
-    template = _LABEL_VALUES.findall(expr)  # Grafana's label_values(metric, label): the label is no metric
-    return set(template) if template else metric_names(expr)
-
-
-def unknown(exprs: dict[str, str], exported: Iterable[str]) -> dict[str, set[str]]:
-    """{where: names not exported}, and {where: set()} for an expression that names no metric at all."""
-    allowed = set(exported) | PROMETHEUS_MADE
-    out = {}
-    for where, expr in exprs.items():
-        names = names_used(expr)
-        if not names or names - allowed:
-            out[where] = names - allowed
-    return out
-
-
-def load_dashboard() -> dict[str, Any]:
-    return dict(json.loads(DASHBOARD.read_text()))
-
-
-def load_rules() -> dict[str, Any]:
-    return dict(yaml.safe_load(ALERTS.read_text()))
-
-
-def rule_exprs(rules: dict[str, Any]) -> dict[str, str]:
-    return {f"alert {rule['alert']}": rule["expr"] for rule in alert_rules(rules)}
 
 
 # -- what the agent exports ----------------------------------------------------------------
@@ -304,19 +190,6 @@ def test_dashboard_is_importable() -> None:
     assert len(model_filtered) > 20  # the model variable filters the per-model panels
 
 
-EXPECTED_ALERTS = {
-    "EscalationShareJump",
-    "SpoolGrowing",
-    "CloudBreakerOpen",
-    "LatencyP99OverDeadline",
-    "AgentDown",
-    "ErrorReplies",
-    "BrokerDisconnected",
-    "MemoryHigh",
-    "BudgetNearlySpent",
-}
-
-
 def test_alert_rules_are_complete() -> None:
     rules = load_rules()  # yaml.safe_load: the file is plain YAML
     assert [g["name"] for g in rules["groups"]] == ["edge-agent"]
@@ -333,161 +206,3 @@ def test_alert_rules_are_complete() -> None:
     for name in EXPECTED_ALERTS:  # each rule has its comment just above it
         assert re.search(rf"#[^\n]*\n(?:\s*#[^\n]*\n)*\s*- alert: {name}\n", text), name
     assert 'up{job="edge-agent"} == 0' in next(r for r in alert_rules(rules) if r["alert"] == "AgentDown")["expr"]
-
-
-# -- promtool, where it is installed -------------------------------------------------------
-
-PROMTOOL = shutil.which("promtool")
-# CI installs it (scripts/bootstrap): there a missing promtool fails instead of skipping
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None and os.environ.get("CI") != "true", reason="no promtool (Debian: apt-get install prometheus)"
-)
-
-
-def promtool(*args: str, cwd: Path) -> None:
-    assert PROMTOOL is not None, "promtool is missing: scripts/bootstrap installs Debian's prometheus package"
-    result = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@needs_promtool
-def test_promtool_checks_the_rules(tmp_path: Path) -> None:
-    promtool("check", "rules", str(ALERTS), cwd=tmp_path)
-
-
-@needs_promtool
-def test_promtool_parses_every_panel_query(tmp_path: Path) -> None:
-    """Each panel query (Grafana's variables filled in) as a recording rule, which promtool parses."""
-    fill = {"$__rate_interval": "5m", "$instance": ".*", "$model": ".*"}
-    rules = []
-    for i, (where, expr) in enumerate(sorted(dashboard_exprs(load_dashboard()).items())):
-        if where.startswith("variable"):
-            continue
-        for var, value in fill.items():
-            expr = expr.replace(var, value)
-        assert "$" not in expr, where
-        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
-    (tmp_path / "panels.yml").write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
-    promtool("check", "rules", "panels.yml", cwd=tmp_path)
-
-
-# Synthetic series for each alert: one device that should fire and one close to it that should not.
-PROMTOOL_TESTS = """
-rule_files: [rules.yml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - {series: 'up{job="edge-agent",instance="d1"}', values: '1 1 0x10'}
-      - {series: 'up{job="edge-agent",instance="d2"}', values: '1x12'}
-      - {series: 'edge_agent_mqtt_connected{job="edge-agent",instance="d1"}', values: '1 1 0x10'}
-      - {series: 'edge_agent_mqtt_connected{job="edge-agent",instance="d2"}', values: '1 0 1 0 1 0 1 0'}
-      - {series: 'process_resident_memory_bytes{job="edge-agent",instance="d1"}', values: '300e6 360e6x10'}
-      - {series: 'process_resident_memory_bytes{job="edge-agent",instance="d2"}', values: '340e6x10'}
-      # d1: open, one failing probe (half_open) at minute 3, open again; d2: closed
-      - {series: 'edge_agent_cloud_breaker_state{job="edge-agent",instance="d1",state="closed"}', values: '1 0x8'}
-      - {series: 'edge_agent_cloud_breaker_state{job="edge-agent",instance="d1",state="open"}', values: '0 1 1 0 1x5'}
-      - {series: 'edge_agent_cloud_breaker_state{job="edge-agent",instance="d1",state="half_open"}',
-         values: '0 0 0 1 0x5'}
-      - {series: 'edge_agent_cloud_breaker_state{job="edge-agent",instance="d2",state="closed"}', values: '1x8'}
-      - {series: 'edge_agent_cloud_breaker_state{job="edge-agent",instance="d2",state="open"}', values: '0x8'}
-      - {series: 'edge_agent_cloud_budget_used_calls{job="edge-agent",instance="d1",scope="global",window="hour"}',
-         values: '95x10'}
-      - {series: 'edge_agent_cloud_budget_limit_calls{job="edge-agent",instance="d1",scope="global",window="hour"}',
-         values: '100x10'}
-      - {series: 'edge_agent_cloud_budget_used_calls{job="edge-agent",instance="d1",scope="m",window="day"}',
-         values: '50x10'}
-      - {series: 'edge_agent_cloud_budget_limit_calls{job="edge-agent",instance="d1",scope="m",window="day"}',
-         values: '100x10'}
-      - {series: 'edge_agent_cloud_budget_used_calls{job="edge-agent",instance="d2",scope="global",window="day"}',
-         values: '999x10'}
-    alert_rule_test:
-      - {eval_time: 4m, alertname: AgentDown,
-         exp_alerts: [{exp_labels: {severity: critical, job: edge-agent, instance: d1}}]}
-      - {eval_time: 4m, alertname: BrokerDisconnected,
-         exp_alerts: [{exp_labels: {severity: critical, job: edge-agent, instance: d1}}]}
-      - {eval_time: 7m, alertname: MemoryHigh,
-         exp_alerts: [{exp_labels: {severity: warning, job: edge-agent, instance: d1}}]}
-      - {eval_time: 8m, alertname: CloudBreakerOpen,
-         exp_alerts: [{exp_labels: {severity: warning, job: edge-agent, instance: d1}}]}
-      - {eval_time: 6m, alertname: BudgetNearlySpent,
-         exp_alerts: [{exp_labels: {severity: warning, job: edge-agent, instance: d1, scope: global, window: hour}}]}
-  - interval: 1m
-    input_series:
-      # d1: replies pile up, a route=cloud request waits, old refused rows stay; d2: a blip of 5 replies
-      - {series: 'edge_agent_spool_rows{job="edge-agent",instance="d1",queue="replies"}', values: '0 0+1x30'}
-      - {series: 'edge_agent_spool_oldest_age_seconds{job="edge-agent",instance="d1",queue="replies"}',
-         values: '0 0 60x30'}
-      - {series: 'edge_agent_spool_rows{job="edge-agent",instance="d1",queue="waiting"}', values: '1x30'}
-      - {series: 'edge_agent_spool_oldest_age_seconds{job="edge-agent",instance="d1",queue="waiting"}',
-         values: '0+60x30'}
-      - {series: 'edge_agent_spool_rows{job="edge-agent",instance="d1",queue="refused"}', values: '3x30'}
-      - {series: 'edge_agent_spool_oldest_age_seconds{job="edge-agent",instance="d1",queue="refused"}',
-         values: '7200+60x30'}
-      - {series: 'edge_agent_spool_rows{job="edge-agent",instance="d2",queue="replies"}', values: '0 5 0x30'}
-      - {series: 'edge_agent_spool_oldest_age_seconds{job="edge-agent",instance="d2",queue="replies"}',
-         values: '0 1 0x30'}
-      # d1: every request takes 5 to 10 s; d2: every one under 0.5 s
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d1",model="m",le="0.5"}',
-         values: '0x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d1",model="m",le="5.0"}',
-         values: '0x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d1",model="m",le="10.0"}',
-         values: '0+10x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d1",model="m",le="+Inf"}',
-         values: '0+10x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d2",model="m",le="0.5"}',
-         values: '0+10x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d2",model="m",le="5.0"}',
-         values: '0+10x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d2",model="m",le="10.0"}',
-         values: '0+10x20'}
-      - {series: 'edge_agent_request_duration_seconds_bucket{job="edge-agent",instance="d2",model="m",le="+Inf"}',
-         values: '0+10x20'}
-      # d1: 10 errors per 100 answers; d2: a third of its replies are errors, but 1.5 replies a minute
-      - {series: 'edge_agent_requests_total{job="edge-agent",instance="d1",model="m",outcome="answered"}',
-         values: '0+100x20'}
-      - {series: 'edge_agent_requests_total{job="edge-agent",instance="d1",model="m",outcome="bad_request"}',
-         values: '0+10x20'}
-      - {series: 'edge_agent_requests_total{job="edge-agent",instance="d2",model="m",outcome="answered"}',
-         values: '0+1x20'}
-      - {series: 'edge_agent_requests_total{job="edge-agent",instance="d2",model="m",outcome="timeout"}',
-         values: '0+0.5x20'}
-    alert_rule_test:
-      - eval_time: 20m
-        alertname: SpoolGrowing
-        exp_alerts:
-          - {exp_labels: {severity: warning, job: edge-agent, instance: d1, queue: replies}}
-          - {exp_labels: {severity: warning, job: edge-agent, instance: d1, queue: waiting}}
-      - {eval_time: 15m, alertname: LatencyP99OverDeadline,
-         exp_alerts: [{exp_labels: {severity: warning, instance: d1, model: m}}]}
-      - {eval_time: 15m, alertname: ErrorReplies, exp_alerts: [{exp_labels: {severity: warning, instance: d1}}]}
-  # model m: a day at 5% escalations, then 30%; model s: always 30% (high, but no jump)
-  - interval: 1m
-    input_series:
-      - {series: 'edge_agent_requests_total{job="edge-agent",instance="d1",model="m",outcome="answered"}',
-         values: '0+100x1500'}
-      - {series: 'edge_agent_escalations_total{job="edge-agent",instance="d1",model="m",reason="low_confidence"}',
-         values: '0+5x1439 7200+30x60'}
-      - {series: 'edge_agent_requests_total{job="edge-agent",instance="d1",model="s",outcome="answered"}',
-         values: '0+100x1500'}
-      - {series: 'edge_agent_escalations_total{job="edge-agent",instance="d1",model="s",reason="low_confidence"}',
-         values: '0+30x1500'}
-    alert_rule_test:
-      - {eval_time: 23h50m, alertname: EscalationShareJump, exp_alerts: []}
-      - {eval_time: 24h30m, alertname: EscalationShareJump,
-         exp_alerts: [{exp_labels: {severity: warning, instance: d1, model: m}}]}
-"""
-
-
-@needs_promtool
-def test_promtool_alerts_fire_when_they_should(tmp_path: Path) -> None:
-    rules = load_rules()
-    for rule in alert_rules(rules):  # promtool compares annotations too: the labels are what is tested here
-        rule.pop("annotations")
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
-    tests = yaml.safe_load(PROMTOOL_TESTS)
-    tested = {case["alertname"] for group in tests["tests"] for case in group["alert_rule_test"]}
-    assert tested == EXPECTED_ALERTS
-    (tmp_path / "tests.yml").write_text(PROMTOOL_TESTS)
-    promtool("test", "rules", "tests.yml", cwd=tmp_path)
