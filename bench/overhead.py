@@ -35,10 +35,9 @@ DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
 
 
 def texts(n: int) -> list[str]:
-    if DATA.is_file():
-        pool = [json.loads(line)["text"] for line in DATA.read_text().splitlines()]
-    else:
-        pool = ["turn off the kitchen lights", "is the coffee ready", "vacuum the hall at noon"]
+    """`n` HWU64 test texts, cycled (the smart-home subset in data/ where ../shared is not beside the repo)."""
+    source = DATA if DATA.is_file() else ROOT / "data" / "hwu64-iot" / "test.jsonl"
+    pool = [json.loads(line)["text"] for line in source.read_text().splitlines()]
     return [pool[i % len(pool)] for i in range(n)]
 
 
@@ -68,19 +67,21 @@ def free_port() -> int:
 
 
 def start_agent(
-    models: Path, port: int, tmp: Path, threads: int, metrics_port: int = 0
+    models: Path, port: int, tmp: Path, threads: int, metrics_port: int = 0, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], float]:
+    """`edge-agent run` as device `bench` (`env`: more settings), once its retained `online` is seen;
+    with the seconds that took. Its log goes to tmp/agent.log, its stdout nowhere (a pipe it held open
+    would keep a caller's `| tail` waiting after the bench ends)."""
     watcher = Peer(port)
     watcher.subscribe("edge-agent/bench/status")
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "edge_agent", "run", "--models", str(models), "--port", str(port)]
     cmd += ["--device-id", "bench", "--log-level", "warning"]
-    env = {
-        **os.environ,
-        "EDGE_AGENT_THREADS": str(threads),
-        "EDGE_AGENT_METRICS__PORT": str(metrics_port or free_port()),
-    }
-    proc = subprocess.Popen(cmd, stderr=(tmp / "agent.log").open("wb"), env=env, cwd=ROOT)
+    settings = {"EDGE_AGENT_THREADS": str(threads), "EDGE_AGENT_METRICS__PORT": str(metrics_port or free_port())}
+    log = (tmp / "agent.log").open("ab")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **settings, **(env or {})}, cwd=ROOT
+    )
     while watcher.next("edge-agent/bench/status", timeout=60).get("status") != "online":
         pass
     startup = time.monotonic() - t0

@@ -40,19 +40,13 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.mqtt_peer import Peer, mosquitto  # noqa: E402
+from bench.mqtt_peer import mosquitto  # noqa: E402
+from bench.overhead import start_agent, texts  # noqa: E402
 from edge_agent.manifest import load  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
 TOPIC, REPLIES = "edge-agent/bench/req/m", "bench/replies"
 LOADS = (0.05, 0.25, 0.5, 0.75, 0.9, 1.0, 1.2)
-
-
-def texts(n: int) -> list[str]:
-    source = DATA if DATA.is_file() else ROOT / "data" / "hwu64-iot" / "test.jsonl"
-    pool = [json.loads(line)["text"] for line in source.read_text().splitlines()]
-    return [pool[i % len(pool)] for i in range(n)]
 
 
 def raw(artifact: Path, batch: list[str], threads: int) -> dict[str, float]:
@@ -165,27 +159,14 @@ def open_loop(port: int, batch: list[str], rate: float, seconds: float) -> Point
     return point
 
 
-def start_agent(
-    models: Path, port: int, tmp: Path, threads: int, batch_max: int, wait_ms: float
-) -> subprocess.Popen[bytes]:
-    watcher = Peer(port)
-    watcher.subscribe("edge-agent/bench/status")
-    cmd = [sys.executable, "-m", "edge_agent", "run", "--models", str(models), "--port", str(port)]
-    cmd += ["--device-id", "bench", "--log-level", "warning"]
+def start(models: Path, port: int, tmp: Path, threads: int, batch_max: int, wait_ms: float) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
-        "EDGE_AGENT_THREADS": str(threads),
         "EDGE_AGENT_BATCH_MAX": str(batch_max),
         "EDGE_AGENT_BATCH_WAIT_MS": str(wait_ms),
         "EDGE_AGENT_STATE_DIR": str(tmp / f"state-{batch_max}-{wait_ms}"),
         "EDGE_AGENT_METRICS__ENABLED": "false",
     }
-    log = (tmp / "agent.log").open("ab")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT)
-    while watcher.next("edge-agent/bench/status", timeout=60).get("status") != "online":
-        pass
-    watcher.close()
-    return proc
+    return start_agent(models, port, tmp, threads, env=env)[0]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -233,12 +214,12 @@ def main() -> None:
         models = tmp / "models.yaml"
         models.write_text(yaml.safe_dump({"models": [{"name": "m", "path": str(args.artifact.resolve())}]}))
         for size in args.batch_max:
-            proc = start_agent(models, port, tmp, args.threads, size, args.batch_wait_ms)
+            proc = start(models, port, tmp, args.threads, size, args.batch_wait_ms)
             rates[size] = sustained(port, batch, args.window)
             print(f"batch_max {size}: {rates[size]:.0f} answered/s", file=sys.stderr)
             stop(proc)
         best = max(rates, key=lambda k: rates[k])
-        proc = start_agent(models, port, tmp, args.threads, best, args.batch_wait_ms)
+        proc = start(models, port, tmp, args.threads, best, args.batch_wait_ms)
         points = [open_loop(port, batch, share * rates[best], args.seconds) for share in LOADS]
         stop(proc)
     report(args, quant, base, rates, best, points)
