@@ -185,9 +185,7 @@ def state(
 
 
 def _quantization(manifest: Manifest) -> str:
-    if manifest.onnx is not None:
-        return manifest.onnx.quantization or "dynamic"
-    return "unknown"
+    return manifest.onnx.kind if manifest.onnx is not None else "unknown"
 
 
 def summary(settings: AgentSettings, metrics: Metrics) -> dict[str, Any]:

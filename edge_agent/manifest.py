@@ -62,9 +62,14 @@ class OnnxIO(_Strict):
     )
 
     @property
+    def kind(self) -> str:
+        """The quantization, artifacts from before the field read as the dynamic int8 they are."""
+        return self.quantization or "dynamic"
+
+    @property
     def batch_independent(self) -> bool:
         """Whether a text's answer is the same alone and in a batch: dynamic int8 scales over the batch."""
-        return self.quantization in ("static", "none")
+        return self.kind in ("static", "none")
 
 
 class Prompt(_Strict):

@@ -283,7 +283,7 @@ def summarize(families: Iterable[Metric]) -> dict[str, Any]:
             out[family.name] = _histograms(family)
             continue
         for sample in family.samples:
-            out.setdefault(sample.name, {})[_key(sample.labels)] = sample.value
+            out.setdefault(sample.name, {})[label_key(sample.labels)] = sample.value
     return out
 
 
@@ -292,7 +292,7 @@ def _histograms(family: Metric) -> dict[str, dict[str, float | None]]:
     totals: dict[str, dict[str, float | None]] = {}
     for sample in family.samples:
         labels = {k: v for k, v in sample.labels.items() if k != "le"}
-        key = _key(labels)
+        key = label_key(labels)
         entry = totals.setdefault(key, {})
         if sample.name.endswith("_bucket"):
             buckets.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
@@ -323,5 +323,11 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     return lower
 
 
-def _key(labels: dict[str, str]) -> str:
+def label_key(labels: dict[str, str]) -> str:
+    """A label set as the summary keys it: `k=v,...`, sorted by name ("" for none)."""
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def labels_of(key: str) -> dict[str, str]:
+    """The label set of a summary key (label_key's inverse)."""
+    return dict(part.split("=", 1) for part in key.split(",") if "=" in part)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from edge_agent.config import AgentSettings
+from edge_agent.metrics import labels_of
 
 
 def url(settings: AgentSettings) -> str:
@@ -60,8 +61,8 @@ def lines(summary: dict[str, Any]) -> list[str]:
 def _by(samples: dict[str, float], label: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in samples.items():
-        labels = dict(part.split("=", 1) for part in key.split(",") if "=" in part)
-        out[labels.get(label, "")] = out.get(labels.get(label, ""), 0.0) + value
+        name = labels_of(key).get(label, "")
+        out[name] = out.get(name, 0.0) + value
     return {k: v for k, v in out.items() if v}
 
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.manifest import read
-from edge_agent.metrics import quantile, summarize
+from edge_agent.metrics import label_key, quantile, summarize
 from tests.support import cloud as fake_cloud
 from tests.support.agent import Agent, run_cli, start_agent, write_models
 from tests.support.broker import Broker, client
@@ -63,7 +63,7 @@ def samples(text: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            out.setdefault(s.name, {})[",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))] = s.value
+            out.setdefault(s.name, {})[label_key(s.labels)] = s.value
     return out
 
 
