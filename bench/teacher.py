@@ -7,6 +7,7 @@ Benchmarks import no test module: the tests' scriptable cloud (tests/support/clo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
 import threading
@@ -40,6 +41,51 @@ def teacher(label: str) -> Iterator[str]:
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def gold_teacher(gold: dict[str, str], labels: list[str], accuracy: float, seed: int = 0) -> Iterator[str]:
+    """A simulated teacher, not a model: answers each text with the dataset's gold label with probability
+    `accuracy` (drawn per text from a hash, so a text gets the same answer every time), else with another
+    label of `labels`. A text it has no gold label for gets the first label. Yields the base URL."""
+
+    def answer(text: str) -> str:
+        digest = hashlib.sha256(f"{seed}|{text}".encode()).digest()
+        right = int.from_bytes(digest[:4], "big") / 2**32 < accuracy
+        label = gold.get(text, labels[0])
+        if right:
+            return label
+        others = [x for x in labels if x != label]
+        return others[int.from_bytes(digest[4:8], "big") % len(others)]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+            content = json.dumps({"label": answer(request["messages"][-1]["content"])})
+            data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

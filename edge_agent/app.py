@@ -20,10 +20,10 @@ from edge_agent.delivery import Delivery
 from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.escalation import Escalator
 from edge_agent.handler import Handler
-from edge_agent.manifest import Manifest
+from edge_agent.manifest import Manifest, cloud_only
 from edge_agent.manifest import read as read_manifest
 from edge_agent.messages import Outbound
-from edge_agent.metrics import Budget, Metrics, ModelState, Prices, State
+from edge_agent.metrics import Budget, Metrics, ModelState, Prices, State, TrialState
 from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.mqtt_client import MqttClient
 from edge_agent.rollout import PIDFILE, Rollout
@@ -73,6 +73,10 @@ def load_served(settings: AgentSettings, models: ModelsFile) -> tuple[ModelPool,
 
 
 def _manifest_only(entry: ModelEntry) -> Manifest | None:
+    """What the cloud needs to answer for a model that cannot run here: its manifest, or for a model
+    with no artifact yet (a cold start), the labels models.yaml lets the cloud answer with."""
+    if entry.path is None and entry.cloud_labels:
+        return cloud_only(entry.name, entry.cloud_labels)
     try:
         return read_manifest(entry.artifact)
     except ArtifactError:
@@ -88,7 +92,8 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     escalator = Escalator(settings, models, cloud, on_change=changed.set, metrics=metrics)
     spool = Spool(settings.state_dir / "spool.sqlite")
     waitlist = Waitlist(spool, settings.cloud)
-    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set)
+    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set, contenders=escalator.contenders)
+    escalator.on_trial = rollout.wake.set
     handler = Handler(settings, models, pool, escalator, waitlist, missing, rollout, metrics)
     client = MqttClient(settings, handler.subscriptions(), f"{settings.agent_prefix}/status")
     delivery = Delivery(
@@ -119,6 +124,7 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
         pidfile.unlink(missing_ok=True)
         await endpoint.close()
         await supervisor.stop()
+        await rollout.stop_trials()
         await pool.stop()
         await escalator.drain()
         if cloud is not None:
@@ -181,7 +187,24 @@ def state(
         budgets=budgets,
         models=models,
         connected=delivery.client.connected() if delivery else False,
+        trials=_trials(rollout) if rollout is not None else [],
     )
+
+
+def _trials(rollout: Rollout) -> list[TrialState]:
+    """Every model's trial on this device, running or decided, as the metrics show it."""
+    snapshots = {**rollout.decided, **{name: c.trial.snapshot() for name, c in rollout.contenders.items()}}
+    out = []
+    for name, t in snapshots.items():
+        f = t["figures"]
+        p99 = (f.get("serving_p99_ms"), f.get("candidate_p99_ms"))
+        out.append(
+            TrialState(
+                name, t["version"], t["counts"]["shadowed"], t["counts"]["escalated"],
+                f["serving_cloud_agreement"], f["candidate_cloud_agreement"], p99, t["decision"],
+            )
+        )  # fmt: skip
+    return out
 
 
 def _quantization(manifest: Manifest) -> str:

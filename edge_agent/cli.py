@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edge_agent import __version__, cli_models
+from edge_agent import __version__, cli_models, router
 from edge_agent.cloud import cloud_problems
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
@@ -135,9 +135,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return EX_DATAERR
     latency = (time.monotonic() - start) * 1000
+    limit = served.manifest.ood.max_distance if served.manifest.ood else None
+    reason = router.escalation(router.policy(entry, served.threshold, "local", False, limit), prediction)
     answer = Answer(prediction, "local")
-    if prediction.confidence < served.threshold:  # as the agent would mark it without a cloud
-        answer = Answer(prediction, "local-fallback", "local_only", "low_confidence")
+    if reason is not None:  # as the agent would mark it without a cloud
+        answer = Answer(prediction, "local-fallback", "local_only", str(reason))
     print(json.dumps(body(None, entry.name, answer, served.manifest.version, latency), ensure_ascii=False))
     return 0
 

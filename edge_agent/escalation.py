@@ -7,6 +7,7 @@ the budget, breaker and trend up to date, and hands each cloud-answered escalati
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.router import Reason
 from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.pool import Served
+from edge_agent.shadow import Contender
 
 log = structlog.get_logger("edge_agent.escalation")
 
@@ -93,11 +95,54 @@ class Escalator:
             settings.state_dir / "feedback", settings.feedback_max_rows, settings.feedback_max_bytes
         )
         self.on_change = on_change  # breaker or budget state changed: the status should say so
+        self.contenders: dict[str, Contender] = {}  # model -> its candidate on trial (set by the rollout)
+        self.on_trial: Callable[[], object] = lambda: None  # a trial counted a request: the rollout judges
+        self.taught = {m.name: m.cloud_labels for m in models.models}
         self._background: set[asyncio.Task[None]] = set()
 
     async def answer(self, job: Job) -> Answer | Wait:
-        """The reply's prediction and routing facts, or Wait; raises AgentError when there is no answer."""
-        p = router.policy(job.entry, _threshold(job.entry, job.manifest), job.request.route, self.cloud is not None)
+        """The reply's prediction and routing facts, or Wait; raises AgentError when there is no answer.
+        Where a candidate is on trial, it answers this request instead (canary) or beside it (shadow)."""
+        contender = self.contenders.get(job.model)
+        role = contender.pick() if contender is not None and job.served is not None else None
+        if contender is None or role is None:
+            return await self._answer(job)
+        if role == "canary":
+            return await self._canary(job, contender)
+        shadow = asyncio.create_task(contender.run(job.request.text, job.deadline))
+        try:
+            result = await self._answer(job)
+        except AgentError as exc:
+            self._later(self._compare(contender, shadow, exc))
+            raise
+        if isinstance(result, Answer):
+            self._later(self._compare(contender, shadow, result))
+        else:
+            shadow.cancel()
+        return result
+
+    async def _canary(self, job: Job, contender: Contender) -> Answer | Wait:
+        served = contender.served
+        try:
+            result = await self._answer(dataclasses.replace(job, served=served, manifest=served.manifest))
+        except AgentError:
+            contender.trial.canary(False)
+            raise
+        contender.trial.canary(True)
+        return result
+
+    async def _compare(
+        self, contender: Contender, shadow: asyncio.Task[tuple[Prediction | None, float]], result: Answer | AgentError
+    ) -> None:
+        candidate, ms = await shadow
+        contender.record(result, candidate, ms)
+        self.on_trial()
+
+    async def _answer(self, job: Job) -> Answer | Wait:
+        limit = job.manifest.ood.max_distance if job.manifest.ood else None
+        p = router.policy(
+            job.entry, _threshold(job.entry, job.manifest), job.request.route, self.cloud is not None, limit
+        )
         if p.route == "cloud" and not p.cloud:
             raise Unavailable(f"route cloud was asked for, but no cloud is configured on {job.model}'s device")
         if job.served is None:
@@ -184,7 +229,7 @@ class Escalator:
         assert self.cloud is not None
         before, started = self.breaker.state, time.monotonic()
         try:
-            prediction = await self.cloud.ask(job.manifest, job.request.text, job.deadline, meter)
+            prediction = await self.cloud.ask(self._cloud_view(job), job.request.text, job.deadline, meter)
         except asyncio.CancelledError:
             self.breaker.release()
             raise
@@ -201,6 +246,11 @@ class Escalator:
             if self.breaker.state != before:
                 self.on_change()
         return prediction
+
+    def _cloud_view(self, job: Job) -> Manifest:
+        """The manifest the cloud answers within: the model's labels and the ones models.yaml lets it teach."""
+        extra = [label for label in self.taught.get(job.model, []) if label not in job.manifest.labels]
+        return job.manifest.model_copy(update={"labels": [*job.manifest.labels, *extra]}) if extra else job.manifest
 
     def _fallback(
         self, job: Job, p: router.Policy, run: LocalRun, trigger: Reason, reason: Reason, cloud_ms: float | None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent import signing
 from edge_agent.errors import ArtifactError
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-SCHEMA_VERSION = 3  # 2: label_scoring, base; 3: onnx.quantization
+SCHEMA_VERSION = 4  # 2: label_scoring, base; 3: onnx.quantization; 4: ood, onnx.embedding
 
 Task = Literal["classify", "extract", "classify+extract"]
 RuntimeKind = Literal["onnx", "gguf"]
@@ -37,7 +37,7 @@ class FileEntry(_Strict):
     """One file of the artifact; `role` says what the runtime does with it."""
 
     path: str
-    role: Literal["model", "tokenizer", "config", "report", "plot", "other"]
+    role: Literal["model", "tokenizer", "config", "report", "plot", "ood", "other"]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
 
@@ -61,6 +61,10 @@ class OnnxIO(_Strict):
         "each call's whole batch); 'none': float. Unset (older artifacts): taken as dynamic.",
     )
 
+    embedding: str | None = Field(
+        default=None, description="the pooled sentence embedding the intent head reads (for the distance score)"
+    )
+
     @property
     def kind(self) -> str:
         """The quantization, artifacts from before the field read as the dynamic int8 they are."""
@@ -70,6 +74,27 @@ class OnnxIO(_Strict):
     def batch_independent(self) -> bool:
         """Whether a text's answer is the same alone and in a batch: dynamic int8 scales over the batch."""
         return self.kind in ("static", "none")
+
+
+class Ood(_Strict):
+    """How unlike the training data a text is: the Mahalanobis distance of its pooled embedding to the
+    nearest intent's mean (shared covariance), from the `ood` file. Softmax confidence says how sure the
+    model is among the labels it knows; this says whether the text looks like any of them at all.
+
+    The trainer chose `rule` on dev: `softmax` (confidence only; the distance is reported, not used),
+    `distance` (distance only) or `either` (escalate when confidence is low or the distance high).
+    """
+
+    score: Literal["mahalanobis"] = "mahalanobis"
+    file: str = Field(description="float32 .npy: the whitened class means, then the whitening matrix")
+    rule: Literal["softmax", "distance", "either"]
+    threshold: float | None = Field(default=None, ge=0.0, description="distance above it escalates")
+    dev: dict[str, Any] = Field(default={}, description="what each rule gave on dev, and why this one")
+
+    @property
+    def max_distance(self) -> float | None:
+        """The distance limit the router applies; None when the rule leaves it to the softmax."""
+        return None if self.rule == "softmax" else self.threshold
 
 
 class Prompt(_Strict):
@@ -145,6 +170,7 @@ class Manifest(_Strict):
     thresholds: Thresholds = Thresholds()
     tokenizer: dict[str, Any] = {}
     onnx: OnnxIO | None = None
+    ood: Ood | None = None
     prompt: Prompt | None = None
     fields_schema: dict[str, Any] | None = None
     max_answer_tokens: int | None = Field(
@@ -162,12 +188,36 @@ class Manifest(_Strict):
     data: dict[str, Any] = {}
     created: str | None = None
 
+    @model_validator(mode="after")
+    def _ood_file_is_listed(self) -> Manifest:
+        """The distance table is hashed like every file: it must be one of `files`, with role `ood`."""
+        if self.ood is not None and not any(f.path == self.ood.file and f.role == "ood" for f in self.files):
+            raise ValueError(f"ood.file {self.ood.file!r} is not among the files (role ood)")
+        return self
+
     def file(self, role: str) -> FileEntry:
         """The first file with this role; an ArtifactError names the artifact when there is none."""
         for entry in self.files:
             if entry.role == role:
                 return entry
         raise ArtifactError(f"artifact {self.name}: manifest lists no {role} file")
+
+
+CLOUD_ONLY = "cloud-only"
+
+
+def cloud_only(name: str, labels: list[str]) -> Manifest:
+    """A model with no artifact yet (a cold start): the cloud answers within `labels`, every answer is
+    kept as feedback, and the first `edge-trainer improve` makes its first local model. Never written
+    to disk nor loaded by a runtime: it lists no files."""
+    return Manifest.model_construct(
+        files=[],
+        name=name,
+        version=CLOUD_ONLY,
+        task="classify",
+        runtime="onnx",
+        labels=list(labels),
+    )
 
 
 def sha256_file(path: Path) -> str:

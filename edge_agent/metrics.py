@@ -55,6 +55,20 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class TrialState:
+    """A candidate's trial (edge_agent/trial.py): its counts, figures and decision (None while it runs)."""
+
+    model: str
+    version: str
+    shadowed: int
+    escalated: int
+    serving_agreement: float
+    candidate_agreement: float
+    p99_ms: tuple[float | None, float | None]  # serving, candidate
+    decision: str | None
+
+
+@dataclass(frozen=True)
 class State:
     """What the agent holds right now; read at scrape time."""
 
@@ -65,6 +79,7 @@ class State:
     budgets: list[Budget] = field(default_factory=list)
     models: list[ModelState] = field(default_factory=list)
     connected: bool = False
+    trials: list[TrialState] = field(default_factory=list)
 
 
 class Metrics:
@@ -251,6 +266,50 @@ class _StateCollector(Collector):
             ["model"],
             [((m.name,), int(m.on_probation)) for m in s.models],
         )
+        yield from _trials(s.trials)
+
+
+def _trials(trials: list[TrialState]) -> Iterator[Metric]:
+    yield _gauge(
+        "edge_agent_candidate_requests",
+        "A candidate's trial: requests shadowed, and escalated ones compared with the cloud (kind)",
+        ["model", "version", "kind"],
+        [
+            ((t.model, t.version, k), v)
+            for t in trials
+            for k, v in (("shadowed", t.shadowed), ("escalated", t.escalated))
+        ],
+    )
+    yield _gauge(
+        "edge_agent_candidate_cloud_agreement",
+        "Share of the trial's escalated requests where each side (serving, candidate) agreed with the cloud",
+        ["model", "version", "side"],
+        [
+            ((t.model, t.version, side), v)
+            for t in trials
+            for side, v in zip(SIDES, (t.serving_agreement, t.candidate_agreement), strict=True)
+        ],
+    )
+    yield _gauge(
+        "edge_agent_candidate_p99_seconds",
+        "p99 latency of each side (serving, candidate) on the shadowed requests",
+        ["model", "version", "side"],
+        [
+            ((t.model, t.version, side), v / 1000)
+            for t in trials
+            for side, v in zip(SIDES, t.p99_ms, strict=True)
+            if v is not None
+        ],
+    )
+    yield _gauge(
+        "edge_agent_candidate_decision",
+        "1 for the trial's decision once made (promote, reject); pending while it runs",
+        ["model", "version", "decision"],
+        [((t.model, t.version, t.decision or "pending"), 1) for t in trials],
+    )
+
+
+SIDES = ("serving", "candidate")
 
 
 def _budgets(budgets: list[Budget]) -> Iterator[Metric]:

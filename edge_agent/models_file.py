@@ -18,6 +18,29 @@ from edge_agent.topics import check_filter, matches
 TEMPLATE_KEYS = ("{topic}", "{model}", "{device_id}")
 
 
+class PromotionRule(BaseModel):
+    """When a candidate in shadow replaces the serving model (edge_agent/trial.py applies it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_escalated: int = Field(default=500, ge=1, description="escalated requests compared before deciding")
+    min_gain_pt: float = Field(default=1.0, description="agreement with the cloud, candidate minus serving, in points")
+    max_p99_ratio: float = Field(default=1.2, gt=0, description="candidate p99 latency / serving p99 latency")
+    max_error_increase: float = Field(default=0.0, ge=0, le=1, description="error rate, candidate minus serving")
+
+
+class Candidate(BaseModel):
+    """A new version trying for the serving model's place: in shadow (answers nobody; compared) and as
+    a canary (answers a share of the traffic), until the rule promotes or rejects it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="the candidate's artifact folder, relative to models.yaml")
+    shadow: float = Field(default=1.0, ge=0, le=1, description="share of requests the candidate also runs, silently")
+    canary: float = Field(default=0.0, ge=0, le=1, description="share of requests the candidate answers instead")
+    promote: PromotionRule = PromotionRule()
+
+
 class ModelEntry(BaseModel):
     """One artifact a device serves, with per-model limits that may only tighten the manifest's."""
 
@@ -38,6 +61,12 @@ class ModelEntry(BaseModel):
     collect_feedback: bool = Field(default=True, description="keep escalations as training data")
     redact: list[str] = Field(default=[], description="regexes masked in stored feedback text")
     budget: Budget = Budget()
+    cloud_labels: list[str] = Field(
+        default=[],
+        description="labels the cloud may answer beyond the model's own: what it teaches comes back as feedback "
+        "and `edge-trainer improve` adds them; with no artifact at all, the model is served by the cloud alone",
+    )
+    candidate: Candidate | None = None
     speculative_margin: float = Field(
         default=0.0, ge=0, le=1, description="call the cloud with local while recent confidence < threshold+margin"
     )
@@ -115,6 +144,8 @@ def load_models(path: Path) -> ModelsFile:
     for entry in models.models:
         if entry.path is not None:
             entry.path = (path.parent / entry.path).resolve()
+        if entry.candidate is not None:
+            entry.candidate.path = (path.parent / entry.candidate.path).resolve()
     return models
 
 

@@ -23,15 +23,19 @@ import structlog
 from edge_agent import manifest as mf
 from edge_agent.config import AgentSettings
 from edge_agent.errors import ArtifactError, ConfigError
+from edge_agent.models_file import Candidate
 from edge_agent.probation import PASSED, Probation
 from edge_agent.registry import latest, open_source
 from edge_agent.runtimes import Runtime
-from edge_agent.runtimes.pool import Loader, ModelPool, default_loader
+from edge_agent.runtimes.pool import Loader, ModelPool, Served, default_loader
 from edge_agent.runtimes.warmup import warm_up
+from edge_agent.shadow import Contender
 from edge_agent.store import Current, Store
+from edge_agent.trial import Trial
 
 log = structlog.get_logger("edge_agent.rollout")
 STATUS, PIDFILE = "status.json", "agent.pid"
+REPORT_EVERY = 100  # shadowed requests between status updates while a trial runs
 
 
 class AlreadyServing(Exception):
@@ -138,6 +142,7 @@ class Rollout:
         store: Store,
         on_change: Callable[[], None] = lambda: None,
         loader: Loader = default_loader,
+        contenders: dict[str, Contender] | None = None,
     ) -> None:
         self.settings, self.pool, self.store, self.loader = settings, pool, store, loader
         self.on_change = on_change
@@ -145,6 +150,9 @@ class Rollout:
         self.wake = asyncio.Event()
         self.watching: dict[str, Probation] = {}
         self.events: dict[str, str] = {}  # model -> the last thing that happened to it, for status
+        self.contenders = contenders if contenders is not None else {}  # shared with the escalator
+        self.decided: dict[str, dict[str, Any]] = {}  # model -> its last trial's snapshot, once decided
+        self._reported: dict[str, int] = {}
         self._next_poll = time.monotonic()
 
     def reload(self) -> None:
@@ -167,6 +175,8 @@ class Rollout:
     async def run(self) -> None:
         """Forever, one change at a time: orders, probation verdicts, the polling interval."""
         self._resume_probation()
+        if await self._start_trials():
+            self.on_change()  # the status says a trial runs (and, as it goes, its counts)
         self.write_status()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError
@@ -175,6 +185,7 @@ class Rollout:
             while not self.orders.empty():
                 await self._carry_out(self.orders.get_nowait())
             await self._judge()
+            await self._judge_trials()
             await self._maybe_poll()
 
     def _tick(self) -> float:
@@ -283,6 +294,77 @@ class Rollout:
         log.warning("model_rolled_back", model=name, to=target.version, why=why)
         return f"model {name}: {target.version} serves again ({why})"
 
+    async def _start_trials(self) -> bool:
+        """Load each models.yaml candidate beside its serving model, unless it serves already or this
+        device decided against it before (a restart does not rerun a trial); True when one started."""
+        for name, served in self.pool.served.items():
+            config = served.entry.candidate
+            if config is None:
+                continue
+            try:
+                prepared = await asyncio.to_thread(load_checked, self.settings, config.path, self.loader)
+            except ArtifactError as exc:
+                self.events[name] = f"candidate refused: {exc}"
+                log.warning("candidate_refused", model=name, why=str(exc))
+                continue
+            record = self.store.state(name).versions.get(prepared.version)
+            if prepared.version == served.manifest.version or (record is not None and record.state == "refused"):
+                await asyncio.to_thread(prepared.runtime.close)
+                continue
+            self._contend(name, served, config, prepared)
+        return bool(self.contenders)
+
+    def _contend(self, name: str, served: Served, config: Candidate, prepared: Prepared) -> None:
+        entry = served.entry.model_copy(update={"path": prepared.path, "candidate": None})
+        candidate = Served(entry, prepared.runtime.manifest, prepared.runtime, served.batch_max, meter=None)
+        candidate.task = asyncio.create_task(candidate.work(), name=f"candidate-{name}")
+        self.contenders[name] = Contender(candidate, config, Trial(name, prepared.version, config.promote))
+        self.events[name] = (
+            f"candidate {prepared.version} on trial (shadow {config.shadow:g}, canary {config.canary:g})"
+        )
+        log.info("candidate_on_trial", model=name, version=prepared.version, shadow=config.shadow, canary=config.canary)
+
+    async def _judge_trials(self) -> None:
+        for name, contender in list(self.contenders.items()):
+            verdict = contender.trial.judge()
+            if verdict.decision is None:
+                if contender.trial.counts.shadowed - self._reported.get(name, 0) >= REPORT_EVERY:
+                    self._reported[name] = contender.trial.counts.shadowed
+                    self.on_change()  # the status carries the trial's counts: the fleet report reads them
+                continue
+            contender.trial.verdict = verdict
+            del self.contenders[name]
+            await contender.served.stop()
+            if verdict.decision == "promote":
+                self._promote(name, contender)
+            else:
+                self.store.refuse(name, contender.trial.version, f"rejected after its trial: {verdict.why}")
+                await asyncio.to_thread(contender.served.runtime.close)
+                self.events[name] = f"candidate {contender.trial.version} rejected: {verdict.why}"
+            self.decided[name] = contender.trial.snapshot()
+            log.info("candidate_decided", model=name, decision=verdict.decision, why=verdict.why, **verdict.figures)
+            self.write_status()
+            self.on_change()
+
+    async def stop_trials(self) -> None:
+        """Shutdown: candidates still on trial stop and free their memory (the trial starts over next time)."""
+        for contender in list(self.contenders.values()):
+            await contender.served.stop()
+            contender.served.runtime.close()
+        self.contenders.clear()
+
+    def _promote(self, name: str, contender: Contender) -> None:
+        """The candidate serves from the next batch on; it already runs warm, so nothing is reloaded."""
+        served, version = self.pool.served[name], contender.trial.version
+        path = contender.served.entry.artifact
+        self.store.promote(name, version, path, current(self.pool, self.store, name))
+        self.store.passed(name, version)  # its trial was its probation
+        before = served.manifest.version
+        served.swap(served.entry.model_copy(update={"path": path}), contender.served.runtime)
+        self.watching.pop(name, None)
+        why = contender.trial.verdict.why if contender.trial.verdict else ""
+        self.events[name] = f"candidate {version} promoted (was {before}): {why}"
+
     async def _maybe_poll(self) -> None:
         registry = self.settings.registry
         if registry is None or registry.poll_minutes <= 0 or time.monotonic() < self._next_poll:
@@ -311,6 +393,10 @@ class Rollout:
                 "probation": probation.snapshot() if probation else (record.probation if record else None),
                 "last": self.events.get(name),
             }
+            contender = self.contenders.get(name)
+            trial = contender.trial.snapshot() if contender is not None else self.decided.get(name)
+            if trial is not None:
+                out[name]["candidate"] = trial
         return out
 
     def write_status(self) -> None:

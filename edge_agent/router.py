@@ -21,6 +21,7 @@ class Reason(str, Enum):
     """
 
     LOW_CONFIDENCE = "low_confidence"
+    UNFAMILIAR = "unfamiliar"  # the text lies far from everything the model was trained on (distance score)
     INVALID_OUTPUT = "invalid_output"
     FORCED = "forced"
     MODEL_MISSING = "model_missing"
@@ -46,13 +47,20 @@ class Policy:
     cloud: bool
     margin: float = 0.0
     configured: bool = True  # a cloud endpoint exists (it may still be off limits for this route)
+    max_distance: float | None = None  # the manifest's distance limit (manifest.Ood), when its rule uses one
 
 
-def policy(entry: ModelEntry, threshold: float, requested: Route | None, cloud_configured: bool) -> Policy:
+def policy(
+    entry: ModelEntry,
+    threshold: float,
+    requested: Route | None,
+    cloud_configured: bool,
+    max_distance: float | None = None,
+) -> Policy:
     """The request's route wins over the model's default, except that `local` in models.yaml pins it."""
     route: Route = "local" if entry.route == "local" else (requested or entry.route)
     cloud = cloud_configured and route != "local"
-    return Policy(route, threshold, cloud, entry.speculative_margin, cloud_configured)
+    return Policy(route, threshold, cloud, entry.speculative_margin, cloud_configured, max_distance)
 
 
 def stays_local(p: Policy) -> Reason:
@@ -70,6 +78,8 @@ def escalation(p: Policy, local: Prediction | None, invalid: bool = False) -> Re
         return Reason.MODEL_MISSING
     if local.confidence < p.threshold:
         return Reason.LOW_CONFIDENCE
+    if p.max_distance is not None and local.distance is not None and local.distance > p.max_distance:
+        return Reason.UNFAMILIAR
     return None
 
 

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate(sub.add_parser("evaluate", help="score an artifact on JSONL: accuracy, F1, latency, calibration"))
     _publish(sub.add_parser("publish", help="assemble the artifact folder and its manifest"))
     _build(sub.add_parser("build", help="every stage: data, finetune, export, evaluate, publish"))
+    _improve(sub.add_parser("improve", help="serving artifact + its data + devices' feedback -> a candidate"))
+    _fleet(sub.add_parser("fleet-report", help="every device's trial of a candidate, from the broker: one decision"))
     _keygen(sub.add_parser("keygen", help="a new Ed25519 key pair: signing.key (build box), signing.pub (devices)"))
     causal_cli.register(sub)  # the GGUF path: causal-* stages and build-causal
     return parser
@@ -192,6 +194,16 @@ def _build(p: argparse.ArgumentParser) -> None:
     _data_options(p)
     _artifact_options(p)
     p.add_argument("--test", type=Path, help="also report on this JSONL (never used to choose anything)")
+    p.add_argument(
+        "--unseen",
+        type=Path,
+        help="JSONL of intents held out of training (not test): the escalation rule is chosen to escalate them",
+    )
+    p.add_argument(
+        "--rule",
+        help="the escalation rule instead of choosing it: softmax, distance, or either:Q (a distance limit "
+        "keeping the share Q of dev, e.g. either:0.99, as a build with --unseen chose it)",
+    )
     p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
     p.add_argument(
         "--target-accuracy",
@@ -213,6 +225,8 @@ def _run_build(a: argparse.Namespace) -> Path:
         base=a.base,
         work=a.work,
         test=a.test,
+        unseen=a.unseen,
+        rule=parse_rule(a.rule),
         max_tokens=a.max_tokens,
         target_accuracy=a.target_accuracy,
         version=a.version,
@@ -220,3 +234,107 @@ def _run_build(a: argparse.Namespace) -> Path:
         registry=a.registry,
     )
     return build.build(a.train, a.dev, options, _recipe(a))
+
+
+def _improve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--feedback", type=Path, nargs="+", required=True, help="`edge-agent feedback export` files")
+    p.add_argument("--artifact", type=Path, help="the artifact serving now (none: a cold start from the feedback)")
+    p.add_argument("--train", type=Path, help="its training JSONL (with --artifact)")
+    p.add_argument("--dev", type=Path, help="its dev JSONL (with --artifact)")
+    p.add_argument("--test", type=Path, help="also report on this JSONL (its texts are never trained on)")
+    p.add_argument("--base", type=Path, help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--init", type=Path, help="finetune folder to warm start from (default: the artifact's own)")
+    p.add_argument("--cap-per-label", type=int, default=300, help="feedback examples per label at most (300)")
+    p.add_argument("--min-new-label", type=int, default=20, help="examples a new label needs to be added (20)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of feedback held out for dev (0.2)")
+    p.add_argument("--redact", action="append", default=[], help="regex masked in feedback text (repeatable)")
+    p.add_argument("--unseen", type=Path, help="intents held out of training, to choose the escalation rule")
+    p.add_argument("--rule", help="softmax, distance or either:Q (default: the serving artifact's rule)")
+    p.add_argument("--max-tokens", type=int, default=64, help="longest input, in tokens (default 64)")
+    p.add_argument("--target-accuracy", type=float, default=0.98, help="kept accuracy on dev (default 0.98)")
+    p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
+    _artifact_options(p)
+    add_recipe_options(p, EncoderRecipe)
+    p.set_defaults(handler=_run_improve)
+
+
+def _run_improve(a: argparse.Namespace) -> str:
+    from trainer import artifact
+    from trainer.encoder import improve
+
+    if not 0 <= a.holdout < 1:
+        raise UsageError(f"--holdout {a.holdout}: a share in [0, 1)")
+    if a.cap_per_label < 1 or a.min_new_label < 1:
+        raise UsageError("--cap-per-label and --min-new-label must be at least 1")
+    options = improve.Improve(
+        name=a.name,
+        out=a.out,
+        work=a.work,
+        test=a.test,
+        max_tokens=a.max_tokens,
+        target_accuracy=a.target_accuracy,
+        version=a.version,
+        key=artifact.read_key(a.signing_key_file),
+        registry=a.registry,
+        feedback=a.feedback,
+        current=a.artifact,
+        train=a.train,
+        dev=a.dev,
+        base=a.base,
+        init=a.init,
+        cap=a.cap_per_label,
+        min_new=a.min_new_label,
+        holdout=a.holdout,
+        redact=a.redact,
+        unseen=a.unseen,
+        rule=parse_rule(a.rule),
+    )
+    recipe = _recipe(a) if _recipe(a) != EncoderRecipe() else None  # None: improve picks (a warm start trains less)
+    folder = improve.run(options, recipe)
+    return improve.summary(folder)
+
+
+def _fleet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the fleet's broker")
+    p.add_argument(
+        "--statuses",
+        default="edge-agent/+/status",
+        help="topic filter of the agents' retained statuses (default edge-agent/+/status; a shared group's "
+        "agents: PREFIX/agents/+/status)",
+    )
+    p.add_argument("--model", required=True, help="the model whose candidate is on trial")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    p.add_argument("--json", action="store_true", help="print the devices and the decision as JSON")
+    p.set_defaults(handler=_run_fleet)
+
+
+def _run_fleet(a: argparse.Namespace) -> str:
+    from dataclasses import asdict
+
+    from trainer import fleet
+
+    host, _, port = a.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--broker {a.broker!r}: expected HOST:PORT")
+    trials = fleet.gather(host, int(port), a.statuses, a.model, a.timeout)
+    verdict = fleet.judge(trials)
+    if a.json:
+        devices = [{**asdict(t), "rule": t.rule.model_dump()} for t in trials]
+        return json.dumps({"devices": devices, "decision": verdict.decision, "why": verdict.why, **verdict.figures})
+    return fleet.table(trials, verdict)
+
+
+def parse_rule(text: str | None) -> tuple[str, float | None] | None:
+    """`softmax`, `distance` or `either:Q` -> (rule, quantile)."""
+    if text is None:
+        return None
+    rule, _, q = text.partition(":")
+    if rule in ("softmax", "distance") and not q:
+        return rule, None
+    try:
+        quantile = float(q)
+    except ValueError:
+        quantile = -1.0
+    if rule == "either" and 0 < quantile <= 1:
+        return rule, quantile
+    raise UsageError(f"--rule {text!r}: softmax, distance, or either:Q with Q in (0, 1]")

@@ -33,6 +33,7 @@ class Outputs:
     logits: np.ndarray
     mentions: list[list[metrics.Mention]]
     latency_ms: list[float]
+    distances: np.ndarray | None = None  # the distance score per row (NaN: rejected), where the model has one
 
 
 def samples(out: Outputs, labels: list[str], temperature: float, count: int = SAMPLES) -> list[dict[str, str]]:
@@ -41,7 +42,7 @@ def samples(out: Outputs, labels: list[str], temperature: float, count: int = SA
     The most confident answers are the ones another CPU's int8 arithmetic cannot flip, so a device
     that answers one of them differently has a broken artifact or runtime, not a rounding difference.
     """
-    confidence, correct = _confidence(out, labels, temperature)
+    confidence, correct = confidences(out, labels, temperature)
     by_label: dict[str, list[tuple[float, int]]] = {}
     for i in np.flatnonzero(correct):
         by_label.setdefault(out.gold[i], []).append((-float(confidence[i]), int(i)))
@@ -58,11 +59,11 @@ def calibrate(out: Outputs, labels: list[str], target: float) -> tuple[float, fl
     gold = np.array([labels.index(g) if g in labels else -1 for g in out.gold])
     known = served & (gold >= 0)
     temperature = calibration.fit_temperature(out.logits[known], gold[known]) if known.any() else 1.0
-    confidence, correct = _confidence(out, labels, temperature)
+    confidence, correct = confidences(out, labels, temperature)
     return temperature, calibration.pick_threshold(confidence, correct, target)
 
 
-def _confidence(out: Outputs, labels: list[str], temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def confidences(out: Outputs, labels: list[str], temperature: float) -> tuple[np.ndarray, np.ndarray]:
     """Top probability and correctness per row; rejected rows count as wrong with confidence 0."""
     served = ~np.isnan(out.logits).any(axis=1)
     probs = calibration.softmax(np.nan_to_num(out.logits), temperature)
@@ -72,16 +73,21 @@ def _confidence(out: Outputs, labels: list[str], temperature: float) -> tuple[np
     return confidence, correct
 
 
-def section(out: Outputs, labels: list[str], temperature: float, threshold: float) -> dict[str, Any]:
-    """The report for one file: scores, calibration, risk-coverage, the threshold's effect, latency."""
+def section(
+    out: Outputs, labels: list[str], temperature: float, threshold: float, max_distance: float | None = None
+) -> dict[str, Any]:
+    """The report for one file: scores, calibration, risk-coverage, the escalation rule's effect (the
+    threshold, and the distance limit when the rule has one), latency."""
     served = ~np.isnan(out.logits).any(axis=1)
     probs = calibration.softmax(np.nan_to_num(out.logits), temperature)
     predicted = [labels[i] if s else "<rejected>" for i, s in zip(probs.argmax(axis=1), served, strict=True)]
-    confidence, correct = _confidence(out, labels, temperature)
-    raw_confidence, _ = _confidence(out, labels, 1.0)
+    confidence, correct = confidences(out, labels, temperature)
+    raw_confidence, _ = confidences(out, labels, 1.0)
     intent = metrics.intents(out.gold, predicted)
     entity = metrics.entities(out.gold_mentions, out.mentions)
-    chosen = calibration.selective(confidence, correct, threshold)
+    far = _far(out, max_distance)
+    chosen = calibration.selective(np.where(far, -1.0, confidence), correct, threshold)
+    chosen["unfamiliar"] = round(float(far.mean()), 4)
     headline = {
         "examples": len(out.gold),
         "rejected": int((~served).sum()),
@@ -106,6 +112,13 @@ def section(out: Outputs, labels: list[str], temperature: float, threshold: floa
         "calibration": calibration.summary(confidence, correct),
         "confusions": confusions(out.gold, predicted),
     }
+
+
+def _far(out: Outputs, max_distance: float | None) -> np.ndarray:
+    """Rows the distance limit escalates (a rejected row's NaN distance counts as far: it escalates anyway)."""
+    if max_distance is None or out.distances is None:
+        return np.zeros(len(out.gold), dtype=bool)
+    return ~(out.distances <= max_distance)  # type: ignore[no-any-return]
 
 
 def latency_headline(timings: list[float]) -> dict[str, float]:

@@ -38,6 +38,7 @@ class Prediction:
     entities: list[Entity] = field(default_factory=list)
     fields: dict[str, Any] | None = None
     version: str | None = None  # the artifact version that answered (set by the pool; a swap may fall between)
+    distance: float | None = None  # how unlike the training data the text is (runtimes/distance.py), when known
 
 
 class Runtime(Protocol):

@@ -19,6 +19,7 @@ from tokenizers import Encoding, Tokenizer
 from edge_agent.errors import ArtifactError, TooLarge
 from edge_agent.manifest import Manifest
 from edge_agent.runtimes import Entity, Prediction
+from edge_agent.runtimes.distance import Distance
 from edge_agent.spans import decode_bio
 
 
@@ -50,7 +51,18 @@ class OnnxRuntime:
             self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ArtifactError(f"{model_path}: onnxruntime cannot load it: {exc}") from None
-        self.outputs = [name for name in (self.io.intent_logits, self.io.tag_logits) if name]
+        self.distance = self._load_distance(folder)
+        wanted = (self.io.intent_logits, self.io.tag_logits, self.io.embedding if self.distance else None)
+        self.outputs = [name for name in wanted if name]
+
+    def _load_distance(self, folder: Path) -> Distance | None:
+        """The distance table, when the artifact has one and its graph gives the pooled embedding."""
+        ood = self.manifest.ood
+        if ood is None:
+            return None
+        if not self.io.embedding:
+            raise ArtifactError(f"artifact {self.manifest.name}: an ood table but no embedding output")
+        return Distance(folder / ood.file, len(self.manifest.labels))
 
     def _load_tokenizer(self, path: Path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
@@ -75,6 +87,10 @@ class OnnxRuntime:
         return encodings
 
     def _run(self, encodings: list[Encoding]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, self._feeds(encodings))
+        return dict(zip(self.outputs, values, strict=True))
+
+    def _feeds(self, encodings: list[Encoding]) -> dict[str, np.ndarray]:
         width = max(len(enc.ids) for enc in encodings)
         feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in self.io.inputs}
         for row, enc in enumerate(encodings):
@@ -84,8 +100,7 @@ class OnnxRuntime:
                 feeds["attention_mask"][row, :n] = 1
             if "token_type_ids" in feeds:
                 feeds["token_type_ids"][row, :n] = enc.type_ids
-        values = self.session.run(self.outputs, feeds)
-        return dict(zip(self.outputs, values, strict=True))
+        return feeds
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Raw intent logits, for calibration and evaluation."""
@@ -93,15 +108,24 @@ class OnnxRuntime:
             raise ArtifactError(f"artifact {self.manifest.name} has no intent head")
         return self._run(self._encode(texts))[self.io.intent_logits]
 
+    def embeddings(self, texts: list[str]) -> np.ndarray:
+        """Pooled sentence embeddings (what the distance table was fitted on), for the trainer."""
+        if not self.io.embedding:
+            raise ArtifactError(f"artifact {self.manifest.name} has no embedding output")
+        values = self.session.run([self.io.embedding], self._feeds(self._encode(texts)))
+        return values[0]  # type: ignore[no-any-return]
+
     def predict(self, texts: list[str], top_k: int = 3, deadlines: list[float] | None = None) -> list[Prediction]:
         """One pass over the batch (milliseconds: `deadlines` are not needed inside it)."""
         encodings = self._encode(texts)
         out = self._run(encodings)
+        far = self.distance.distances(out[self.io.embedding]) if self.distance and self.io.embedding else None
         preds = []
         for row, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
             label, confidence, top = self._intent(out, row, top_k)
             entities = self._entities(out, row, text, enc)
-            preds.append(Prediction(label, confidence, top, entities))
+            distance = None if far is None else round(float(far[row]), 4)
+            preds.append(Prediction(label, confidence, top, entities, distance=distance))
         return preds
 
     def _intent(

@@ -91,6 +91,7 @@ class Served:
     watch: Watch | None = None  # probation, after a swap
     meter: Meter | None = None
     batch_wait_s: float = 0.0
+    task: asyncio.Task[None] | None = None  # its worker, when it runs outside the pool (a candidate)
 
     @property
     def threshold(self) -> float:
@@ -133,6 +134,13 @@ class Served:
         self.entry, self.manifest, self.runtime = entry, runtime.manifest, runtime
         self.watch = None
         asyncio.get_running_loop().run_in_executor(self.executor, old.close)
+
+    async def stop(self) -> None:
+        """Stop a worker started on its own (`task`) and wait for the pass running on its thread."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await asyncio.to_thread(self.executor.shutdown, True)
 
     async def work(self) -> None:
         """Forever: take what is queued (up to the batch limit), drop expired jobs, run it."""

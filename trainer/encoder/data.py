@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from trainer import records, stage
 from trainer.encoder import base as encoder_base
 from trainer.encoder import tags
+from trainer.errors import UsageError
 from trainer.records import Record
 
 LABELS = "labels.json"
@@ -81,3 +82,12 @@ def encode(rec: Record, tokenizer: Tokenizer, labels: Labels) -> dict[str, Any]:
 def _ids(example: dict[str, Any]) -> int:
     """An encoded example's length as the model sees it: every token, special ones included."""
     return len(example["ids"])
+
+
+def check_unseen(train: Path, unseen: Path) -> None:
+    """Before any training: `unseen` (for choosing the escalation rule) must hold only intents that
+    `train` lacks, or it would measure nothing."""
+    trained = {r.intent for r in records.read(train)}
+    overlap = sorted({r.intent for r in records.read(unseen)} & trained)
+    if overlap:
+        raise UsageError(f"--unseen {unseen}: holds intents the training data has: {', '.join(overlap[:5])}")

@@ -37,7 +37,8 @@ from trainer.encoder import data, finetune, model
 from trainer.errors import TrainerError
 
 INPUTS = ["input_ids", "attention_mask"]
-OUTPUTS = ["intent_logits", "tag_logits"]
+EMBEDDING = "pooled"  # the sentence embedding the intent head reads; the distance score's input
+OUTPUTS = ["intent_logits", "tag_logits", EMBEDDING]
 FP32 = "model.fp32.onnx"
 MODEL = "model.onnx"
 Kind = Literal["static", "dynamic"]
@@ -203,12 +204,21 @@ def build_manifest(
             inputs=export_meta["params"]["inputs"],
             intent_logits="intent_logits",
             tag_logits="tag_logits",
+            embedding=EMBEDDING if EMBEDDING in export_meta["params"]["outputs"] else None,
             # export folders from before static int8 hold only dynamic variants
             quantization=export_meta["results"].get("quantization", "dynamic"),
         ),
+        ood=_ood(calibration.get("ood")),
         base_model=export_meta["params"]["base_model"],
         data=export_meta["params"]["data"],
     )
+
+
+def _ood(rule: dict[str, Any] | None) -> mf.Ood | None:
+    """The manifest's distance section from the evaluate stage's choice (none before it has run)."""
+    if not rule:
+        return None
+    return mf.Ood(file=rule["file"], rule=rule["rule"], threshold=rule["threshold"], dev=rule["dev"])
 
 
 def to_onnx(net: model.JointModel, path: Path, opset: int) -> None:
@@ -220,11 +230,12 @@ def to_onnx(net: model.JointModel, path: Path, opset: int) -> None:
         "attention_mask": {0: "batch", 1: "sequence"},
         "intent_logits": {0: "batch"},
         "tag_logits": {0: "batch", 1: "sequence"},
+        EMBEDDING: {0: "batch"},
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about python branches; parity is checked below
         torch.onnx.export(
-            net.eval(),
+            model.Exported(net).eval(),
             (ids, mask),
             str(path),
             dynamo=False,
@@ -246,6 +257,9 @@ def quantize_all(fp32: Path, out: Path, calibration: list[dict[str, Any]]) -> di
     activation_matmuls = [
         n.name for n in graph.node if n.op_type == "MatMul" and n.name and not weights.intersection(n.input)
     ]
+    # the intent head reads the pooled embedding, which is also an output (the distance score's input):
+    # static QDQ on the head's input would turn that output into an 8-bit copy, so the head stays float
+    head = [n.name for n in graph.node if n.name and EMBEDDING in n.input]
     variants = {}
     for name, (kind, per_channel) in tqdm(QUANT.items(), desc="export: int8", leave=False):
         path = out / f"model.{name}.onnx"
@@ -261,7 +275,7 @@ def quantize_all(fp32: Path, out: Path, calibration: list[dict[str, Any]]) -> di
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=activation_matmuls,
+                nodes_to_exclude=activation_matmuls + head,
                 extra_options=dict(STATIC_OPTIONS),
             )
         variants[name] = path
@@ -317,7 +331,7 @@ def run_onnx(
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
         ids, mask, _, _ = finetune.collate([examples[i] for i in chunk], 0)
-        got_intents, got_tags = sess.run(OUTPUTS, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        got_intents, got_tags = sess.run(OUTPUTS[:2], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
         for row, i in enumerate(chunk):
             intents[i] = got_intents[row]
             tag_rows[i] = got_tags[row, : len(examples[i]["ids"])]

@@ -23,12 +23,20 @@ from trainer.encoder import base as encoder_base
 from trainer.encoder import data, model
 from trainer.encoder.data import Labels
 from trainer.encoder.recipe import EncoderRecipe
+from trainer.errors import TrainerError
 
 IGNORE = -100
 
 
-def run(data_dir: Path, out: Path, base: Path | None = None, recipe: EncoderRecipe | None = None) -> Path:
-    """Fine-tune `base` on `data_dir` (output of `data`) and save the joint model into `out`."""
+def run(
+    data_dir: Path,
+    out: Path,
+    base: Path | None = None,
+    recipe: EncoderRecipe | None = None,
+    init: Path | None = None,
+) -> Path:
+    """Fine-tune `base` on `data_dir` (output of `data`) and save the joint model into `out`; with
+    `init` (an earlier finetune folder), start from that model instead (a warm start)."""
     recipe = recipe or EncoderRecipe()
     base = encoder_base.resolve(base)
     stage.read(data_dir, "data")
@@ -36,13 +44,16 @@ def run(data_dir: Path, out: Path, base: Path | None = None, recipe: EncoderReci
     train, dev = records.load_split(data_dir, "train"), records.load_split(data_dir, "dev")
     _seed(recipe.seed)
     _threads(recipe.threads)
-    net = model.from_base(
-        base,
-        len(labels.intents),
-        len(labels.tags),
-        pooling=recipe.pooling,
-        dropout=recipe.dropout,
-    )
+    if init is not None:
+        net = warm_start(init, labels, recipe)
+    else:
+        net = model.from_base(
+            base,
+            len(labels.intents),
+            len(labels.tags),
+            pooling=recipe.pooling,
+            dropout=recipe.dropout,
+        )
     if recipe.freeze_word_embeddings:
         net.encoder.get_input_embeddings().weight.requires_grad_(False)
     started = time.monotonic()
@@ -53,11 +64,39 @@ def run(data_dir: Path, out: Path, base: Path | None = None, recipe: EncoderReci
     stage.write(
         out,
         "finetune",
-        {"recipe": asdict(recipe), "base": str(base), "base_model": encoder_base.describe(base)},
+        {
+            "recipe": asdict(recipe),
+            "base": str(base),
+            "base_model": encoder_base.describe(base),
+            **({"init": str(init)} if init else {}),
+        },
         {"data": data_dir / "train.jsonl"},
         {"history": history, "seconds": round(time.monotonic() - started, 1)},
     )
     return out
+
+
+def warm_start(init: Path, labels: Labels, recipe: EncoderRecipe) -> model.JointModel:
+    """The model of an earlier finetune stage, its heads re-laid for `labels`: a label (or tag) it had
+    keeps its row, a new one starts fresh. The encoder keeps everything it learnt."""
+    net = model.load(init, attention="sdpa")
+    before = Labels.load(init)
+    if before.tags != labels.tags and set(before.tags) - set(labels.tags):
+        raise TrainerError(f"{init}: its entity types are not all in the new data; warm start keeps every tag")
+    net.intent_head = _relaid(net.intent_head, before.intents, labels.intents)
+    net.tag_head = _relaid(net.tag_head, before.tags, labels.tags)
+    net.dropout.p = recipe.dropout
+    return net
+
+
+@torch.no_grad()
+def _relaid(head: nn.Linear, before: list[str], after: list[str]) -> nn.Linear:
+    fresh = nn.Linear(head.in_features, len(after))
+    for row, name in enumerate(after):
+        if name in before:
+            fresh.weight[row] = head.weight[before.index(name)]
+            fresh.bias[row] = head.bias[before.index(name)]
+    return fresh
 
 
 def _threads(threads: int) -> None:

@@ -39,9 +39,16 @@ class JointModel(nn.Module):
         self.tag_head = nn.Linear(hidden, n_tags)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        intents, tags, _ = self.outputs(input_ids, attention_mask)
+        return intents, tags
+
+    def outputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Intent logits, tag logits and the pooled sentence embedding the intent head reads."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = self._pool(states, attention_mask)
-        return self.intent_head(self.dropout(pooled)), self.tag_head(self.dropout(states))
+        return self.intent_head(self.dropout(pooled)), self.tag_head(self.dropout(states)), pooled
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
@@ -61,6 +68,19 @@ def from_base(base: Path, n_labels: int, n_tags: int, **heads: Any) -> JointMode
     """Pretrained encoder weights from a local HF folder, fresh heads (`heads`: JointModel's options)."""
     encoder = AutoModel.from_pretrained(base, attn_implementation="sdpa")
     return JointModel(encoder, n_labels, n_tags, **heads)
+
+
+class Exported(nn.Module):
+    """The graph a device runs: the joint model's three outputs (ONNX export traces `forward`)."""
+
+    def __init__(self, net: JointModel) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.net.outputs(input_ids, attention_mask)
 
 
 def save(model: JointModel, folder: Path) -> None:

@@ -28,9 +28,11 @@ def run(
     version: str | None = None,
     key: Ed25519PrivateKey | None = None,
     registry_dir: Path | None = None,
+    extra_reports: list[str] | None = None,
 ) -> Path:
     """Copy the served files into `out`, describe them in manifest.json, sign when a key is given;
-    with `registry_dir`, also add the artifact to that registry."""
+    with `registry_dir`, also add the artifact to that registry. `extra_reports`: more report files
+    of the evaluate folder (improve's comparison) to ship and hash."""
     artifact.check_identity(name, version)
     meta = stage.read(export_dir, "export")
     calibration = stage.read(eval_dir, "evaluate")["results"] if eval_dir else {}
@@ -40,6 +42,13 @@ def run(
         shutil.copy(export_dir / relpath, staging / relpath)
     if eval_dir:
         files += artifact.copy_reports(eval_dir, staging)
+        rule = calibration.get("ood")
+        if rule:  # the distance table the escalation rule reads
+            shutil.copy(eval_dir / rule["file"], staging / rule["file"])
+            files.append((rule["file"], "ood"))
+        for relpath in extra_reports or []:
+            shutil.copy(eval_dir / relpath, staging / relpath)
+            files.append((relpath, "report"))
     manifest = export.build_manifest(
         staging, name, version or artifact.default_version(), files, Labels.load(export_dir), meta, calibration
     )

@@ -16,7 +16,9 @@ from trainer.encoder import build
 from trainer.encoder.recipe import EncoderRecipe
 
 
-def build_tiny_artifact(out: Path, train: Path | None = None, name: str = "tiny", steps: int = 30) -> Path:
+def build_tiny_artifact(
+    out: Path, train: Path | None = None, name: str = "tiny", steps: int = 30, version: str | None = None
+) -> Path:
     """Build a tiny but complete, verified artifact into `out` and return it (dev = train)."""
     recipe = EncoderRecipe(
         epochs=1000,
@@ -33,5 +35,7 @@ def build_tiny_artifact(out: Path, train: Path | None = None, name: str = "tiny"
         work = Path(tmp)
         data = train or records.write_builtin(work / "train.jsonl")
         base = encoder_base.make_tiny(work / "base")
-        options = build.EncoderBuild(name=name, out=out, base=base, work=work / "stages", max_tokens=32)
+        options = build.EncoderBuild(
+            name=name, out=out, base=base, work=work / "stages", max_tokens=32, version=version
+        )
         return build.build(data, data, options, recipe)

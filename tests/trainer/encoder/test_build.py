@@ -80,6 +80,7 @@ def test_artifact_holds_only_served_files_and_verifies(built: Path) -> None:
         "manifest.json",
         "manifest.sig",
         "model.onnx",
+        "ood.npy",
         "report.json",
         "report.png",
         "tokenizer.json",
@@ -97,6 +98,10 @@ def test_artifact_holds_only_served_files_and_verifies(built: Path) -> None:
     assert manifest.thresholds.target_accuracy == 0.98
     assert {"dev", "test"} <= set(manifest.metrics) and "intent_accuracy" in manifest.metrics["dev"]
     assert manifest.data["train"]["examples"] == 24 and len(manifest.data["train"]["sha256"]) == 64
+    # no unseen intents given: the softmax alone; the distance table ships (reported, not used)
+    assert manifest.ood is not None and manifest.ood.file == "ood.npy" and manifest.ood.rule == "softmax"
+    assert manifest.ood.max_distance is None and len(manifest.ood.dev["candidates"]) == 9
+    assert manifest.file("ood").path == "ood.npy"
 
 
 def test_onnx_graph_is_int8_with_the_declared_io(built: Path) -> None:
@@ -104,14 +109,16 @@ def test_onnx_graph_is_int8_with_the_declared_io(built: Path) -> None:
     manifest = mf.load(folder)
     graph = onnx.load(str(folder / "model.onnx")).graph
     assert [i.name for i in graph.input] == manifest.onnx.inputs == ["input_ids", "attention_mask"]
-    assert [o.name for o in graph.output] == ["intent_logits", "tag_logits"]
+    assert [o.name for o in graph.output] == ["intent_logits", "tag_logits", "pooled"]
+    assert manifest.onnx.embedding == "pooled"
     int8_ops = {"static": {"QuantizeLinear", "DequantizeLinear"}, "dynamic": {"MatMulInteger", "DynamicQuantizeLinear"}}
     assert manifest.onnx.quantization in int8_ops
     assert int8_ops[manifest.onnx.quantization] <= {node.op_type for node in graph.node}
     runtime = OnnxRuntime(folder, manifest)
     logits = runtime.logits(["turn on the lights in the kitchen", "will it rain"])
     assert logits.shape == (2, 3)
-    assert runtime.predict(["turn on the lights in the kitchen"])[0].label in manifest.labels
+    answer = runtime.predict(["turn on the lights in the kitchen"])[0]
+    assert answer.label in manifest.labels and answer.distance is not None and answer.distance >= 0
 
 
 def test_every_stage_leaves_its_metadata_and_checks(built: Path) -> None:

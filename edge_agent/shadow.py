@@ -1,0 +1,77 @@
+"""The candidate beside the serving model: which requests it sees, and what it said about them.
+
+A shadowed request runs on both models (each on its own worker); the client gets the serving model's
+answer only, and the trial gets both, with the cloud's answer when the request was escalated. A canary
+request is answered by the candidate instead. Shares are drawn per request from a seeded generator,
+so a test or a bench replays the same split.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_agent import router
+from edge_agent.errors import AgentError
+from edge_agent.messages import Answer
+from edge_agent.models_file import Candidate
+from edge_agent.runtimes import Prediction
+from edge_agent.runtimes.pool import Served
+from edge_agent.trial import Trial
+
+Role = Literal["shadow", "canary"]
+
+
+@dataclass
+class Contender:
+    served: Served  # the candidate, loaded, with its own worker
+    config: Candidate
+    trial: Trial
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def pick(self) -> Role | None:
+        """This request's part for the candidate: answer it (canary), watch it (shadow), or nothing."""
+        draw = self.rng.random()
+        if draw < self.config.canary:
+            return "canary"
+        if draw < self.config.canary + self.config.shadow * (1 - self.config.canary):
+            return "shadow"
+        return None
+
+    async def run(self, text: str, deadline: float) -> tuple[Prediction | None, float]:
+        """The candidate's answer (None when it failed) and its latency in ms."""
+        started = time.monotonic()
+        try:
+            prediction: Prediction | None = await self.served.predict(text, deadline)
+        except AgentError:
+            prediction = None
+        return prediction, (time.monotonic() - started) * 1000
+
+    def record(self, result: Answer | AgentError, candidate: Prediction | None, candidate_ms: float) -> None:
+        """Compare one shadowed request; one whose serving answer is unknown (the cloud won a race
+        before the local model answered) tells nothing and is left out."""
+        serving: Prediction | None = None
+        cloud: str | None = None
+        serving_ms: float | None = None
+        if isinstance(result, Answer):
+            serving = result.local if result.source == "cloud" else result.prediction
+            cloud = result.prediction.label if result.source == "cloud" else None
+            serving_ms = result.local_ms
+            if serving is None:
+                return
+        self.trial.shadowed(
+            serving.label if serving else None,
+            candidate.label if candidate else None,
+            cloud,
+            (serving_ms, candidate_ms if candidate else None),
+            candidate is not None and self.escalates(candidate),
+        )
+
+    def escalates(self, prediction: Prediction) -> bool:
+        """Whether the candidate's own rule would have sent this request to the cloud."""
+        manifest = self.served.manifest
+        limit = manifest.ood.max_distance if manifest.ood else None
+        policy = router.policy(self.served.entry, self.served.threshold, "auto", True, limit)
+        return router.escalation(policy, prediction) is not None

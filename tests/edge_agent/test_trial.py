@@ -1,0 +1,54 @@
+"""The promotion rule: undecided until enough escalations are compared, then promote or reject."""
+
+from __future__ import annotations
+
+from edge_agent.models_file import PromotionRule
+from edge_agent.trial import Counts, Trial, decide
+
+RULE = PromotionRule(min_escalated=10, min_gain_pt=1.0, max_p99_ratio=1.2, max_error_increase=0.0)
+
+
+def trial(serving_right: int, candidate_right: int, n: int = 10, candidate_ms: float = 10.0) -> Trial:
+    t = Trial("m", "2", RULE)
+    for i in range(n):
+        cloud = "b"
+        t.shadowed(
+            "b" if i < serving_right else "a", "b" if i < candidate_right else "a", cloud, (10.0, candidate_ms), False
+        )
+    return t
+
+
+def test_undecided_below_the_minimum_of_escalated_requests() -> None:
+    verdict = trial(0, 9, n=9).judge()
+    assert verdict.decision is None and "9 of 10" in verdict.why
+
+
+def test_promoted_when_it_agrees_more_with_the_cloud() -> None:
+    verdict = trial(5, 9).judge()
+    assert verdict.decision == "promote"
+    assert verdict.figures["cloud_gain_pt"] == 40.0 and verdict.figures["candidate_cloud_agreement"] == 0.9
+
+
+def test_rejected_for_no_gain_for_latency_and_for_errors() -> None:
+    assert trial(5, 5).judge().decision == "reject"
+    slow = trial(5, 9, candidate_ms=13.0).judge()
+    assert slow.decision == "reject" and "p99" in slow.why
+    failing = trial(5, 9)
+    failing.shadowed("b", None, None, (10.0, None), False)
+    verdict = failing.judge()
+    assert verdict.decision == "reject" and "error rate" in verdict.why
+
+
+def test_counts_add_up_across_devices() -> None:
+    one, two = trial(5, 9, n=6).counts, trial(1, 5, n=6).counts
+    total = one.add(two)
+    assert total.escalated == 12 and total.candidate_agreed_with_cloud == 11
+    assert decide(total, (10.0, 10.0), RULE).decision == "promote"
+    assert decide(Counts(), (None, None), RULE).decision is None
+
+
+def test_a_request_not_escalated_counts_agreement_with_serving_only() -> None:
+    t = Trial("m", "2", RULE)
+    t.shadowed("a", "a", None, (1.0, 1.0), True)
+    t.shadowed("a", "b", None, (1.0, 1.0), False)
+    assert t.counts.escalated == 0 and t.counts.agreed_with_serving == 1 and t.counts.candidate_would_escalate == 1
