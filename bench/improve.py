@@ -66,11 +66,8 @@ def main() -> int:
         _split(out, name)
     test = rows(HWU / "test.jsonl")
     labels = sorted({r["intent"] for r in rows(HWU / "train.jsonl")})
-    gold = {
-        r["text"]: r["intent"]
-        for path in (HWU / "train.jsonl", HWU / "dev.jsonl", HWU / "test.jsonl", SLURP_DEV)
-        for r in rows(path)
-    }
+    sources = (SLURP_DEV, HWU / "train.jsonl", HWU / "dev.jsonl", HWU / "test.jsonl")  # HWU64's record wins
+    gold = {r["text"]: r for path in sources for r in rows(path)}
     result: dict[str, Any] = {"cloud_accuracy": args.cloud_accuracy, "held_out": HELD_OUT}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -99,6 +96,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cold", type=int, default=3000, help="train texts a cold device answers through the cloud")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="keep the collection and candidate of the last run")
     return parser.parse_args()
 
 
@@ -127,25 +125,12 @@ def drift(
     )
     rng.shuffle(traffic)
     entry = {"name": MODEL, "path": str(shipped), "cloud_labels": HELD_OUT}
-    with agent(work / "device-a", [entry], port, env) as state:
-        new = sum(r["intent"] in HELD_OUT for r in traffic)
-        say(f"collection: {len(traffic)} requests ({new} of the 8 new intents)")
-        collected = replay(port, traffic)
-        feedback = export(state, work / "feedback-a.jsonl", sum(r["source"] == "cloud" for r in collected))
-        say("before: HWU64 test through the shipped model")
-        result["before"] = score(replay(port, test), test)
-    result["collected"] = {"requests": len(traffic), "feedback_rows": feedback}
-    candidate = work / "candidate"
-    say("edge-trainer improve (warm start from the shipped model)")
-    started = time.monotonic()
-    improve = [
-        "improve", "--artifact", str(shipped), "--train", str(args.out / "known-train.jsonl"),
-        "--dev", str(args.out / "known-dev.jsonl"), "--feedback", str(work / "feedback-a.jsonl"),
-        "--test", str(HWU / "test.jsonl"), "--name", "hwu64-known", "--out", str(candidate),
-    ]  # fmt: skip
-    result["improve_stdout"] = trainer(improve)
-    result["improve_minutes"] = round((time.monotonic() - started) / 60, 1)
-    result["improve_report"] = json.loads((candidate / "improve.json").read_text())
+    candidate, saved = work / "candidate", work / "drift-collected.json"
+    if args.reuse and saved.is_file() and (candidate / mf.MANIFEST).is_file():
+        result.update(json.loads(saved.read_text()))
+    else:
+        result.update(collect(args, work, shipped, entry, port, env, traffic, test, candidate))
+        saved.write_text(json.dumps({k: result[k] for k in REUSED}, indent=2) + "\n")
     rule = {"min_escalated": args.min_escalated, "min_gain_pt": 1.0, "max_p99_ratio": 1.2, "max_error_increase": 0.0}
     entry = {**entry, "candidate": {"path": str(candidate), "shadow": 1.0, "promote": rule}}
     shadow_traffic = rows(HWU / "dev.jsonl") + [
@@ -157,6 +142,43 @@ def drift(
         say(f"trial: {result['trial'].get('decision')}: {result['trial'].get('why')}")
         say("after: HWU64 test through whatever serves now")
         result["after"] = score(replay(port, test), test)
+
+
+REUSED = ("before", "collected", "improve_stdout", "improve_minutes", "improve_report")
+
+
+def collect(
+    args: argparse.Namespace,
+    work: Path,
+    shipped: Path,
+    entry: dict[str, Any],
+    port: int,
+    env: dict[str, str],
+    traffic: list[dict[str, Any]],
+    test: list[dict[str, Any]],
+    candidate: Path,
+) -> dict[str, Any]:
+    """The shipped model meets the drift: collection, feedback export, the test split before, improve."""
+    result: dict[str, Any] = {}
+    with agent(work / "device-a", [entry], port, env) as state:
+        new = sum(r["intent"] in HELD_OUT for r in traffic)
+        say(f"collection: {len(traffic)} requests ({new} of the 8 new intents)")
+        collected = replay(port, traffic)
+        feedback = export(state, work / "feedback-a.jsonl", sum(r["source"] == "cloud" for r in collected))
+        say("before: HWU64 test through the shipped model")
+        result["before"] = score(replay(port, test), test)
+    result["collected"] = {"requests": len(traffic), "feedback_rows": feedback}
+    say("edge-trainer improve (warm start from the shipped model)")
+    started = time.monotonic()
+    improve = [
+        "improve", "--artifact", str(shipped), "--train", str(args.out / "known-train.jsonl"),
+        "--dev", str(args.out / "known-dev.jsonl"), "--feedback", str(work / "feedback-a.jsonl"),
+        "--test", str(HWU / "test.jsonl"), "--name", "hwu64-known", "--out", str(candidate),
+    ]  # fmt: skip
+    result["improve_stdout"] = trainer(improve)
+    result["improve_minutes"] = round((time.monotonic() - started) / 60, 1)
+    result["improve_report"] = json.loads((candidate / "improve.json").read_text())
+    return result
 
 
 def shadow(port: int, traffic: list[dict[str, Any]], chunk: int = 100) -> dict[str, Any]:
@@ -207,7 +229,10 @@ def cold_start(
     say("edge-trainer improve (cold: from the base, on the feedback alone)")
     started = time.monotonic()
     cold = ["improve", "--feedback", str(work / "feedback-cold.jsonl"), "--test", str(HWU / "test.jsonl")]
-    result["cold_stdout"] = trainer([*cold, "--name", "hwu64-first", "--out", str(first)])
+    # the first model needs to be as good as the cloud it takes over from, not better: its dev labels are
+    # the teacher's own (wrong 1 - accuracy of the time), so 98 % measured on them is out of reach
+    target = ["--target-accuracy", str(args.cloud_accuracy)]
+    result["cold_stdout"] = trainer([*cold, *target, "--name", "hwu64-first", "--out", str(first)])
     result["cold_minutes"] = round((time.monotonic() - started) / 60, 1)
     with agent(work / "device-cold-2", [{**entry, "path": str(first)}], port, env):
         result["cold_after"] = score(replay(port, test), test)

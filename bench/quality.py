@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
 from trainer import calibration, metrics, ood, records, report, stage  # noqa: E402
-from trainer.encoder import evaluate, familiarity, serving  # noqa: E402
+from trainer.encoder import evaluate, familiarity, publish, serving  # noqa: E402
 from trainer.encoder.build import EncoderBuild  # noqa: E402
 from trainer.encoder.build import build as build_artifact  # noqa: E402
 from trainer.encoder.recipe import EncoderRecipe  # noqa: E402
@@ -58,15 +58,16 @@ BARS = {
 
 def main() -> int:
     args = parse_args()
+    reuse: bool | str = "again" if args.reevaluate else args.reuse
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     recipe = EncoderRecipe(**json.loads(args.recipe)) if args.recipe else EncoderRecipe(threads=args.threads)
     rows: dict[str, Any] = {}
     rule = None
     if not args.skip_unknown:  # first: the 56-intent build chooses the escalation rule on its dev + unseen dev
-        rows.update(measure_unknown(out, recipe, args.reuse))
+        rows.update(measure_unknown(out, recipe, reuse))
         rule = (rows["rule"], rows["rule_quantile"])
-    full, wall = build(out, "hwu64", HWU / "train.jsonl", HWU / "dev.jsonl", recipe, args.reuse, rule=rule)
+    full, wall = build(out, "hwu64", HWU / "train.jsonl", HWU / "dev.jsonl", recipe, reuse, rule=rule)
     rows.update(measure_full(out, full, wall))
     print_table(rows)
     (out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -77,6 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, do not train")
+    parser.add_argument(
+        "--reevaluate", action="store_true", help="evaluate + publish the builds again from their export stages"
+    )
     parser.add_argument("--skip-unknown", action="store_true", help="skip the held-out-intents training")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = default)")
     parser.add_argument("--recipe", help="JSON object of EncoderRecipe fields (default: the trainer's defaults)")
@@ -89,14 +93,19 @@ def build(
     train: Path,
     dev: Path,
     recipe: EncoderRecipe,
-    reuse: bool,
+    reuse: bool | str,
     test: Path | None = HWU / "test.jsonl",
     unseen: Path | None = None,
     rule: tuple[str, float | None] | None = None,
 ) -> tuple[Path, float]:
-    """Train, export, calibrate on dev, publish; returns the artifact and the wall time in seconds."""
+    """Train, export, calibrate on dev, publish; returns the artifact and the wall time in seconds.
+    `reuse`: True measures what is there; "again" evaluates and publishes it again first."""
     artifact = out / name
     if reuse and (artifact / mf.MANIFEST).is_file():
+        if reuse == "again":  # the build's own export stage, evaluated and published again: no training
+            work = stage.work_dir(name, artifact)
+            run = evaluate.run(work / "export", dev, work / "evaluate", test, 0.98, train, unseen, rule)
+            publish.run(work / "export", artifact, name, run, mf.read(artifact).version)
         return artifact, json.loads((out / f"{name}.wall.json").read_text())["seconds"]
     started = time.monotonic()
     options = EncoderBuild(name=name, out=artifact, test=test, unseen=unseen, rule=rule)
@@ -233,7 +242,7 @@ def curve_points(section: dict[str, Any]) -> list[tuple[float, float]]:
     return [(p["coverage"], p["accuracy"]) for p in curve if round(p["coverage"] * 100) % 5 == 0]
 
 
-def measure_unknown(out: Path, recipe: EncoderRecipe, reuse: bool) -> dict[str, Any]:
+def measure_unknown(out: Path, recipe: EncoderRecipe, reuse: bool | str) -> dict[str, Any]:
     """Train without 8 intents; the trainer chooses the escalation rule on dev without them plus their
     dev records (unseen: never test). Then: how many of their test requests escalate, and the AUROC of
     each score for known-vs-unknown on test."""

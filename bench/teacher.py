@@ -53,15 +53,16 @@ def teacher(label: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def gold_teacher(gold: dict[str, str], labels: list[str], accuracy: float, seed: int = 0) -> Iterator[str]:
-    """A simulated teacher, not a model: answers each text with the dataset's gold label with probability
-    `accuracy` (drawn per text from a hash, so a text gets the same answer every time), else with another
-    label of `labels`. A text it has no gold label for gets the first label. Yields the base URL."""
+def gold_teacher(gold: dict[str, dict[str, Any]], labels: list[str], accuracy: float, seed: int = 0) -> Iterator[str]:
+    """A simulated teacher, not a model: answers each text (`gold`: text -> its dataset record) with the
+    record's gold label with probability `accuracy` (drawn per text from a hash, so a text gets the same
+    answer every time), else with another label of `labels`; with the record's entities (of the types the
+    request's schema allows) when the schema asks for entities. Yields the base URL."""
 
     def answer(text: str) -> str:
         digest = hashlib.sha256(f"{seed}|{text}".encode()).digest()
         right = int.from_bytes(digest[:4], "big") / 2**32 < accuracy
-        label = gold.get(text, labels[0])
+        label = str(gold.get(text, {}).get("intent", labels[0]))
         if right:
             return label
         others = [x for x in labels if x != label]
@@ -79,7 +80,15 @@ def gold_teacher(gold: dict[str, str], labels: list[str], accuracy: float, seed:
 
         def do_POST(self) -> None:
             request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
-            content = json.dumps({"label": answer(request["messages"][-1]["content"])})
+            text = request["messages"][-1]["content"]
+            reply: dict[str, Any] = {"label": answer(text)}
+            schema = request.get("response_format", {}).get("json_schema", {}).get("schema", {})
+            entity = schema.get("properties", {}).get("entities")
+            if entity is not None:
+                allowed = set(entity["items"]["properties"]["type"]["enum"])
+                found = gold.get(text, {}).get("entities", [])
+                reply["entities"] = [{"type": e["type"], "value": e["value"]} for e in found if e["type"] in allowed]
+            content = json.dumps(reply)
             data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
             self.send_response(200)
             self.send_header("content-type", "application/json")

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent import __version__, cli_models, router
 from edge_agent.cloud import cloud_problems
@@ -16,8 +17,11 @@ from edge_agent.config import AgentSettings, load_settings
 from edge_agent.errors import EX_CONFIG, AgentError, ArtifactError, BadRequest, ConfigError
 from edge_agent.manifest import load as load_manifest
 from edge_agent.messages import Answer, body
-from edge_agent.models_file import ModelsFile, group_problems, load_models
+from edge_agent.models_file import ModelEntry, ModelsFile, group_problems, load_models
 from edge_agent.store import Store
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 EX_DATAERR = 65
 
@@ -87,10 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.extend(exc.problems if isinstance(exc, ConfigError) else [str(exc)])
         models, trusted = None, []
     for entry in models.models if models else []:
-        try:
-            load_manifest(entry.artifact, trusted)
-        except ArtifactError as exc:
-            problems.append(f"model {entry.name}: {exc}")
+        problems.extend(_artifact_problems(entry, trusted, settings.cloud is not None))
     if models is not None:
         problems.extend(cloud_problems(settings, models) + group_problems(settings, models))
     for line in problems:
@@ -100,6 +101,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     assert models is not None
     print(f"ok: {len(models.models)} model(s), {len(models.bindings)} binding(s)")
     return 0
+
+
+def _artifact_problems(entry: ModelEntry, trusted: Sequence[Ed25519PublicKey], cloud: bool) -> list[str]:
+    """The model's artifact and its candidate's, verified; a cold start (cloud_labels, no artifact yet)
+    needs a cloud instead."""
+    folders = [("", entry.path)] if entry.path is not None or not (entry.cloud_labels and cloud) else []
+    if entry.candidate is not None:
+        folders.append(("candidate ", entry.candidate.path))
+    problems = []
+    for what, folder in folders:
+        try:
+            load_manifest(entry.artifact if folder is None else folder, trusted)
+        except ArtifactError as exc:
+            problems.append(f"model {entry.name}: {what}{exc}")
+    return problems
 
 
 def cmd_run(args: argparse.Namespace) -> int:

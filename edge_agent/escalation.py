@@ -32,6 +32,7 @@ from edge_agent.runtimes.pool import Served
 from edge_agent.shadow import Contender
 
 log = structlog.get_logger("edge_agent.escalation")
+SHADOW_BUDGET_S = 10.0  # a shadowed text's deadline on the candidate, from when the reply was made
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,13 @@ class Escalator:
             return await self._answer(job)
         if role == "canary":
             return await self._canary(job, contender)
-        shadow = asyncio.create_task(contender.run(job.request.text, job.deadline))
         try:
             result = await self._answer(job)
         except AgentError as exc:
-            self._later(self._compare(contender, shadow, exc))
+            self._later(self._shadow(contender, job, exc))
             raise
         if isinstance(result, Answer):
-            self._later(self._compare(contender, shadow, result))
-        else:
-            shadow.cancel()
+            self._later(self._shadow(contender, job, result))
         return result
 
     async def _canary(self, job: Job, contender: Contender) -> Answer | Wait:
@@ -131,11 +129,12 @@ class Escalator:
         contender.trial.canary(True)
         return result
 
-    async def _compare(
-        self, contender: Contender, shadow: asyncio.Task[tuple[Prediction | None, float]], result: Answer | AgentError
-    ) -> None:
-        candidate, ms = await shadow
-        contender.record(result, candidate, ms)
+    async def _shadow(self, contender: Contender, job: Job, result: Answer | AgentError) -> None:
+        """The candidate's answer to a request already answered: after the reply, so that on a small
+        board the shadow never holds the reply back, nor races the serving model for the cores (which
+        would time the one that starts second as the slower)."""
+        candidate = await contender.run(job.request.text, time.monotonic() + SHADOW_BUDGET_S)
+        contender.record(result, candidate)
         self.on_trial()
 
     async def _answer(self, job: Job) -> Answer | Wait:

@@ -27,6 +27,9 @@ class PromotionRule(BaseModel):
     min_gain_pt: float = Field(default=1.0, description="agreement with the cloud, candidate minus serving, in points")
     max_p99_ratio: float = Field(default=1.2, gt=0, description="candidate p99 latency / serving p99 latency")
     max_error_increase: float = Field(default=0.0, ge=0, le=1, description="error rate, candidate minus serving")
+    min_kept_agreement: float = Field(
+        default=0.95, ge=0, le=1, description="agreement with the serving model where it was sure (not escalated)"
+    )
 
 
 class Candidate(BaseModel):
@@ -74,6 +77,8 @@ class ModelEntry(BaseModel):
     @property
     def artifact(self) -> Path:
         """The folder to load; ArtifactError when the model is neither pulled nor given a path."""
+        if self.path is None and self.cloud_labels:
+            raise ArtifactError("no artifact yet (cloud_labels only): it needs a cloud to answer for it")
         if self.path is None:
             raise ArtifactError(f"not on this device yet (no path in models.yaml): edge-agent models pull {self.name}")
         return self.path

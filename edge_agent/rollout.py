@@ -31,11 +31,12 @@ from edge_agent.runtimes.pool import Loader, ModelPool, Served, default_loader
 from edge_agent.runtimes.warmup import warm_up
 from edge_agent.shadow import Contender
 from edge_agent.store import Current, Store
-from edge_agent.trial import Trial
+from edge_agent.trial import Trial, Verdict
 
 log = structlog.get_logger("edge_agent.rollout")
 STATUS, PIDFILE = "status.json", "agent.pid"
 REPORT_EVERY = 100  # shadowed requests between status updates while a trial runs
+ENDED = ("refused", "rolled_back", "retired")  # a candidate in one of these states is not tried again
 
 
 class AlreadyServing(Exception):
@@ -246,6 +247,9 @@ class Rollout:
     def _swap(self, name: str, prepared: Prepared, probation: bool) -> str:
         served = self.pool.served[name]
         before = served.manifest.version
+        contender = self.contenders.get(name)
+        if contender is not None:  # its counts compared it with the version leaving: they start over
+            contender.trial = Trial(name, contender.trial.version, contender.trial.rule)
         served.swap(served.entry.model_copy(update={"path": prepared.path}), prepared.runtime)
         self.watching.pop(name, None)
         if probation:
@@ -296,20 +300,20 @@ class Rollout:
 
     async def _start_trials(self) -> bool:
         """Load each models.yaml candidate beside its serving model, unless it serves already or this
-        device decided against it before (a restart does not rerun a trial); True when one started."""
+        device decided against it before (a restart does not rerun a trial); True when one runs."""
         for name, served in self.pool.served.items():
             config = served.entry.candidate
-            if config is None:
+            if config is None or name in self.contenders:  # a restarted rollout task keeps its trials
                 continue
             try:
+                version = mf.read(config.path).version
+                record = self.store.state(name).versions.get(version)
+                if version == served.manifest.version or (record is not None and record.state in ENDED):
+                    continue
                 prepared = await asyncio.to_thread(load_checked, self.settings, config.path, self.loader)
             except ArtifactError as exc:
                 self.events[name] = f"candidate refused: {exc}"
                 log.warning("candidate_refused", model=name, why=str(exc))
-                continue
-            record = self.store.state(name).versions.get(prepared.version)
-            if prepared.version == served.manifest.version or (record is not None and record.state == "refused"):
-                await asyncio.to_thread(prepared.runtime.close)
                 continue
             self._contend(name, served, config, prepared)
         return bool(self.contenders)
@@ -319,32 +323,52 @@ class Rollout:
         candidate = Served(entry, prepared.runtime.manifest, prepared.runtime, served.batch_max, meter=None)
         candidate.task = asyncio.create_task(candidate.work(), name=f"candidate-{name}")
         self.contenders[name] = Contender(candidate, config, Trial(name, prepared.version, config.promote))
-        self.events[name] = (
-            f"candidate {prepared.version} on trial (shadow {config.shadow:g}, canary {config.canary:g})"
-        )
+        shares = f"shadow {config.shadow:g}, canary {config.canary:g}"
+        self.events[name] = f"candidate {prepared.version} on trial ({shares})"
         log.info("candidate_on_trial", model=name, version=prepared.version, shadow=config.shadow, canary=config.canary)
 
     async def _judge_trials(self) -> None:
         for name, contender in list(self.contenders.items()):
-            verdict = contender.trial.judge()
-            if verdict.decision is None:
+            verdict = contender.trial.judge() if contender.trial.ready() else None
+            if verdict is None or verdict.decision is None:
                 if contender.trial.counts.shadowed - self._reported.get(name, 0) >= REPORT_EVERY:
                     self._reported[name] = contender.trial.counts.shadowed
                     self.on_change()  # the status carries the trial's counts: the fleet report reads them
                 continue
             contender.trial.verdict = verdict
-            del self.contenders[name]
-            await contender.served.stop()
-            if verdict.decision == "promote":
-                self._promote(name, contender)
-            else:
-                self.store.refuse(name, contender.trial.version, f"rejected after its trial: {verdict.why}")
-                await asyncio.to_thread(contender.served.runtime.close)
-                self.events[name] = f"candidate {contender.trial.version} rejected: {verdict.why}"
-            self.decided[name] = contender.trial.snapshot()
+            del self.contenders[name]  # no new request goes to it from here on
+            try:
+                await self._decide(name, contender, verdict)
+            finally:
+                self.decided[name] = contender.trial.snapshot()
+                self.write_status()
+                self.on_change()
             log.info("candidate_decided", model=name, decision=verdict.decision, why=verdict.why, **verdict.figures)
-            self.write_status()
-            self.on_change()
+
+    async def _decide(self, name: str, contender: Contender, verdict: Verdict) -> None:
+        served, version = self.pool.served[name], contender.trial.version
+        if verdict.decision != "promote":
+            await contender.served.stop()
+            await asyncio.to_thread(contender.served.runtime.close)
+            self.store.refuse(name, version, f"rejected after its trial: {verdict.why}")
+            self.events[name] = f"candidate {version} rejected: {verdict.why}"
+            return
+        try:  # a copy in the store: the candidate's folder may be rebuilt in place by the next improve
+            path = await asyncio.to_thread(self.store.adopt, name, version, contender.served.entry.artifact)
+        except (ArtifactError, OSError) as exc:
+            await contender.served.stop()
+            await asyncio.to_thread(contender.served.runtime.close)
+            self.events[name] = f"candidate {version} won its trial but could not be kept: {exc}"
+            log.error("candidate_not_kept", model=name, why=str(exc))
+            return
+        await contender.served.stop(handover=served)
+        self.store.promote(name, version, path, current(self.pool, self.store, name))
+        self.store.passed(name, version)  # its trial was its probation
+        before = served.manifest.version
+        # already loaded and warm: it serves from the next batch on; nothing is reloaded
+        served.swap(served.entry.model_copy(update={"path": path}), contender.served.runtime)
+        self.watching.pop(name, None)
+        self.events[name] = f"candidate {version} promoted (was {before}): {verdict.why}"
 
     async def stop_trials(self) -> None:
         """Shutdown: candidates still on trial stop and free their memory (the trial starts over next time)."""
@@ -352,18 +376,6 @@ class Rollout:
             await contender.served.stop()
             contender.served.runtime.close()
         self.contenders.clear()
-
-    def _promote(self, name: str, contender: Contender) -> None:
-        """The candidate serves from the next batch on; it already runs warm, so nothing is reloaded."""
-        served, version = self.pool.served[name], contender.trial.version
-        path = contender.served.entry.artifact
-        self.store.promote(name, version, path, current(self.pool, self.store, name))
-        self.store.passed(name, version)  # its trial was its probation
-        before = served.manifest.version
-        served.swap(served.entry.model_copy(update={"path": path}), contender.served.runtime)
-        self.watching.pop(name, None)
-        why = contender.trial.verdict.why if contender.trial.verdict else ""
-        self.events[name] = f"candidate {version} promoted (was {before}): {why}"
 
     async def _maybe_poll(self) -> None:
         registry = self.settings.registry

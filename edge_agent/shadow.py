@@ -9,7 +9,6 @@ so a test or a bench replays the same split.
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,32 +39,30 @@ class Contender:
             return "shadow"
         return None
 
-    async def run(self, text: str, deadline: float) -> tuple[Prediction | None, float]:
-        """The candidate's answer (None when it failed) and its latency in ms."""
-        started = time.monotonic()
+    async def run(self, text: str, deadline: float) -> Prediction | None:
+        """The candidate's answer; None when it failed."""
         try:
-            prediction: Prediction | None = await self.served.predict(text, deadline)
+            return await self.served.predict(text, deadline)
         except AgentError:
-            prediction = None
-        return prediction, (time.monotonic() - started) * 1000
+            return None
 
-    def record(self, result: Answer | AgentError, candidate: Prediction | None, candidate_ms: float) -> None:
+    def record(self, result: Answer | AgentError, candidate: Prediction | None) -> None:
         """Compare one shadowed request; one whose serving answer is unknown (the cloud won a race
-        before the local model answered) tells nothing and is left out."""
+        before the local model answered) tells nothing and is left out. Latency is each model's own
+        pass time per text: the shadow runs after the reply, beside other requests, so its wall time
+        would count its wait for the cores against it."""
         serving: Prediction | None = None
         cloud: str | None = None
-        serving_ms: float | None = None
         if isinstance(result, Answer):
             serving = result.local if result.source == "cloud" else result.prediction
             cloud = result.prediction.label if result.source == "cloud" else None
-            serving_ms = result.local_ms
             if serving is None:
                 return
         self.trial.shadowed(
             serving.label if serving else None,
             candidate.label if candidate else None,
             cloud,
-            (serving_ms, candidate_ms if candidate else None),
+            (serving.pass_ms if serving else None, candidate.pass_ms if candidate else None),
             candidate is not None and self.escalates(candidate),
         )
 

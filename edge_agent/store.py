@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,6 +157,28 @@ class Store:
             raise ArtifactError(f"cannot store version {manifest.version}: {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def adopt(self, name: str, version: str, folder: Path) -> Path:
+        """A copy of a local artifact folder (a candidate that won its trial) as this version's folder in
+        the store, verified; returns it. Copied beside its target and renamed: never half there."""
+        target = self.folder(name) / version
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            shutil.rmtree(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.folder(name)))
+        try:
+            for entry in [*mf.read(folder).files, None]:
+                relpath = entry.path if entry else mf.MANIFEST
+                (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(folder / relpath, staging / relpath)
+            if (folder / mf.SIGNATURE).is_file():
+                shutil.copy2(folder / mf.SIGNATURE, staging / mf.SIGNATURE)
+            mf.load(staging)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
 
     def promote(self, name: str, version: str, path: Path, current: Current | None) -> None:
         """`version` serves now (on probation); what served before becomes the previous version."""

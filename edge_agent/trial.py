@@ -25,6 +25,8 @@ class Counts:
     candidate_errors: int = 0
     serving_errors: int = 0
     agreed_with_serving: int = 0
+    kept: int = 0  # shadowed requests the serving model answered itself
+    agreed_on_kept: int = 0
     escalated: int = 0  # shadowed requests the cloud answered
     serving_agreed_with_cloud: int = 0
     candidate_agreed_with_cloud: int = 0
@@ -46,12 +48,17 @@ class Verdict:
 def decide(counts: Counts, p99_ms: tuple[float | None, float | None], rule: PromotionRule) -> Verdict:
     """The rule on the counts: promote when the candidate agrees with the cloud by `min_gain_pt` more
     than the serving model on at least `min_escalated` escalated requests, its p99 latency is within
-    `max_p99_ratio` of the serving model's and its error rate no more than `max_error_increase` higher."""
+    `max_p99_ratio` of the serving model's, its error rate (shadow and canary) no more than
+    `max_error_increase` higher, and it still agrees with the serving model on `min_kept_agreement` of
+    the requests that model was sure of (a gain on escalations must not cost the confident majority)."""
     figures = _figures(counts, p99_ms)
     if counts.escalated < rule.min_escalated:
         return Verdict(None, f"{counts.escalated} of {rule.min_escalated} escalated requests compared", figures)
     if figures["error_increase"] > rule.max_error_increase:
         return Verdict("reject", f"error rate up {100 * figures['error_increase']:.2f} pt", figures)
+    kept = figures["kept_agreement"]
+    if counts.kept and kept < rule.min_kept_agreement:
+        return Verdict("reject", f"agrees with the serving model on {100 * kept:.1f}% of what it was sure of", figures)
     ratio = figures["p99_ratio"]
     if ratio is not None and ratio > rule.max_p99_ratio:
         return Verdict(
@@ -76,8 +83,13 @@ def _figures(c: Counts, p99_ms: tuple[float | None, float | None]) -> dict[str, 
             100 * share(c.candidate_agreed_with_cloud - c.serving_agreed_with_cloud, c.escalated), 2
         ),
         "agreement_with_serving": round(share(c.agreed_with_serving, c.shadowed), 4),
+        "kept_agreement": round(share(c.agreed_on_kept, c.kept), 4),
         "candidate_escalation_share": round(share(c.candidate_would_escalate, c.shadowed), 4),
-        "error_increase": round(share(c.candidate_errors, c.shadowed) - share(c.serving_errors, c.shadowed), 4),
+        "error_increase": round(
+            share(c.candidate_errors + c.canary_errors, c.shadowed + c.canary_answers)
+            - share(c.serving_errors, c.shadowed),
+            4,
+        ),
         "serving_p99_ms": None if serving_p99 is None else round(serving_p99, 2),
         "candidate_p99_ms": None if candidate_p99 is None else round(candidate_p99, 2),
         "p99_ratio": None if ratio is None else round(ratio, 3),
@@ -115,6 +127,9 @@ class Trial:
         c.candidate_errors += candidate is None
         c.agreed_with_serving += serving is not None and serving == candidate
         c.candidate_would_escalate += would_escalate
+        if cloud is None and serving is not None:
+            c.kept += 1
+            c.agreed_on_kept += serving == candidate
         if cloud is not None:
             c.escalated += 1
             c.serving_agreed_with_cloud += serving == cloud
@@ -131,6 +146,10 @@ class Trial:
 
     def p99s(self) -> tuple[float | None, float | None]:
         return p99(self.latency["serving"]), p99(self.latency["candidate"])
+
+    def ready(self) -> bool:
+        """Enough escalated requests compared for the rule to decide (cheap: no latency sort)."""
+        return self.counts.escalated >= self.rule.min_escalated
 
     def judge(self) -> Verdict:
         return decide(self.counts, self.p99s(), self.rule)

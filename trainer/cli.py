@@ -238,6 +238,7 @@ def _run_build(a: argparse.Namespace) -> Path:
 
 def _improve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feedback", type=Path, nargs="+", required=True, help="`edge-agent feedback export` files")
+    p.add_argument("--model", help="keep the feedback rows of this model only (its models.yaml name)")
     p.add_argument("--artifact", type=Path, help="the artifact serving now (none: a cold start from the feedback)")
     p.add_argument("--train", type=Path, help="its training JSONL (with --artifact)")
     p.add_argument("--dev", type=Path, help="its dev JSONL (with --artifact)")
@@ -277,6 +278,7 @@ def _run_improve(a: argparse.Namespace) -> str:
         key=artifact.read_key(a.signing_key_file),
         registry=a.registry,
         feedback=a.feedback,
+        model=a.model,
         current=a.artifact,
         train=a.train,
         dev=a.dev,

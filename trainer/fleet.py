@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.manifest import version_key
 from edge_agent.models_file import PromotionRule
 from edge_agent.trial import Counts, Verdict, decide
 from trainer.errors import TrainerError
@@ -91,7 +92,7 @@ def judge(trials: list[DeviceTrial], rule: PromotionRule | None = None) -> Verdi
     """The fleet's decision on the newest candidate version: counts summed, the worst device's p99s."""
     if not trials:
         return Verdict(None, "no device reports a trial of this model")
-    version = max(t.version for t in trials)
+    version = max((t.version for t in trials), key=version_key)
     same = [t for t in trials if t.version == version]
     total = Counts()
     for t in same:

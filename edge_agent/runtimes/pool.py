@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from edge_agent.errors import AgentError, ArtifactError, ConfigError, Internal, Timeout, TooLarge
+from edge_agent.errors import AgentError, ArtifactError, ConfigError, Internal, Timeout, TooLarge, Unavailable
 from edge_agent.manifest import Manifest
 from edge_agent.manifest import load as load_manifest
 from edge_agent.models_file import ModelEntry, ModelsFile
@@ -92,6 +92,9 @@ class Served:
     meter: Meter | None = None
     batch_wait_s: float = 0.0
     task: asyncio.Task[None] | None = None  # its worker, when it runs outside the pool (a candidate)
+    passing: bool = False  # a pass is running on the worker's thread
+    closing: bool = False  # stop() was called: no pass starts after the one running
+    _passed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def threshold(self) -> float:
@@ -135,31 +138,48 @@ class Served:
         self.watch = None
         asyncio.get_running_loop().run_in_executor(self.executor, old.close)
 
-    async def stop(self) -> None:
-        """Stop a worker started on its own (`task`) and wait for the pass running on its thread."""
+    async def stop(self, handover: Served | None = None) -> None:
+        """Stop a worker started on its own (`task`): the pass running finishes and delivers its answers;
+        what is still queued goes to `handover` (the model taking over) or fails as unavailable."""
+        self.closing = True
+        while self.passing:  # never cancel a pass: its answers would be lost with it
+            self._passed.clear()
+            await self._passed.wait()
         if self.task is not None:
-            self.task.cancel()
+            self.task.cancel()  # it waits on the queue now, which a cancel leaves intact
             await asyncio.gather(self.task, return_exceptions=True)
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if handover is not None:
+                handover.queue.put_nowait(job)
+            else:
+                _settle(job.future, Unavailable(f"model {self.entry.name}: its candidate was withdrawn"))
         await asyncio.to_thread(self.executor.shutdown, True)
 
     async def work(self) -> None:
         """Forever: take what is queued (up to the batch limit), drop expired jobs, run it."""
-        while True:
+        while not self.closing:
             jobs = await self._take()
             now = time.monotonic()
             live = [j for j in jobs if not j.future.done() and j.deadline > now]
             runtime = self.runtime  # a swap takes effect between passes
             limit = batch_limit(runtime.manifest, self.batch_max)  # smaller when a swap came while it gathered
-            for start in range(0, len(live), limit):
-                await self._pass(runtime, live[start : start + limit])
+            self.passing = True
+            try:
+                for start in range(0, len(live), limit):
+                    await self._pass(runtime, live[start : start + limit])
+            finally:
+                self.passing = False
+                self._passed.set()
 
     async def _pass(self, runtime: Runtime, jobs: list[_Job]) -> None:
         started = time.monotonic()
         texts, deadlines = [j.text for j in jobs], [j.deadline for j in jobs]
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self.executor, self._run, runtime, texts, deadlines)
+        per_text_ms = (time.monotonic() - started) * 1000 / len(jobs)
         for job, result in zip(jobs, results, strict=True):
-            _settle(job.future, _stamped(result, runtime.manifest.version))
+            _settle(job.future, _stamped(result, runtime.manifest.version, per_text_ms))
         if self.meter is not None:
             waits = (started - j.queued for j in jobs)
             self.meter.pass_done(self.entry.name, waits, time.monotonic() - started)
@@ -203,8 +223,10 @@ class Served:
         return self._run(runtime, [text], [deadline])[0]
 
 
-def _stamped(result: Prediction | AgentError, version: str) -> Prediction | AgentError:
-    return dataclasses.replace(result, version=version) if isinstance(result, Prediction) else result
+def _stamped(result: Prediction | AgentError, version: str, pass_ms: float) -> Prediction | AgentError:
+    if isinstance(result, Prediction):
+        return dataclasses.replace(result, version=version, pass_ms=pass_ms)
+    return result
 
 
 def _settle(future: asyncio.Future[Prediction], result: Prediction | AgentError) -> None:

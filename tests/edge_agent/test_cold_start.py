@@ -65,3 +65,15 @@ def test_cloud_labels_teach_the_cloud_labels_the_model_lacks(
             reply = c.get(topic="me/teach").json()
     assert (reply["label"], reply["source"]) == ("alarm_set", "cloud")
     assert reply["local_label"] != "alarm_set"
+
+
+def test_check_takes_a_cold_start_with_a_cloud_and_names_it_without(tmp_path: Path) -> None:
+    models = write_models(tmp_path, [{"name": "cold", "cloud_labels": ["a", "b"]}])
+    state = {"EDGE_AGENT_STATE_DIR": str(tmp_path / "state")}
+    with_cloud = run_cli("check", "--models", str(models), env=_env(**state, **cloud_env("http://127.0.0.1:9/v1")))
+    assert with_cloud.returncode == 0, with_cloud.stderr
+    without = run_cli("check", "--models", str(models), env=_env(**state))
+    assert without.returncode == 78
+    assert without.stderr.strip() == (
+        "model cold: no artifact yet (cloud_labels only): it needs a cloud to answer for it"
+    )

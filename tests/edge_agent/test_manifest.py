@@ -78,3 +78,28 @@ def test_malformed_manifest_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"name": "m"}')
     with pytest.raises(ArtifactError, match="invalid manifest"):
         load(tmp_path)
+
+
+def test_the_distance_table_must_be_a_hashed_file_of_the_artifact(tmp_path: Path) -> None:
+    folder = artifact(tmp_path)
+    manifest = load(folder)
+    (folder / "ood.npy").write_bytes(b"\x93NUMPY")
+    rule = {"file": "ood.npy", "rule": "either", "threshold": 3.0}
+    with pytest.raises(ValueError, match=r"ood\.file 'ood\.npy' is not among the files"):
+        Manifest.model_validate({**manifest.model_dump(), "ood": rule})
+    listed = {
+        **manifest.model_dump(),
+        "ood": rule,
+        "files": [*manifest.model_dump()["files"], file_entry(folder, "ood.npy", "ood").model_dump()],
+    }
+    write(folder, Manifest.model_validate(listed))
+    assert load(folder).ood.max_distance == 3.0  # type: ignore[union-attr]
+    (folder / "ood.npy").write_bytes(b"\x93NUMPY changed")
+    with pytest.raises(ArtifactError, match=r"ood\.npy: sha256 does not match"):
+        load(folder)
+    assert (
+        Manifest.model_validate(
+            {**manifest.model_dump(), "ood": {**rule, "rule": "softmax"}, "files": listed["files"]}
+        ).ood.max_distance
+        is None
+    )  # type: ignore[union-attr]

@@ -92,3 +92,18 @@ def test_a_reason_reads_as_its_value_in_logs_replies_and_feedback() -> None:
     reason = Reason.LOW_CONFIDENCE
     assert str(reason) == f"{reason}" == "low_confidence" and json.dumps(reason) == '"low_confidence"'
     assert reason == "low_confidence" and Reason("cloud_timeout") is Reason.CLOUD_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("confidence", "distance", "limit", "reason"),
+    [
+        (0.9, 2.0, 5.0, None),
+        (0.9, 6.0, 5.0, Reason.UNFAMILIAR),  # sure among its labels, but unlike anything it was trained on
+        (0.3, 6.0, 5.0, Reason.LOW_CONFIDENCE),  # both: the confidence is named first
+        (0.9, 6.0, None, None),  # the rule is softmax: the distance is reported, not used
+        (0.9, None, 5.0, None),  # a runtime without the score (GGUF)
+    ],
+)
+def test_distance_limit(confidence: float, distance: float | None, limit: float | None, reason: Reason | None) -> None:
+    p = policy(entry(), 0.5, None, True, limit)
+    assert escalation(p, Prediction("a", confidence, distance=distance)) == reason

@@ -115,7 +115,11 @@ def test_a_candidate_that_agrees_more_with_the_cloud_is_promoted(
     assert status["models"] == {"tiny": "2"} and after["version"] == "2"
     metrics = httpx.get(f"http://127.0.0.1:{agents[0].metrics_port}/metrics", timeout=5).text
     assert 'edge_agent_candidate_decision{decision="promote",model="tiny",version="2"} 1.0' in metrics
-    assert Store(tmp_path / "state-shadow1").serving("tiny").version == "2"  # type: ignore[union-attr]
+    kept = Store(tmp_path / "state-shadow1").serving("tiny")
+    assert (
+        kept is not None and kept.version == "2" and kept.path == tmp_path / "state-shadow1" / "models" / "tiny" / "2"
+    )
+    assert mf.load(kept.path).version == "2"  # a copy of its own: the candidate folder may be rebuilt
 
     # the fleet view: the same decision from the retained status, by the same rule
     assert trainer_main(["fleet-report", "--broker", f"127.0.0.1:{broker.port}", "--model", "tiny", "--json"]) == 0

@@ -52,3 +52,23 @@ def test_a_request_not_escalated_counts_agreement_with_serving_only() -> None:
     t.shadowed("a", "a", None, (1.0, 1.0), True)
     t.shadowed("a", "b", None, (1.0, 1.0), False)
     assert t.counts.escalated == 0 and t.counts.agreed_with_serving == 1 and t.counts.candidate_would_escalate == 1
+
+
+def test_a_gain_on_escalations_may_not_cost_the_confident_majority() -> None:
+    t = trial(5, 9)
+    for i in range(20):  # the serving model was sure of these; the candidate changes 2 of 20
+        t.shadowed("a", "b" if i < 2 else "a", None, (10.0, 10.0), False)
+    assert t.judge().decision == "reject" and "90.0% of what it was sure of" in t.judge().why
+    t.shadowed("a", "a", None, (10.0, 10.0), False)  # 19 of 21 still < 95 %
+    assert t.judge().decision == "reject"
+    ok = trial(5, 9)
+    for _ in range(20):
+        ok.shadowed("a", "a", None, (10.0, 10.0), False)
+    assert ok.judge().decision == "promote" and ok.judge().figures["kept_agreement"] == 1.0
+
+
+def test_canary_errors_count_against_the_candidate() -> None:
+    t = trial(5, 9)
+    t.canary(False)
+    verdict = t.judge()
+    assert verdict.decision == "reject" and "error rate" in verdict.why

@@ -54,3 +54,14 @@ def test_without_unseen_data_the_softmax_alone_or_the_fixed_rule() -> None:
     fixed = ood.choose(rows, None, ("either", 0.93))
     assert fixed["quantile"] == 0.93 and fixed["max_distance"] == pytest.approx(np.quantile(distance, 0.93))
     assert ood.choose(rows, None, ("distance", None))["threshold"] == 0.0
+
+
+def test_a_refused_text_infinitely_far_leaves_every_limit_finite() -> None:
+    confidence, correct, distance = dev(np.random.default_rng(3))
+    distance[:5] = np.inf  # refused (too long): escalated whatever the rule
+    rows = ood.candidates(confidence, correct, distance, 0.95)
+    assert all(r["max_distance"] is None or np.isfinite(r["max_distance"]) for r in rows)
+    assert all(r["kept_accuracy"] >= 0.95 for r in rows)
+    no_distances = ood.candidates(confidence, correct, np.full(len(distance), np.inf), 0.95)
+    assert [r["rule"] for r in no_distances] == ["softmax"]
+    assert ood.choose(no_distances, None, ("either", 0.9))["rule"] == "softmax"

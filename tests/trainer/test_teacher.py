@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from trainer import teacher
-from trainer.errors import DataError
+from trainer.errors import DataError, UsageError
 
 
 def feedback(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -75,10 +75,10 @@ def test_new_labels_need_enough_examples_and_every_label_is_capped(tmp_path: Pat
     trained = [r["intent"] for r in plan.train]
     assert trained.count("music") == 10 and trained.count("on") == 10 and "takeaway" not in trained
     assert plan.capped["music"] > 0
-    held = {r["text"] for r in plan.holdout}
-    assert held and not held & {r["text"] for r in plan.train}
+    held, report = {r["text"] for r in plan.holdout}, {r["text"] for r in plan.report}
+    assert held and report and not (held | report) & {r["text"] for r in plan.train} and not held & report
     again = teacher.plan(taught, known=["on"], cap=10, min_new=20, holdout=0.25)
-    assert {r["text"] for r in again.holdout} == held  # the split is a function of the text
+    assert {r["text"] for r in again.report} == report  # the split is a function of the text
 
 
 def test_a_file_that_is_not_feedback_is_named_with_its_line(tmp_path: Path) -> None:
@@ -86,3 +86,14 @@ def test_a_file_that_is_not_feedback_is_named_with_its_line(tmp_path: Path) -> N
     path.write_text('{"text": "a", "intent": "b"}\nnot json\n')
     with pytest.raises(DataError, match=r"f\.jsonl.*2"):
         teacher.collect([path], [], set(), None)
+
+
+def test_rows_of_several_models_need_a_choice_and_redacted_test_texts_stay_out(tmp_path: Path) -> None:
+    rows = [{"text": "lights on", "intent": "on", "model": "a"}, {"text": "call 555-1234", "intent": "c", "model": "b"}]
+    path = feedback(tmp_path / "f.jsonl", rows)
+    with pytest.raises(UsageError, match=r"several models \(a, b\): pass --model"):
+        teacher.collect([path], [], set(), None)
+    only_b = teacher.collect([path], [], set(), None, model="b")
+    assert [r["text"] for r in only_b.rows.values()] == ["call 555-1234"] and only_b.dropped["another model's"] == 1
+    test_texts = teacher.keys(["call 555-1234"], [r"\d{3}-\d{4}"])
+    assert not teacher.collect([path], [r"\d{3}-\d{4}"], test_texts, None, model="b").rows

@@ -49,6 +49,7 @@ def run(
     rule: dict[str, Any] | None = None
     if train is not None and manifest.onnx is not None and manifest.onnx.embedding:
         rule = familiarity.fit(runtime, manifest, train, out / familiarity.TABLE)
+        dev_out = familiarity.scored(runtime, out, rule, dev_out)  # the dev figures below use the rule too
         held = infer(runtime, manifest, unseen) if unseen is not None else None  # build checked its intents
         threshold, rule = familiarity.choose(runtime, manifest, out, rule, dev_out, held, temperature, target, fixed)
     limit = rule["threshold"] if rule else None

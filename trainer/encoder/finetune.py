@@ -133,10 +133,14 @@ def _train(
         )
         for batch in bar:
             ids, mask, intents, tag_ids = collate(batch, pad)
-            intent_logits, tag_logits = net(ids, mask)
+            intent_logits, tag_logits, pooled = net.outputs(ids, mask)
             loss = intent_loss(intent_logits, intents) + recipe.tag_weight * tag_loss(
                 tag_logits.flatten(0, 1), tag_ids.flatten()
             )
+            if recipe.contrastive > 0:
+                loss = loss + recipe.contrastive * supervised_contrastive(
+                    pooled, intents, recipe.contrastive_temperature
+                )
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -149,6 +153,23 @@ def _train(
         history.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 4), **dev_scores(net, dev, pad)})
         tqdm.write(f"finetune: epoch {epoch} step {step}: {history[-1]}", file=sys.stderr)
     return history
+
+
+def supervised_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020) over the batch: each text's same-intent neighbours against all others,
+    on unit vectors. Texts without a same-intent neighbour in the batch add nothing."""
+    z = nn.functional.normalize(embeddings, dim=-1)
+    sims = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sims = sims.masked_fill(self_mask, float("-inf"))
+    log_prob = sims - torch.logsumexp(sims, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~self_mask
+    counts = positive.sum(1)
+    has = counts > 0
+    if not has.any():
+        return embeddings.sum() * 0.0
+    mean_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1)[has] / counts[has]
+    return -mean_log_prob.mean()
 
 
 def param_groups(net: model.JointModel, recipe: EncoderRecipe) -> list[dict[str, Any]]:

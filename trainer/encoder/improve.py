@@ -32,6 +32,7 @@ WARM_EPOCHS = 3  # a warm start's default: the encoder already knows the old lab
 @dataclass(kw_only=True)
 class Improve(artifact.Build):
     feedback: list[Path]
+    model: str | None = None  # keep only feedback rows of this model (as models.yaml names it)
     current: Path | None = None  # the artifact serving now; None: a cold start
     train: Path | None = None  # the data `current` was trained and calibrated on
     dev: Path | None = None
@@ -49,14 +50,14 @@ def run(opts: Improve, recipe: EncoderRecipe | None = None) -> Path:
     """Every step; returns the published candidate's folder."""
     artifact.check_identity(opts.name, opts.version)
     current = mf.load(opts.current) if opts.current else None
-    if current is not None and (opts.train is None or opts.dev is None):
-        raise UsageError("improve: --train and --dev (the serving model's data) are needed with --artifact")
     work = stage.work_dir(opts.name, opts.out, opts.work)
+    _check_places(opts, current, work)
     old_train = records.read(opts.train) if opts.train else []
     old_dev = records.read(opts.dev) if opts.dev else []
-    seen = {teacher.key(r.text) for r in [*old_train, *old_dev, *(records.read(opts.test) if opts.test else [])]}
+    held_apart = [*(records.read(opts.test) if opts.test else []), *(records.read(opts.unseen) if opts.unseen else [])]
+    seen = teacher.keys([r.text for r in [*old_train, *old_dev, *held_apart]], opts.redact)
     types = set(current.entity_types) if current is not None else None
-    taught = teacher.collect(opts.feedback, opts.redact, seen, types)
+    taught = teacher.collect(opts.feedback, opts.redact, seen, types, opts.model)
     split = teacher.plan(taught, current.labels if current else [], opts.cap, opts.min_new, opts.holdout)
     if not split.train:
         raise UsageError(
@@ -64,14 +65,17 @@ def run(opts: Improve, recipe: EncoderRecipe | None = None) -> Path:
         )
     folder = work / "improve"
     train = teacher.write(folder / "train.jsonl", [_plain(r) for r in old_train] + split.train)
-    held = teacher.write(folder / "feedback-holdout.jsonl", split.holdout) if split.holdout else None
+    held = teacher.write(folder / "feedback-holdout.jsonl", split.report) if split.report else None
     dev = teacher.write(folder / "dev.jsonl", [_plain(r) for r in old_dev] + split.holdout)
+    if opts.unseen is not None:
+        data.check_unseen(train, opts.unseen)
     teacher.write(folder / "pending.jsonl", split.later)
     init = opts.init or _warm(opts.current, current)
     if init is not None and recipe is None:
         recipe = EncoderRecipe(epochs=WARM_EPOCHS)
-    data_dir = data.run(train, dev, work / "data", opts.base, opts.max_tokens)
-    model_dir = finetune.run(data_dir, work / "finetune", opts.base, recipe, init=init)
+    base = opts.base or _base_of(init)
+    data_dir = data.run(train, dev, work / "data", base, opts.max_tokens)
+    model_dir = finetune.run(data_dir, work / "finetune", base, recipe, init=init)
     export_dir = export.run(model_dir, data_dir, work / "export")
     fixed = opts.rule or (_rule_of(current) if opts.unseen is None else None)
     eval_dir = evaluate.run(
@@ -82,6 +86,27 @@ def run(opts: Improve, recipe: EncoderRecipe | None = None) -> Path:
     doc = report(opts, current, staged, held, taught, split, init)
     (eval_dir / REPORT).write_text(json.dumps(doc, indent=2) + "\n")
     return publish.run(export_dir, opts.out, opts.name, eval_dir, version, opts.key, opts.registry, [REPORT])
+
+
+def _check_places(opts: Improve, current: mf.Manifest | None, work: Path) -> None:
+    """Before any training: the data the serving model needs, and a candidate that cannot overwrite it."""
+    if current is None:
+        return
+    if opts.train is None or opts.dev is None:
+        raise UsageError("improve: --train and --dev (the serving model's data) are needed with --artifact")
+    assert opts.current is not None
+    if opts.out.resolve() == opts.current.resolve():
+        raise UsageError("improve: --out is the serving artifact; the candidate needs its own folder")
+    if work.resolve() == stage.work_dir(current.name, opts.current).resolve():
+        raise UsageError(f"improve: {work} holds the serving model's stages; give another --out folder or --work")
+
+
+def _base_of(init: Path | None) -> Path | None:
+    """The encoder folder the warm start's model was built on, for its tokenizer (None: the default)."""
+    if init is None:
+        return None
+    base = Path(stage.read(init, "finetune")["params"]["base"])
+    return base if base.is_dir() else None
 
 
 def _rule_of(current: mf.Manifest | None) -> tuple[str, float | None] | None:
@@ -125,7 +150,8 @@ def report(
             "distinct_texts": len(taught.rows),
             "dropped": dict(taught.dropped),
             "trained_on": len(split.train),
-            "held_out": len(split.holdout),
+            "held_out": len(split.holdout) + len(split.report),
+            "held_out_for_the_report": len(split.report),
             "capped": split.capped,
             "cap_per_label": opts.cap,
         },

@@ -31,3 +31,7 @@ class EncoderRecipe:
     max_steps: int = 0  # 0 = run all epochs; > 0 caps the number of optimizer steps
     threads: int = 0  # torch CPU threads; 0 = torch's default (one per core); 1 on a box shared with other jobs
     freeze_word_embeddings: bool = True
+    # weight of a supervised contrastive loss on the pooled embeddings (0: none): pulls each intent's
+    # texts together and the others apart, which the distance score reads (bench/README.md, Quality)
+    contrastive: float = 0.0
+    contrastive_temperature: float = 0.1

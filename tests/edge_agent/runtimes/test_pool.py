@@ -103,3 +103,43 @@ def test_batch_wait_gathers_texts_that_arrive_just_after_the_first() -> None:
         return runtime.batches
 
     assert asyncio.run(trickle()) == [4]
+
+
+class Gated(Recording):
+    """Holds each pass until the test opens the gate (a threading.Event): a pass is surely running."""
+
+    def __init__(self, m: Manifest, label: str) -> None:
+        super().__init__(m)
+        import threading
+
+        self.label, self.gate, self.entered = label, threading.Event(), threading.Event()
+
+    def predict(self, texts: list[str], top_k: int = 3, deadlines: list[float] | None = None) -> list[Prediction]:
+        self.entered.set()
+        self.gate.wait(10)
+        return [Prediction(self.label, 1.0) for _ in texts]
+
+
+@pytest.mark.parametrize("handover", [True, False])
+def test_a_stopped_candidate_finishes_its_pass_and_hands_the_queue_over(handover: bool) -> None:
+    async def run() -> list[Any]:
+        entry = ModelEntry(name="m", path="x")  # type: ignore[arg-type]
+        candidate = Served(entry, manifest(), Gated(manifest(), "candidate"), batch_max=1)
+        serving = Served(entry, manifest(), Recording(manifest()), batch_max=1)
+        candidate.task = asyncio.create_task(candidate.work())
+        serving_task = asyncio.create_task(serving.work())
+        deadline = asyncio.get_running_loop().time() + 10
+        first = asyncio.create_task(candidate.predict("one", deadline))
+        await asyncio.to_thread(candidate.runtime.entered.wait, 10)  # type: ignore[attr-defined]
+        queued = [asyncio.create_task(candidate.predict(t, deadline)) for t in ("two", "three")]
+        await asyncio.sleep(0)  # let them reach the queue
+        stopping = asyncio.create_task(candidate.stop(handover=serving if handover else None))
+        candidate.runtime.gate.set()  # type: ignore[attr-defined]
+        await stopping
+        results = await asyncio.gather(first, *queued, return_exceptions=True)
+        serving_task.cancel()
+        return [r.label if isinstance(r, Prediction) else type(r).__name__ for r in results]
+
+    got = asyncio.run(run())
+    assert got[0] == "candidate"  # the pass that was running delivered its answer
+    assert got[1:] == (["a", "a"] if handover else ["Unavailable", "Unavailable"])

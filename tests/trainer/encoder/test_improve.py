@@ -66,7 +66,7 @@ def test_improve_adds_the_label_the_cloud_taught_and_compares(
     assert report["feedback"]["rows_read"] == 25 and report["feedback"]["dropped"]["duplicates"] == 3
     assert report["labels"] == {"added": {"weather": 20}, "kept_for_later": {"alarm_set": 1}, "min_examples": 5}
     held = report["evaluated"]["feedback_holdout"]
-    assert held["examples"] == report["feedback"]["held_out"] > 0
+    assert held["examples"] == report["feedback"]["held_out_for_the_report"] > 0
     assert held["before"]["labels_unknown_to_model"] > 0 and held["after"]["labels_unknown_to_model"] == 0
     assert held["per_label"]["weather"]["before"] == 0.0
     assert "dev" in report["evaluated"]
@@ -115,3 +115,14 @@ def test_improve_refuses_bad_options_in_one_line(
     assert main([*args, *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_candidate_may_not_overwrite_the_serving_artifact(
+    serving: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["improve", "--artifact", str(serving["artifact"]), "--train", str(serving["train"])]
+    args += ["--dev", str(serving["train"]), "--feedback", str(serving["feedback"][0]), "--name", "lights"]
+    assert main([*args, "--out", str(serving["artifact"])]) == 2
+    assert "--out is the serving artifact" in capsys.readouterr().err
+    assert main([*args, "--out", str(serving["artifact"].parent / "lights-2")]) == 2  # same .work-lights
+    assert "holds the serving model's stages" in capsys.readouterr().err
