@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,9 @@ def main() -> int:
         drift(args, work, shipped, port, env, test, result)
         if not args.skip_cold:
             cold_start(args, work, labels, port, env, test, result)
+        elif args.reuse and (work / "improve.json").is_file():  # the last run's cold start, kept
+            last = json.loads((work / "improve.json").read_text())
+            result.update({k: v for k, v in last.items() if k.startswith("cold_")})
     (work / "improve.json").write_text(json.dumps(result, indent=2) + "\n")
     print_tables(result)
     return 0
@@ -245,6 +249,7 @@ def agent(folder: Path, models: list[dict[str, Any]], port: int, env: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "models.yaml").write_text(yaml.safe_dump({"models": models}))
     state = folder / "state"
+    shutil.rmtree(state, ignore_errors=True)  # a fresh device: an earlier run's store would skip the trial
     proc, _ = start_agent(folder / "models.yaml", port, folder, 2, env={**env, "EDGE_AGENT_STATE_DIR": str(state)})
     try:
         yield state

@@ -134,7 +134,7 @@ class Escalator:
         board the shadow never holds the reply back, nor races the serving model for the cores (which
         would time the one that starts second as the slower)."""
         candidate = await contender.run(job.request.text, time.monotonic() + SHADOW_BUDGET_S)
-        contender.record(result, candidate)
+        contender.record(job.request.text, result, candidate)
         self.on_trial()
 
     async def _answer(self, job: Job) -> Answer | Wait:

@@ -31,7 +31,7 @@ from edge_agent.runtimes.pool import Loader, ModelPool, Served, default_loader
 from edge_agent.runtimes.warmup import warm_up
 from edge_agent.shadow import Contender
 from edge_agent.store import Current, Store
-from edge_agent.trial import Trial, Verdict
+from edge_agent.trial import Trial, Verdict, p99
 
 log = structlog.get_logger("edge_agent.rollout")
 STATUS, PIDFILE = "status.json", "agent.pid"
@@ -329,6 +329,8 @@ class Rollout:
 
     async def _judge_trials(self) -> None:
         for name, contender in list(self.contenders.items()):
+            if contender.trial.ready() and contender.trial.timed is None:
+                contender.trial.timed = await self._duel(name, contender)
             verdict = contender.trial.judge() if contender.trial.ready() else None
             if verdict is None or verdict.decision is None:
                 if contender.trial.counts.shadowed - self._reported.get(name, 0) >= REPORT_EVERY:
@@ -344,6 +346,18 @@ class Rollout:
                 self.write_status()
                 self.on_change()
             log.info("candidate_decided", model=name, decision=verdict.decision, why=verdict.why, **verdict.figures)
+
+    async def _duel(self, name: str, contender: Contender) -> tuple[float | None, float | None]:
+        """Both models answer the trial's newest shadowed texts, alternately, one at a time, each on its
+        own worker thread: the same texts under the same load, so the p99s compare the models."""
+        serving = self.pool.served[name]
+        times: tuple[list[float], list[float]] = ([], [])
+        for text in list(contender.trial.texts):
+            for side, model in enumerate((serving, contender.served)):
+                ms = await model.timed(text)
+                if ms is not None:
+                    times[side].append(ms)
+        return p99(times[0]), p99(times[1])
 
     async def _decide(self, name: str, contender: Contender, verdict: Verdict) -> None:
         served, version = self.pool.served[name], contender.trial.version

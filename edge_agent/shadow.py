@@ -46,11 +46,9 @@ class Contender:
         except AgentError:
             return None
 
-    def record(self, result: Answer | AgentError, candidate: Prediction | None) -> None:
+    def record(self, text: str, result: Answer | AgentError, candidate: Prediction | None) -> None:
         """Compare one shadowed request; one whose serving answer is unknown (the cloud won a race
-        before the local model answered) tells nothing and is left out. Latency is each model's own
-        pass time per text: the shadow runs after the reply, beside other requests, so its wall time
-        would count its wait for the cores against it."""
+        before the local model answered) tells nothing and is left out."""
         serving: Prediction | None = None
         cloud: str | None = None
         if isinstance(result, Answer):
@@ -62,8 +60,8 @@ class Contender:
             serving.label if serving else None,
             candidate.label if candidate else None,
             cloud,
-            (serving.pass_ms if serving else None, candidate.pass_ms if candidate else None),
             candidate is not None and self.escalates(candidate),
+            text,
         )
 
     def escalates(self, prediction: Prediction) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from edge_agent.models_file import PromotionRule
 
 Decision = Literal["promote", "reject"]
-LATENCY_SAMPLES = 4096  # kept per side for the p99: a bounded window of the newest
+DUEL_TEXTS = 200  # shadowed texts (the newest) both models answer, alternately, to compare their p99
 
 
 @dataclass
@@ -109,7 +109,8 @@ class Trial:
     def __init__(self, model: str, version: str, rule: PromotionRule) -> None:
         self.model, self.version, self.rule = model, version, rule
         self.counts = Counts()
-        self.latency: dict[str, list[float]] = {"serving": [], "candidate": []}
+        self.texts: list[str] = []  # the newest shadowed texts, for the latency duel
+        self.timed: tuple[float | None, float | None] | None = None  # (serving, candidate) p99 ms, once dueled
         self.verdict: Verdict | None = None  # set once decided; the trial then ends
 
     def shadowed(
@@ -117,8 +118,8 @@ class Trial:
         serving: str | None,
         candidate: str | None,
         cloud: str | None,
-        ms: tuple[float | None, float | None],
         would_escalate: bool,
+        text: str = "",
     ) -> None:
         """One request both answered (a None label: that side failed); `cloud` when it was escalated."""
         c = self.counts
@@ -134,18 +135,19 @@ class Trial:
             c.escalated += 1
             c.serving_agreed_with_cloud += serving == cloud
             c.candidate_agreed_with_cloud += candidate == cloud
-        for side, value in zip(("serving", "candidate"), ms, strict=True):
-            if value is not None:
-                window = self.latency[side]
-                window.append(value)
-                del window[:-LATENCY_SAMPLES]
+        if text:
+            self.texts.append(text)
+            del self.texts[:-DUEL_TEXTS]
 
     def canary(self, ok: bool) -> None:
         self.counts.canary_answers += 1
         self.counts.canary_errors += not ok
 
     def p99s(self) -> tuple[float | None, float | None]:
-        return p99(self.latency["serving"]), p99(self.latency["candidate"])
+        """From the duel: both models timed on the same texts, one after the other. Shadow passes are not
+        timed: they run after a reply, beside the next request and the agent's own work, so on a 2-core
+        board they would time the candidate as slower than it is (measured: 1.5-1.8x for equal models)."""
+        return self.timed or (None, None)
 
     def ready(self) -> bool:
         """Enough escalated requests compared for the rule to decide (cheap: no latency sort)."""

@@ -39,7 +39,6 @@ class Prediction:
     fields: dict[str, Any] | None = None
     version: str | None = None  # the artifact version that answered (set by the pool; a swap may fall between)
     distance: float | None = None  # how unlike the training data the text is (runtimes/distance.py), when known
-    pass_ms: float | None = None  # the model pass that answered it, per text of its batch (set by the pool)
 
 
 class Runtime(Protocol):

@@ -138,6 +138,19 @@ class Served:
         self.watch = None
         asyncio.get_running_loop().run_in_executor(self.executor, old.close)
 
+    async def timed(self, text: str) -> float | None:
+        """One text through the model on its own worker thread (after whatever pass runs there), in ms;
+        None when it fails. For the candidate's latency duel."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._time_one, text)
+
+    def _time_one(self, text: str) -> float | None:
+        started = time.perf_counter()
+        try:
+            self.runtime.predict([text], self.entry.top_k)
+        except Exception:  # a failure is counted by the trial's error rate, not timed here
+            return None
+        return (time.perf_counter() - started) * 1000
+
     async def stop(self, handover: Served | None = None) -> None:
         """Stop a worker started on its own (`task`): the pass running finishes and delivers its answers;
         what is still queued goes to `handover` (the model taking over) or fails as unavailable."""
@@ -177,9 +190,8 @@ class Served:
         texts, deadlines = [j.text for j in jobs], [j.deadline for j in jobs]
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self.executor, self._run, runtime, texts, deadlines)
-        per_text_ms = (time.monotonic() - started) * 1000 / len(jobs)
         for job, result in zip(jobs, results, strict=True):
-            _settle(job.future, _stamped(result, runtime.manifest.version, per_text_ms))
+            _settle(job.future, _stamped(result, runtime.manifest.version))
         if self.meter is not None:
             waits = (started - j.queued for j in jobs)
             self.meter.pass_done(self.entry.name, waits, time.monotonic() - started)
@@ -223,10 +235,8 @@ class Served:
         return self._run(runtime, [text], [deadline])[0]
 
 
-def _stamped(result: Prediction | AgentError, version: str, pass_ms: float) -> Prediction | AgentError:
-    if isinstance(result, Prediction):
-        return dataclasses.replace(result, version=version, pass_ms=pass_ms)
-    return result
+def _stamped(result: Prediction | AgentError, version: str) -> Prediction | AgentError:
+    return dataclasses.replace(result, version=version) if isinstance(result, Prediction) else result
 
 
 def _settle(future: asyncio.Future[Prediction], result: Prediction | AgentError) -> None:

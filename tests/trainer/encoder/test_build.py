@@ -15,6 +15,7 @@ from edge_agent import manifest as mf
 from edge_agent import signing
 from edge_agent.errors import ArtifactError
 from edge_agent.runtimes.onnx import OnnxRuntime
+from trainer import ood
 from trainer.cli import main
 from trainer.encoder import base as encoder_base
 from trainer.encoder import tiny
@@ -100,7 +101,7 @@ def test_artifact_holds_only_served_files_and_verifies(built: Path) -> None:
     assert manifest.data["train"]["examples"] == 24 and len(manifest.data["train"]["sha256"]) == 64
     # no unseen intents given: the softmax alone; the distance table ships (reported, not used)
     assert manifest.ood is not None and manifest.ood.file == "ood.npy" and manifest.ood.rule == "softmax"
-    assert manifest.ood.max_distance is None and len(manifest.ood.dev["candidates"]) == 9
+    assert manifest.ood.max_distance is None and len(manifest.ood.dev["candidates"]) == 2 + len(ood.QUANTILES)
     assert manifest.file("ood").path == "ood.npy"
 
 
