@@ -124,7 +124,7 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
         pidfile.unlink(missing_ok=True)
         await endpoint.close()
         await supervisor.stop()
-        await rollout.stop_trials()
+        await rollout.trials.stop()
         await pool.stop()
         await escalator.drain()
         if cloud is not None:
@@ -193,7 +193,8 @@ def state(
 
 def _trials(rollout: Rollout) -> list[TrialState]:
     """Every model's trial on this device, running or decided, as the metrics show it."""
-    snapshots = {**rollout.decided, **{name: c.trial.snapshot() for name, c in rollout.contenders.items()}}
+    trials = rollout.trials
+    snapshots = {**trials.decided, **{name: c.trial.snapshot() for name, c in trials.contenders.items()}}
     out = []
     for name, t in snapshots.items():
         f = t["figures"]

@@ -23,8 +23,9 @@ from edge_agent.config import AgentSettings
 from edge_agent.errors import ArtifactError
 from edge_agent.manifest import read as read_manifest
 from edge_agent.models_file import ModelEntry, ModelsFile
-from edge_agent.rollout import PIDFILE, STATUS, AlreadyServing, Prepared, prepare, resolve
+from edge_agent.rollout import PIDFILE, STATUS
 from edge_agent.store import Current, Store, history
+from edge_agent.versions import AlreadyServing, Prepared, prepare, resolve
 
 Common = Callable[[argparse.ArgumentParser], None]
 

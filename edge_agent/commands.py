@@ -11,7 +11,7 @@ import re
 from typing import Any, Protocol
 
 from edge_agent.errors import AgentError, ArtifactError, BadRequest
-from edge_agent.rollout import AlreadyServing
+from edge_agent.versions import AlreadyServing
 
 ACTIONS = ("pull", "rollback")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as a manifest's name

@@ -1,8 +1,8 @@
 """New versions into service: pull, verify, warm up, swap while serving, watch on probation, roll back.
 
-`prepare` is the part the CLI and the daemon share (it blocks: run it off the loop). The daemon's
-`Rollout` does the rest on one task, one change at a time: a swap never races another swap, a
-rollback or a poll. It acts on SIGHUP (`edge-agent models pull` and `rollback` signal it after
+`versions.prepare` is the part the CLI and the daemon share. The daemon's `Rollout` does the rest on
+one task, one change at a time: a swap never races another swap, a rollback, a poll or a candidate's
+trial (`trials.py`). It acts on SIGHUP (`edge-agent models pull` and `rollback` signal it after
 changing the store), on MQTT commands, on its polling interval and on probation verdicts.
 """
 
@@ -15,96 +15,21 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from edge_agent import manifest as mf
 from edge_agent.config import AgentSettings
 from edge_agent.errors import ArtifactError, ConfigError
-from edge_agent.models_file import Candidate
 from edge_agent.probation import PASSED, Probation
-from edge_agent.registry import latest, open_source
-from edge_agent.runtimes import Runtime
-from edge_agent.runtimes.pool import Loader, ModelPool, Served, default_loader
-from edge_agent.runtimes.warmup import warm_up
+from edge_agent.runtimes.pool import Loader, ModelPool, default_loader
 from edge_agent.shadow import Contender
-from edge_agent.store import Current, Store
-from edge_agent.trial import Trial, Verdict, p99
+from edge_agent.store import Store
+from edge_agent.trials import Trials
+from edge_agent.versions import AlreadyServing, Prepared, Skipped, current, load_checked, prepare, resolve
 
 log = structlog.get_logger("edge_agent.rollout")
 STATUS, PIDFILE = "status.json", "agent.pid"
-REPORT_EVERY = 100  # shadowed requests between status updates while a trial runs
-ENDED = ("refused", "rolled_back", "retired")  # a candidate in one of these states is not tried again
-
-
-class AlreadyServing(Exception):
-    """Nothing to do: the version asked for is the one serving."""
-
-
-class Skipped(Exception):
-    """A poll found a version this device already refused or rolled back."""
-
-
-@dataclass
-class Prepared:
-    version: str
-    path: Path
-    runtime: Runtime
-    samples: int
-
-
-def resolve(settings: AgentSettings, name: str, version: str | None) -> str:
-    """The version to pull: the one asked for, else the registry's latest."""
-    if settings.registry is None:
-        raise ArtifactError("no registry is configured (settings: registry.url)")
-    if version is not None:
-        return version
-    return latest(open_source(settings.registry.url, settings.registry.timeout_s), name)
-
-
-def prepare(
-    settings: AgentSettings,
-    store: Store,
-    name: str,
-    version: str,
-    current: Current | None,
-    allow_older: bool = False,
-    loader: Loader = default_loader,
-) -> Prepared:
-    """Download and verify `version`, load it and run its warm-up. A refusal is recorded (except a
-    downgrade, which is only a wrong request) and raised as one ArtifactError line."""
-    assert settings.registry is not None
-    if current is not None and current.version == version:
-        raise AlreadyServing(f"model {name}: version {version} already serves")
-    source = open_source(settings.registry.url, settings.registry.timeout_s)
-    path = store.pull(name, source, settings.trusted(), version, current, allow_older)
-    try:
-        return load_checked(settings, path, loader)
-    except ArtifactError as exc:
-        store.refuse(name, version, str(exc))
-        raise
-
-
-def load_checked(settings: AgentSettings, path: Path, loader: Loader = default_loader) -> Prepared:
-    """An artifact folder loaded, verified and warmed up; ArtifactError otherwise (nothing left open)."""
-    manifest = mf.load(path, settings.trusted())
-    runtime = loader(path, manifest, settings.threads)
-    try:
-        samples = warm_up(runtime)
-    except ArtifactError:
-        runtime.close()
-        raise
-    return Prepared(manifest.version, path, runtime, samples)
-
-
-def current(pool: ModelPool, store: Store, name: str) -> Current | None:
-    """What serves `name`: the daemon's loaded version when it runs, else what the store says."""
-    served = pool.get(name)
-    if served is not None:
-        return Current(served.manifest.version, served.entry.artifact)
-    return store.serving(name)
 
 
 @dataclass
@@ -151,9 +76,8 @@ class Rollout:
         self.wake = asyncio.Event()
         self.watching: dict[str, Probation] = {}
         self.events: dict[str, str] = {}  # model -> the last thing that happened to it, for status
-        self.contenders = contenders if contenders is not None else {}  # shared with the escalator
-        self.decided: dict[str, dict[str, Any]] = {}  # model -> its last trial's snapshot, once decided
-        self._reported: dict[str, int] = {}
+        shared = {} if contenders is None else contenders  # the escalator routes requests to them
+        self.trials = Trials(settings, pool, store, loader, shared, self.events, self._changed, self._unwatch)
         self._next_poll = time.monotonic()
 
     def reload(self) -> None:
@@ -176,7 +100,7 @@ class Rollout:
     async def run(self) -> None:
         """Forever, one change at a time: orders, probation verdicts, the polling interval."""
         self._resume_probation()
-        if await self._start_trials():
+        if await self.trials.start():
             self.on_change()  # the status says a trial runs (and, as it goes, its counts)
         self.write_status()
         while True:
@@ -186,7 +110,7 @@ class Rollout:
             while not self.orders.empty():
                 await self._carry_out(self.orders.get_nowait())
             await self._judge()
-            await self._judge_trials()
+            await self.trials.judge()
             await self._maybe_poll()
 
     def _tick(self) -> float:
@@ -247,9 +171,7 @@ class Rollout:
     def _swap(self, name: str, prepared: Prepared, probation: bool) -> str:
         served = self.pool.served[name]
         before = served.manifest.version
-        contender = self.contenders.get(name)
-        if contender is not None:  # its counts compared it with the version leaving: they start over
-            contender.trial = Trial(name, contender.trial.version, contender.trial.rule)
+        self.trials.serving_changed(name)
         served.swap(served.entry.model_copy(update={"path": prepared.path}), prepared.runtime)
         self.watching.pop(name, None)
         if probation:
@@ -298,99 +220,6 @@ class Rollout:
         log.warning("model_rolled_back", model=name, to=target.version, why=why)
         return f"model {name}: {target.version} serves again ({why})"
 
-    async def _start_trials(self) -> bool:
-        """Load each models.yaml candidate beside its serving model, unless it serves already or this
-        device decided against it before (a restart does not rerun a trial); True when one runs."""
-        for name, served in self.pool.served.items():
-            config = served.entry.candidate
-            if config is None or name in self.contenders:  # a restarted rollout task keeps its trials
-                continue
-            try:
-                version = mf.read(config.path).version
-                record = self.store.state(name).versions.get(version)
-                if version == served.manifest.version or (record is not None and record.state in ENDED):
-                    continue
-                prepared = await asyncio.to_thread(load_checked, self.settings, config.path, self.loader)
-            except ArtifactError as exc:
-                self.events[name] = f"candidate refused: {exc}"
-                log.warning("candidate_refused", model=name, why=str(exc))
-                continue
-            self._contend(name, served, config, prepared)
-        return bool(self.contenders)
-
-    def _contend(self, name: str, served: Served, config: Candidate, prepared: Prepared) -> None:
-        entry = served.entry.model_copy(update={"path": prepared.path, "candidate": None})
-        candidate = Served(entry, prepared.runtime.manifest, prepared.runtime, served.batch_max, meter=None)
-        candidate.task = asyncio.create_task(candidate.work(), name=f"candidate-{name}")
-        self.contenders[name] = Contender(candidate, config, Trial(name, prepared.version, config.promote))
-        shares = f"shadow {config.shadow:g}, canary {config.canary:g}"
-        self.events[name] = f"candidate {prepared.version} on trial ({shares})"
-        log.info("candidate_on_trial", model=name, version=prepared.version, shadow=config.shadow, canary=config.canary)
-
-    async def _judge_trials(self) -> None:
-        for name, contender in list(self.contenders.items()):
-            if contender.trial.ready() and contender.trial.timed is None:
-                contender.trial.timed = await self._duel(name, contender)
-            verdict = contender.trial.judge() if contender.trial.ready() else None
-            if verdict is None or verdict.decision is None:
-                if contender.trial.counts.shadowed - self._reported.get(name, 0) >= REPORT_EVERY:
-                    self._reported[name] = contender.trial.counts.shadowed
-                    self.on_change()  # the status carries the trial's counts: the fleet report reads them
-                continue
-            contender.trial.verdict = verdict
-            del self.contenders[name]  # no new request goes to it from here on
-            try:
-                await self._decide(name, contender, verdict)
-            finally:
-                self.decided[name] = contender.trial.snapshot()
-                self.write_status()
-                self.on_change()
-            log.info("candidate_decided", model=name, decision=verdict.decision, why=verdict.why, **verdict.figures)
-
-    async def _duel(self, name: str, contender: Contender) -> tuple[float | None, float | None]:
-        """Both models answer the trial's newest shadowed texts, alternately, one at a time, each on its
-        own worker thread: the same texts under the same load, so the p99s compare the models."""
-        serving = self.pool.served[name]
-        times: tuple[list[float], list[float]] = ([], [])
-        for text in list(contender.trial.texts):
-            for side, model in enumerate((serving, contender.served)):
-                ms = await model.timed(text)
-                if ms is not None:
-                    times[side].append(ms)
-        return p99(times[0]), p99(times[1])
-
-    async def _decide(self, name: str, contender: Contender, verdict: Verdict) -> None:
-        served, version = self.pool.served[name], contender.trial.version
-        if verdict.decision != "promote":
-            await contender.served.stop()
-            await asyncio.to_thread(contender.served.runtime.close)
-            self.store.refuse(name, version, f"rejected after its trial: {verdict.why}")
-            self.events[name] = f"candidate {version} rejected: {verdict.why}"
-            return
-        try:  # a copy in the store: the candidate's folder may be rebuilt in place by the next improve
-            path = await asyncio.to_thread(self.store.adopt, name, version, contender.served.entry.artifact)
-        except (ArtifactError, OSError) as exc:
-            await contender.served.stop()
-            await asyncio.to_thread(contender.served.runtime.close)
-            self.events[name] = f"candidate {version} won its trial but could not be kept: {exc}"
-            log.error("candidate_not_kept", model=name, why=str(exc))
-            return
-        await contender.served.stop(handover=served)
-        self.store.promote(name, version, path, current(self.pool, self.store, name))
-        self.store.passed(name, version)  # its trial was its probation
-        before = served.manifest.version
-        # already loaded and warm: it serves from the next batch on; nothing is reloaded
-        served.swap(served.entry.model_copy(update={"path": path}), contender.served.runtime)
-        self.watching.pop(name, None)
-        self.events[name] = f"candidate {version} promoted (was {before}): {verdict.why}"
-
-    async def stop_trials(self) -> None:
-        """Shutdown: candidates still on trial stop and free their memory (the trial starts over next time)."""
-        for contender in list(self.contenders.values()):
-            await contender.served.stop()
-            contender.served.runtime.close()
-        self.contenders.clear()
-
     async def _maybe_poll(self) -> None:
         registry = self.settings.registry
         if registry is None or registry.poll_minutes <= 0 or time.monotonic() < self._next_poll:
@@ -406,6 +235,14 @@ class Rollout:
             self.write_status()
             self.on_change()
 
+    def _unwatch(self, name: str) -> None:
+        """A candidate serves now, having passed its trial: no probation watches the version before it."""
+        self.watching.pop(name, None)
+
+    def _changed(self) -> None:
+        self.write_status()
+        self.on_change()
+
     def snapshot(self) -> dict[str, Any]:
         """Per model: what serves, the previous version, probation, the last event."""
         out: dict[str, Any] = {}
@@ -419,8 +256,7 @@ class Rollout:
                 "probation": probation.snapshot() if probation else (record.probation if record else None),
                 "last": self.events.get(name),
             }
-            contender = self.contenders.get(name)
-            trial = contender.trial.snapshot() if contender is not None else self.decided.get(name)
+            trial = self.trials.snapshot(name)
             if trial is not None:
                 out[name]["candidate"] = trial
         return out

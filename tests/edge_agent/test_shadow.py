@@ -93,6 +93,17 @@ def decided(c: Client, device: str) -> dict[str, Any]:
             return {"trial": trial, "status": status}
 
 
+def restarted(
+    broker: Broker, models: Path, tmp: Path, agents: list[Agent], device: str, cloud: FakeCloud
+) -> dict[str, Any]:
+    """Stop the device's agent, start it again on the same state, and return its first retained status."""
+    assert agents[-1].stop() == 0
+    agents.append(start_agent(broker, models, tmp, device, env=cloud_env(cloud.base_url)))
+    with client(broker.port) as c:
+        c.subscribe(f"edge-agent/{device}/status")
+        return c.get(topic=f"edge-agent/{device}/status").json()  # type: ignore[no-any-return]
+
+
 def test_a_candidate_that_agrees_more_with_the_cloud_is_promoted(
     broker: Broker, pair: dict[str, Any], tmp_path: Path, agents: list[Agent], cloud_following: Any, capsys: Any
 ) -> None:
@@ -127,11 +138,7 @@ def test_a_candidate_that_agrees_more_with_the_cloud_is_promoted(
     assert fleet["decision"] == "promote" and [d["device"] for d in fleet["devices"]] == ["shadow1"]
 
     # a restart serves the promoted version and runs no trial again
-    assert agents[0].stop() == 0
-    agents.append(start_agent(broker, models, tmp_path, "shadow1", env=cloud_env(cloud.base_url)))
-    with client(broker.port) as c:
-        c.subscribe("edge-agent/shadow1/status")
-        status = c.get(topic="edge-agent/shadow1/status").json()
+    status = restarted(broker, models, tmp_path, agents, "shadow1", cloud)
     assert status["models"] == {"tiny": "2"} and "candidate" not in status["rollout"]["tiny"]
 
 
@@ -150,11 +157,7 @@ def test_a_candidate_that_agrees_less_is_rejected_and_not_tried_again(
     assert got["status"]["models"] == {"tiny": "1"}
     record = Store(tmp_path / "state-shadow2").state("tiny").versions["2"]
     assert record.state == "refused" and "rejected after its trial" in record.why
-    assert agents[0].stop() == 0
-    agents.append(start_agent(broker, models, tmp_path, "shadow2", env=cloud_env(cloud.base_url)))
-    with client(broker.port) as c:
-        c.subscribe("edge-agent/shadow2/status")
-        status = c.get(topic="edge-agent/shadow2/status").json()
+    status = restarted(broker, models, tmp_path, agents, "shadow2", cloud)
     assert status["models"] == {"tiny": "1"} and "candidate" not in status["rollout"]["tiny"]
 
 
