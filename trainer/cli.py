@@ -14,7 +14,7 @@ from typing import Any
 
 from edge_agent.errors import ArtifactError
 from trainer.causal import cli as causal_cli
-from trainer.cli_options import add_recipe_options, add_signing_options, recipe_from
+from trainer.cli_options import add_recipe_options, add_signing_options, build_options, recipe_from
 from trainer.encoder.recipe import EncoderRecipe
 from trainer.errors import EX_DATAERR, EX_USAGE, TrainerError, UsageError
 
@@ -216,23 +216,9 @@ def _build(p: argparse.ArgumentParser) -> None:
 
 
 def _run_build(a: argparse.Namespace) -> Path:
-    from trainer import artifact
     from trainer.encoder import build
 
-    options = build.EncoderBuild(
-        name=a.name,
-        out=a.out,
-        base=a.base,
-        work=a.work,
-        test=a.test,
-        unseen=a.unseen,
-        rule=parse_rule(a.rule),
-        max_tokens=a.max_tokens,
-        target_accuracy=a.target_accuracy,
-        version=a.version,
-        key=artifact.read_key(a.signing_key_file),
-        registry=a.registry,
-    )
+    options = build.EncoderBuild(**build_options(a), base=a.base, unseen=a.unseen, rule=parse_rule(a.rule))
     return build.build(a.train, a.dev, options, _recipe(a))
 
 
@@ -260,7 +246,6 @@ def _improve(p: argparse.ArgumentParser) -> None:
 
 
 def _run_improve(a: argparse.Namespace) -> str:
-    from trainer import artifact
     from trainer.encoder import improve
 
     if not 0 <= a.holdout < 1:
@@ -268,15 +253,7 @@ def _run_improve(a: argparse.Namespace) -> str:
     if a.cap_per_label < 1 or a.min_new_label < 1:
         raise UsageError("--cap-per-label and --min-new-label must be at least 1")
     options = improve.Improve(
-        name=a.name,
-        out=a.out,
-        work=a.work,
-        test=a.test,
-        max_tokens=a.max_tokens,
-        target_accuracy=a.target_accuracy,
-        version=a.version,
-        key=artifact.read_key(a.signing_key_file),
-        registry=a.registry,
+        **build_options(a),
         feedback=a.feedback,
         model=a.model,
         current=a.artifact,

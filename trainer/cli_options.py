@@ -20,6 +20,23 @@ def add_signing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=Path, help="also add the artifact to this registry folder ({name}/{version}/)")
 
 
+def build_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The `artifact.Build` fields every building verb takes from its options (name, where, scoring, signing)."""
+    from trainer import artifact  # signing: only when a verb runs
+
+    return {
+        "name": a.name,
+        "out": a.out,
+        "work": a.work,
+        "test": a.test,
+        "max_tokens": a.max_tokens,
+        "target_accuracy": a.target_accuracy,
+        "version": a.version,
+        "key": artifact.read_key(a.signing_key_file),
+        "registry": a.registry,
+    }
+
+
 def add_recipe_options(p: argparse.ArgumentParser, recipe: type[DataclassInstance]) -> None:
     """Every field of a recipe dataclass as `--field-name`, typed by its default."""
     group = p.add_argument_group("recipe")

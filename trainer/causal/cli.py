@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.causal.recipe import CausalRecipe
-from trainer.cli_options import add_recipe_options, add_signing_options, recipe_from
+from trainer.cli_options import add_recipe_options, add_signing_options, build_options, recipe_from
 
 TASKS = ("classify", "extract")
 
@@ -129,24 +129,14 @@ def _build(p: argparse.ArgumentParser) -> None:
 
 
 def _run_build(a: argparse.Namespace) -> Path:
-    from trainer import artifact
-
     build = _stage("build")
     options = build.CausalBuild(
-        name=a.name,
-        out=a.out,
+        **build_options(a),
         base=a.base,
         task=a.task,
         quants=a.quant,
         serve=a.serve,
         dtype=a.dtype,
-        work=a.work,
-        test=a.test,
-        max_tokens=a.max_tokens,
-        target_accuracy=a.target_accuracy,
-        version=a.version,
-        key=artifact.read_key(a.signing_key_file),
-        registry=a.registry,
         threads=a.llama_threads,
     )
     return build.build(a.train, a.dev, options, _recipe(a))
