@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.config import load_settings
+from edge_agent.config import AgentSettings, load_settings
 from edge_agent.errors import ConfigError
 from tests.support.agent import Agent, start_agent, write_models
 from tests.support.broker import Broker, Client
@@ -90,7 +90,11 @@ def test_an_agent_killed_mid_stream_loses_nothing(
     agents.append(start_member(broker, models, tmp_path, "a1"))  # systemd's Restart=, by hand
     collect(c, seen, 300)  # a1's share waited in its broker session: nothing lost
     assert set(seen) == set(range(300))
-    assert sum(answered(a) for a in agents[1:]) >= 300 - down  # answered by the survivor and the restarted a1
+    # answered by the survivor and the restarted a1: all but what a1 answered before it died, which is what
+    # the client had seen by then plus the replies a1 sent in the moment before the kill that arrived after
+    # (a few: taken as at most its in-flight limit; CI once saw 239 against a bound of 240 without them)
+    in_flight = AgentSettings.model_fields["max_inflight"].default
+    assert sum(answered(a) for a in agents[1:]) >= 300 - down - in_flight
 
 
 def test_a_group_needs_one_prefix_for_all_its_agents() -> None:
