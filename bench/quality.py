@@ -156,8 +156,9 @@ def run_section(folder: Path, manifest: mf.Manifest, data: Path) -> dict[str, An
     """The file as the device answers it: the manifest's temperature, threshold and distance limit."""
     runtime = serving.open_runtime(folder, manifest)
     outputs = evaluate.infer(runtime, manifest, data)
-    limit = manifest.ood.max_distance if manifest.ood else None
-    return report.section(outputs, manifest.labels, manifest.temperature, manifest.thresholds.escalate, limit)
+    return report.section(
+        outputs, manifest.labels, manifest.temperature, manifest.thresholds.escalate, manifest.max_distance
+    )
 
 
 def softmax_only(folder: Path, manifest: mf.Manifest, data: Path) -> dict[str, float]:
@@ -256,7 +257,7 @@ def measure_unknown(out: Path, recipe: EncoderRecipe, reuse: bool | str) -> dict
     known_out = evaluate.infer(runtime, manifest, split["test"][0])
     unknown_out = evaluate.infer(runtime, manifest, split["test"][1])
     unknown = report.section(
-        unknown_out, manifest.labels, manifest.temperature, manifest.thresholds.escalate, manifest.ood.max_distance
+        unknown_out, manifest.labels, manifest.temperature, manifest.thresholds.escalate, manifest.max_distance
     )
     (out / "hwu64-unknown.json").write_text(json.dumps(unknown, indent=2) + "\n")
     chosen = manifest.ood.dev["chosen"]

@@ -193,10 +193,8 @@ def state(
 
 def _trials(rollout: Rollout) -> list[TrialState]:
     """Every model's trial on this device, running or decided, as the metrics show it."""
-    trials = rollout.trials
-    snapshots = {**trials.decided, **{name: c.trial.snapshot() for name, c in trials.contenders.items()}}
     out = []
-    for name, t in snapshots.items():
+    for name, t in rollout.trials.snapshots().items():
         f = t["figures"]
         p99 = (f.get("serving_p99_ms"), f.get("candidate_p99_ms"))
         out.append(

@@ -151,8 +151,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return EX_DATAERR
     latency = (time.monotonic() - start) * 1000
-    limit = served.manifest.ood.max_distance if served.manifest.ood else None
-    reason = router.escalation(router.policy(entry, served.threshold, "local", False, limit), prediction)
+    policy = router.policy(entry, served.threshold, "local", False, served.manifest.max_distance)
+    reason = router.escalation(policy, prediction)
     answer = Answer(prediction, "local")
     if reason is not None:  # as the agent would mark it without a cloud
         answer = Answer(prediction, "local-fallback", "local_only", str(reason))

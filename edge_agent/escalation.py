@@ -138,10 +138,8 @@ class Escalator:
         self.on_trial()
 
     async def _answer(self, job: Job) -> Answer | Wait:
-        limit = job.manifest.ood.max_distance if job.manifest.ood else None
-        p = router.policy(
-            job.entry, _threshold(job.entry, job.manifest), job.request.route, self.cloud is not None, limit
-        )
+        threshold, limit = _threshold(job.entry, job.manifest), job.manifest.max_distance
+        p = router.policy(job.entry, threshold, job.request.route, self.cloud is not None, limit)
         if p.route == "cloud" and not p.cloud:
             raise Unavailable(f"route cloud was asked for, but no cloud is configured on {job.model}'s device")
         if job.served is None:

@@ -195,6 +195,11 @@ class Manifest(_Strict):
             raise ValueError(f"ood.file {self.ood.file!r} is not among the files (role ood)")
         return self
 
+    @property
+    def max_distance(self) -> float | None:
+        """The distance limit the router applies (none without an `ood` section or under the softmax rule)."""
+        return self.ood.max_distance if self.ood is not None else None
+
     def file(self, role: str) -> FileEntry:
         """The first file with this role; an ArtifactError names the artifact when there is none."""
         for entry in self.files:

@@ -66,7 +66,6 @@ class Contender:
 
     def escalates(self, prediction: Prediction) -> bool:
         """Whether the candidate's own rule would have sent this request to the cloud."""
-        manifest = self.served.manifest
-        limit = manifest.ood.max_distance if manifest.ood else None
-        policy = router.policy(self.served.entry, self.served.threshold, "auto", True, limit)
+        served = self.served
+        policy = router.policy(served.entry, served.threshold, "auto", True, served.manifest.max_distance)
         return router.escalation(policy, prediction) is not None

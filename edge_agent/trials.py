@@ -49,8 +49,11 @@ class Trials:
         self._reported: dict[str, int] = {}
 
     def snapshot(self, name: str) -> dict[str, Any] | None:
-        contender = self.contenders.get(name)
-        return contender.trial.snapshot() if contender is not None else self.decided.get(name)
+        return self.snapshots().get(name)
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        """Every model's trial, running or decided (a running one wins: it is the newer)."""
+        return {**self.decided, **{name: c.trial.snapshot() for name, c in self.contenders.items()}}
 
     def serving_changed(self, name: str) -> None:
         """A pull or rollback swapped the serving version: the trial's counts compared the old one."""
@@ -121,16 +124,14 @@ class Trials:
     async def _decide(self, name: str, contender: Contender, verdict: Verdict) -> None:
         served, version = self.pool.served[name], contender.trial.version
         if verdict.decision != "promote":
-            await contender.served.stop()
-            await asyncio.to_thread(contender.served.runtime.close)
+            await _withdraw(contender)
             self.store.refuse(name, version, f"rejected after its trial: {verdict.why}")
             self.events[name] = f"candidate {version} rejected: {verdict.why}"
             return
         try:  # a copy in the store: the candidate's folder may be rebuilt in place by the next improve
             path = await asyncio.to_thread(self.store.adopt, name, version, contender.served.entry.artifact)
         except (ArtifactError, OSError) as exc:
-            await contender.served.stop()
-            await asyncio.to_thread(contender.served.runtime.close)
+            await _withdraw(contender)
             self.events[name] = f"candidate {version} won its trial but could not be kept: {exc}"
             log.error("candidate_not_kept", model=name, why=str(exc))
             return
@@ -146,6 +147,11 @@ class Trials:
     async def stop(self) -> None:
         """Shutdown: candidates still on trial stop and free their memory (the trial starts over next time)."""
         for contender in list(self.contenders.values()):
-            await contender.served.stop()
-            contender.served.runtime.close()
+            await _withdraw(contender)
         self.contenders.clear()
+
+
+async def _withdraw(contender: Contender) -> None:
+    """A candidate that will not serve: its worker stopped (what it queued fails), its memory freed."""
+    await contender.served.stop()
+    await asyncio.to_thread(contender.served.runtime.close)

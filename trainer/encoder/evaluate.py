@@ -91,7 +91,7 @@ def standalone(
     manifest = serving.describe(folder)
     out = infer(serving.open_runtime(folder, manifest), manifest, data)
     temperature, threshold = manifest.temperature, manifest.thresholds.escalate
-    limit = manifest.ood.max_distance if manifest.ood else None
+    limit = manifest.max_distance
     if calibrate_here:
         temperature, threshold = calibrate(out, manifest.labels, target)
     report: dict[str, Any] = {

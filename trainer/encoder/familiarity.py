@@ -82,8 +82,8 @@ def choose(
     fixed: tuple[str, float | None] | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """(confidence threshold, the manifest's `ood` section): every rule measured on dev, one chosen
-    (or the `fixed` one); `unseen` are requests of intents held out of training (never test)."""
-    dev = dev if dev.distances is not None else scored(runtime, folder, rule, dev)
+    (or the `fixed` one); `dev` already `scored`; `unseen` are requests of intents held out of training
+    (never test)."""
     conf, correct = confidences(dev, manifest.labels, temperature)
     dist = _finite(dev)
     extra = (fixed[1],) if fixed is not None and fixed[1] is not None else ()

@@ -193,9 +193,8 @@ def _compare(
 def _scored(folder: Path, manifest: mf.Manifest, path: Path) -> dict[str, Any]:
     """What the model answers on `path` with its own rule: accuracy, escalated, kept accuracy, per label."""
     out: Outputs = evaluate.infer(serving.open_runtime(folder, manifest), manifest, path)
-    limit = manifest.ood.max_distance if manifest.ood else None
     known = np.array([g in manifest.labels for g in out.gold])
-    part = section(out, manifest.labels, manifest.temperature, manifest.thresholds.escalate, limit)
+    part = section(out, manifest.labels, manifest.temperature, manifest.thresholds.escalate, manifest.max_distance)
     return {
         "examples": len(out.gold),
         "accuracy": part["headline"]["intent_accuracy"],
