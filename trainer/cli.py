@@ -268,7 +268,9 @@ def _run_improve(a: argparse.Namespace) -> str:
         unseen=a.unseen,
         rule=parse_rule(a.rule),
     )
-    recipe = _recipe(a) if _recipe(a) != EncoderRecipe() else None  # None: improve picks (a warm start trains less)
+    recipe: EncoderRecipe | None = _recipe(a)
+    if recipe == EncoderRecipe():
+        recipe = None  # no recipe option given: improve picks (a warm start trains less)
     folder = improve.run(options, recipe)
     return improve.summary(folder)
 
