@@ -49,7 +49,7 @@ from bench.gguf_generation import grammar_overhead, long_generation, raw_vs_runt
 from bench.gguf_tables import tables  # noqa: E402
 from bench.mqtt_peer import mosquitto  # noqa: E402
 from bench.overhead import rss_mb, start_agent, timed  # noqa: E402
-from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
+from edge_agent.contract import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
 from edge_agent.errors import AgentError  # noqa: E402
 from edge_agent.runtimes import llamacpp  # noqa: E402
 from edge_agent.runtimes.gguf import GgufRuntime  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from edge_agent.runtimes.gguf import GgufRuntime
 from trainer.causal import prompts
 

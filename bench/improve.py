@@ -37,7 +37,7 @@ from bench.mqtt_peer import Peer, mosquitto  # noqa: E402  (run as a script)
 from bench.overhead import start_agent, timed  # noqa: E402
 from bench.quality import HELD_OUT, HWU, _split, build  # noqa: E402
 from bench.teacher import gold_teacher  # noqa: E402
-from edge_agent import manifest as mf  # noqa: E402
+from edge_agent.contract import manifest as mf  # noqa: E402
 from trainer.encoder.recipe import EncoderRecipe  # noqa: E402
 
 SLURP_DEV = HWU.parent / "slurp" / "dev.jsonl"

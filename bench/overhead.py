@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.mqtt_peer import Peer, mosquitto  # noqa: E402
-from edge_agent.manifest import load  # noqa: E402
+from edge_agent.contract.manifest import load  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"

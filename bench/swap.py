@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.mqtt_peer import mosquitto  # noqa: E402
-from edge_agent import manifest as mf  # noqa: E402
-from edge_agent import signing  # noqa: E402
+from edge_agent.contract import manifest as mf  # noqa: E402
+from edge_agent.contract import signing  # noqa: E402
 from trainer import registry  # noqa: E402
 
 WINDOW = 8

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.mqtt_peer import mosquitto  # noqa: E402
 from bench.overhead import start_agent, texts  # noqa: E402
-from edge_agent.manifest import load  # noqa: E402
+from edge_agent.contract.manifest import load  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
 
 TOPIC, REPLIES = "edge-agent/bench/req/m", "bench/replies"

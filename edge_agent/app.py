@@ -1,38 +1,38 @@
-"""Composition root: builds the pool, the handler and the transport, and runs them until a signal."""
+"""Composition root: builds every part through its constructor, supervises the tasks, and runs until a signal."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from edge_agent import __version__, systemd
-from edge_agent.cloud import CloudClient
-from edge_agent.config import AgentSettings, CloudSettings
-from edge_agent.delivery import Delivery
+from edge_agent.config.models_file import ModelEntry, ModelsFile
+from edge_agent.config.settings import AgentSettings
+from edge_agent.contract.manifest import Manifest, cloud_only
+from edge_agent.contract.manifest import read as read_manifest
+from edge_agent.contract.messages import Outbound
 from edge_agent.errors import ArtifactError, ConfigError
-from edge_agent.escalation import Escalator
-from edge_agent.handler import Handler
-from edge_agent.manifest import Manifest, cloud_only
-from edge_agent.manifest import read as read_manifest
-from edge_agent.messages import Outbound
-from edge_agent.metrics import Budget, Metrics, ModelState, Prices, State, TrialState
-from edge_agent.models_file import ModelEntry, ModelsFile
-from edge_agent.mqtt_client import MqttClient
-from edge_agent.rollout import PIDFILE, Rollout
+from edge_agent.lifecycle.rollout import PIDFILE, Rollout
+from edge_agent.lifecycle.store import Store
+from edge_agent.ops import systemd
+from edge_agent.ops.endpoint import Endpoint
+from edge_agent.ops.metrics import GaugeReader, Metrics
+from edge_agent.ops.supervisor import Supervisor
+from edge_agent.routing.cloud import CloudClient
+from edge_agent.routing.router import Router
 from edge_agent.runtimes.pool import ModelPool
-from edge_agent.scrape import Endpoint
-from edge_agent.spool import Spool
-from edge_agent.store import Store
-from edge_agent.supervisor import Supervisor
-from edge_agent.waitlist import Waitlist
+from edge_agent.serving.handler import Handler, Missing
+from edge_agent.serving.waitlist import Waitlist
+from edge_agent.status import Status, prices, summary
+from edge_agent.transport.delivery import Delivery
+from edge_agent.transport.mqtt import MqttClient
+from edge_agent.transport.spool import Spool
 
 log = structlog.get_logger("edge_agent.app")
 
@@ -40,9 +40,6 @@ log = structlog.get_logger("edge_agent.app")
 def load_pool(settings: AgentSettings, models: ModelsFile) -> ModelPool:
     """Every model loaded and verified; raises ConfigError listing what cannot be served."""
     return ModelPool.load(models, settings.threads, settings.batch_max, settings.trusted())
-
-
-Missing = dict[str, tuple[ModelEntry, Manifest]]
 
 
 def load_served(settings: AgentSettings, models: ModelsFile) -> tuple[ModelPool, Missing]:
@@ -86,20 +83,17 @@ def _manifest_only(entry: ModelEntry) -> Manifest | None:
 async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, missing: Missing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight work and publish `offline`."""
     changed = asyncio.Event()  # breaker or budget moved: the retained status says so
-    parts: dict[str, Any] = {}  # what the metrics read at scrape time, filled in as it is built
-    metrics = Metrics(prices(settings.cloud), lambda: state(pool, **parts))
+    metrics = Metrics(prices(settings.cloud))
     cloud = CloudClient(settings.cloud) if settings.cloud else None
-    escalator = Escalator(settings, models, cloud, on_change=changed.set, metrics=metrics)
     spool = Spool(settings.state_dir / "spool.sqlite")
     waitlist = Waitlist(spool, settings.cloud)
-    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set, contenders=escalator.contenders)
-    escalator.on_trial = rollout.wake.set
-    handler = Handler(settings, models, pool, escalator, waitlist, missing, rollout, metrics)
+    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set)
+    router = Router(settings, models, cloud, rollout.candidates, on_change=changed.set, metrics=metrics)
+    handler = Handler(settings, models, pool, router, waitlist, missing, rollout, metrics)
     client = MqttClient(settings, handler.subscriptions(), f"{settings.agent_prefix}/status")
-    delivery = Delivery(
-        settings, client, handler, spool, lambda: status(settings, pool, escalator, spool, missing, rollout), changed
-    )
-    parts.update(delivery=delivery, spool=spool, escalator=escalator, rollout=rollout)
+    status = Status(settings, pool, router, spool, missing, rollout)
+    delivery = Delivery(settings, client, handler, spool, status.retained, changed)
+    GaugeReader(metrics, functools.partial(status.gauges, delivery))
     endpoint = Endpoint(metrics, lambda: summary(settings, metrics))
     if settings.metrics.enabled:
         await endpoint.start(settings.metrics.address, settings.metrics.port)
@@ -110,7 +104,7 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, rollout.reload)
     pool.start(supervisor.start, metrics, settings.batch_wait_ms / 1000)
-    supervisor.start("waitlist", lambda: waitlist.run(handler, delivery.deliver, escalator.breaker.retry_in))
+    supervisor.start("waitlist", lambda: waitlist.run(handler, delivery.deliver, router.breaker.retry_in))
     supervisor.start("watchdog", lambda: systemd.watchdog(supervisor.alive))
     supervisor.start("rollout", rollout.run)
     supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
@@ -124,101 +118,14 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
         pidfile.unlink(missing_ok=True)
         await endpoint.close()
         await supervisor.stop()
-        await rollout.trials.stop()
+        await rollout.candidates.stop()
         await pool.stop()
-        await escalator.drain()
+        await router.drain()
         if cloud is not None:
             await cloud.aclose()
         spool.close()
         systemd.notify("STOPPING=1")
         log.info("stopped")
-
-
-def status(
-    settings: AgentSettings,
-    pool: ModelPool,
-    escalator: Escalator | None = None,
-    spool: Spool | None = None,
-    missing: Missing | None = None,
-    rollout: Rollout | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"device_id": settings.device_id, "agent": __version__, "models": pool.versions()}
-    if rollout is not None:
-        body["rollout"] = rollout.snapshot()
-    if missing:
-        body["cloud_only"] = {name: manifest.version for name, (_, manifest) in missing.items()}
-    if escalator is not None:
-        body["router"] = escalator.snapshot()
-    if spool is not None:
-        body["spool"] = spool.counts()
-    return body
-
-
-def prices(cloud: CloudSettings | None) -> Prices:
-    if cloud is None:
-        return Prices()
-    return Prices(
-        cloud.price_per_call_usd, cloud.price_per_1k_prompt_tokens_usd, cloud.price_per_1k_completion_tokens_usd
-    )
-
-
-def state(
-    pool: ModelPool,
-    delivery: Delivery | None = None,
-    spool: Spool | None = None,
-    escalator: Escalator | None = None,
-    rollout: Rollout | None = None,
-) -> State:
-    """What the metrics' gauges read, from the parts that hold it (on the loop)."""
-    watching = rollout.watching if rollout is not None else {}
-    models = [
-        ModelState(name, m.manifest.version, m.manifest.runtime, _quantization(m.manifest), name in watching)
-        for name, m in pool.served.items()
-    ]
-    budgets = []
-    if escalator is not None and escalator.cloud is not None:
-        for scope, windows in escalator.budgets.snapshot().items():
-            budgets += [Budget(scope, window, w["used"], w["limit"]) for window, w in windows.items()]
-    return State(
-        inflight=delivery.inflight if delivery else 0,
-        backlog=delivery.backlog if delivery else 0,
-        spool=spool.depths() if spool else {},
-        breaker=escalator.breaker.state if escalator is not None and escalator.cloud is not None else None,
-        budgets=budgets,
-        models=models,
-        connected=delivery.client.connected() if delivery else False,
-        trials=_trials(rollout) if rollout is not None else [],
-    )
-
-
-def _trials(rollout: Rollout) -> list[TrialState]:
-    """Every model's trial on this device, running or decided, as the metrics show it."""
-    out = []
-    for name, t in rollout.trials.snapshots().items():
-        f = t["figures"]
-        p99 = (f.get("serving_p99_ms"), f.get("candidate_p99_ms"))
-        out.append(
-            TrialState(
-                name, t["version"], t["counts"]["shadowed"], t["counts"]["escalated"],
-                f["serving_cloud_agreement"], f["candidate_cloud_agreement"], p99, t["decision"],
-            )
-        )  # fmt: skip
-    return out
-
-
-def _quantization(manifest: Manifest) -> str:
-    return manifest.onnx.kind if manifest.onnx is not None else "unknown"
-
-
-def summary(settings: AgentSettings, metrics: Metrics) -> dict[str, Any]:
-    """The metrics summary published on `{prefix}/metrics` and served at /summary."""
-    return {
-        "device_id": settings.device_id,
-        "agent": __version__,
-        "time": round(time.time(), 3),
-        "interval_s": settings.metrics.publish_s,
-        "metrics": metrics.summary(),
-    }
 
 
 async def _publish_metrics(settings: AgentSettings, metrics: Metrics, delivery: Delivery) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+EX_DATAERR = 65  # sysexits.h: the input data is malformed (a request, a text)
 EX_CONFIG = 78  # sysexits.h: the configuration is wrong, retrying will not help
 
 

@@ -5,7 +5,6 @@ target and swapped in whole (a reader never sees half an artifact), then copied 
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -13,16 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent import manifest as mf
-from edge_agent import signing
+from edge_agent.contract import manifest as mf
+from edge_agent.contract import signing
 from trainer import registry, stage
 from trainer.errors import UsageError
 from trainer.report import DEFAULT_TARGET, PLOT, REPORT
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as edge_agent.manifest.Manifest.name
 
 
 @dataclass(kw_only=True)
@@ -43,7 +40,7 @@ class Build:
 
 def check_identity(name: str, version: str | None) -> None:
     """Refuse a bad name or version before hours of training, not after."""
-    if not NAME.fullmatch(name):
+    if not mf.NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, starting alnum)")
     if version is not None and not 1 <= len(version) <= 64:
         raise UsageError(f"--version {version!r}: 1 to 64 characters")

@@ -17,6 +17,7 @@ from trainer.causal import cli as causal_cli
 from trainer.cli_options import add_recipe_options, add_signing_options, build_options, recipe_from
 from trainer.encoder.recipe import EncoderRecipe
 from trainer.errors import EX_DATAERR, EX_USAGE, TrainerError, UsageError
+from trainer.report import DEFAULT_TARGET
 
 Handler = Callable[[argparse.Namespace], Any]
 TRAINER_MODULES = (
@@ -122,7 +123,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="labelled JSONL to score")
     p.add_argument("--report", type=Path, required=True, help="report JSON (the PNG goes beside it)")
     p.add_argument("--calibrate", action="store_true", help="fit temperature and threshold on --data")
-    p.add_argument("--target-accuracy", type=float, default=0.98, help="for --calibrate (default 0.98)")
+    p.add_argument(
+        "--target-accuracy", type=float, default=DEFAULT_TARGET, help=f"for --calibrate (default {DEFAULT_TARGET})"
+    )
     p.add_argument(
         "--write-manifest",
         action="store_true",
@@ -178,7 +181,7 @@ def _keygen(p: argparse.ArgumentParser) -> None:
 
 
 def _run_keygen(a: argparse.Namespace) -> str:
-    from edge_agent import signing
+    from edge_agent.contract import signing
 
     try:
         private, public = signing.keygen(a.out)
@@ -208,8 +211,8 @@ def _build(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target-accuracy",
         type=float,
-        default=0.98,
-        help="accuracy to keep on dev when picking the escalation threshold (default 0.98)",
+        default=DEFAULT_TARGET,
+        help=f"accuracy to keep on dev when picking the escalation threshold (default {DEFAULT_TARGET})",
     )
     add_recipe_options(p, EncoderRecipe)
     p.set_defaults(handler=_run_build)
@@ -238,7 +241,9 @@ def _improve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unseen", type=Path, help="intents held out of training, to choose the escalation rule")
     p.add_argument("--rule", help="softmax, distance or either:Q (default: the serving artifact's rule)")
     p.add_argument("--max-tokens", type=int, default=64, help="longest input, in tokens (default 64)")
-    p.add_argument("--target-accuracy", type=float, default=0.98, help="kept accuracy on dev (default 0.98)")
+    p.add_argument(
+        "--target-accuracy", type=float, default=DEFAULT_TARGET, help=f"kept accuracy on dev (default {DEFAULT_TARGET})"
+    )
     p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
     _artifact_options(p)
     add_recipe_options(p, EncoderRecipe)

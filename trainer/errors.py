@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_agent.errors import EX_DATAERR  # one sysexits code, the agent's and the trainer's
+
 EX_USAGE = 2  # wrong arguments or a folder that is not what the verb expects
-EX_DATAERR = 65  # sysexits.h: the input data is malformed
 
 
 class TrainerError(Exception):

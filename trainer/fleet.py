@@ -4,7 +4,7 @@ Each agent publishes its status retained on its status topic (`edge-agent/{devic
 `{prefix}/agents/{device_id}/status` in a shared group), with the trial of
 each model's candidate (counts, figures, rule, its own decision). Counts add up across devices, so a
 fleet of small devices reaches the rule's `min_escalated` together; latency is judged by the worst
-device (a p99 does not add). The decision is `edge_agent.trial.decide`, the function each device uses.
+device (a p99 does not add). The decision is `edge_agent.lifecycle.trial.decide`, the function each device uses.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.manifest import version_key
-from edge_agent.models_file import PromotionRule
-from edge_agent.trial import Counts, Verdict, decide
+from edge_agent.config.models_file import PromotionRule
+from edge_agent.contract.manifest import version_key
+from edge_agent.lifecycle.trial import Counts, Verdict, decide
 from trainer.errors import TrainerError
 
 EX_UNAVAILABLE = 69

@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.contract.prediction import Entity
 from trainer.errors import DataError
-
-
-@dataclass(frozen=True)
-class Entity:
-    type: str
-    value: str
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from trainer.errors import UsageError
 
 LATEST = "latest.json"

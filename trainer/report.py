@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from trainer import calibration, metrics
 
 DEFAULT_TARGET = 0.98

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_agent.manifest import sha256_file
+from edge_agent.contract.manifest import sha256_file
 from trainer.errors import UsageError
 
 META = "stage.json"

@@ -23,7 +23,7 @@ from typing import Any
 from trainer import records
 from trainer.errors import DataError, UsageError
 
-MASK = "[REDACTED]"  # as edge_agent.feedback
+MASK = "[REDACTED]"  # as edge_agent.routing.feedback
 
 
 def key(text: str) -> str:

@@ -1,44 +1,14 @@
-"""Model runtimes: each turns texts into predictions; the pool runs them off the event loop."""
+"""Model runtimes: each turns texts into predictions; the pool runs them off the event loop.
+
+Imports config and the rooms below it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from edge_agent.manifest import Manifest
-
-
-@dataclass(frozen=True)
-class Entity:
-    """A typed span; `start`/`end` are character offsets into the request text (end exclusive)."""
-
-    type: str
-    value: str
-    start: int
-    end: int
-    confidence: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "value": self.value,
-            "start": self.start,
-            "end": self.end,
-            "confidence": round(self.confidence, 4),
-        }
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What a local model said about one text."""
-
-    label: str | None
-    confidence: float
-    top: list[tuple[str, float]] = field(default_factory=list)
-    entities: list[Entity] = field(default_factory=list)
-    fields: dict[str, Any] | None = None
-    version: str | None = None  # the artifact version that answered (set by the pool; a swap may fall between)
-    distance: float | None = None  # how unlike the training data the text is (runtimes/distance.py), when known
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.prediction import Prediction
 
 
 class Runtime(Protocol):

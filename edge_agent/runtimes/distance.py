@@ -34,10 +34,6 @@ class Distance:
         self.whiten = table[labels:]
         self.center_sq = (self.centers.astype(np.float64) ** 2).sum(axis=1)
 
-    @property
-    def dim(self) -> int:
-        return int(self.whiten.shape[0])
-
     def distances(self, pooled: np.ndarray) -> np.ndarray:
         z = pooled.astype(np.float64) @ self.whiten
         sq = (z * z).sum(axis=1, keepdims=True) - 2.0 * z @ self.centers.T + self.center_sq

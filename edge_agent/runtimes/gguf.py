@@ -15,7 +15,7 @@ max_tokens derived from that grammar (and capped by `max_answer_tokens`), then v
 the schema: output that does not validate raises InvalidOutput, never a silent bad reply.
 Confidence is the probability the model gives the whole answer.
 
-Prompts are rebuilt from the manifest's `prompt` only (see `edge_agent.manifest.Prompt`), the
+Prompts are rebuilt from the manifest's `prompt` only (see `edge_agent.contract.manifest.Prompt`), the
 contract the trainer used for training; export checks token for token that both sides agree.
 """
 
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import schema
+from edge_agent.contract import schema
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.prediction import Prediction
 from edge_agent.errors import ArtifactError, InvalidOutput, Timeout, TooLarge
-from edge_agent.manifest import Manifest
-from edge_agent.runtimes import Prediction
 from edge_agent.runtimes.grammar import gbnf, max_bytes
 from edge_agent.runtimes.label_tree import LabelTree, Prefix, shared
 from edge_agent.runtimes.llamacpp import Grammar, Llama, Row
@@ -109,7 +109,7 @@ class GgufRuntime:
             self.grammar = Grammar(self.llm, gbnf(fields))
         self.llm.open(-(-(fixed + answer + SLACK) // 64) * 64, n_seq, threads)
 
-    # The prompt contract, as edge_agent.manifest.Prompt states it.
+    # The prompt contract, as edge_agent.contract.manifest.Prompt states it.
     def plain(self, text: str) -> list[int]:
         return self.llm.tokenize(text, special=False) if text else []
 

@@ -3,7 +3,7 @@
 Own code rather than llama-cpp-python's json-schema converter because the answer must come out in
 exactly the form training used: compact JSON, keys in schema order, optional keys skipped in place,
 and every part bounded (enums, maxLength, digit counts, maxItems), so max_tokens follows from it.
-The output is validated again after generation (`edge_agent.schema`): the grammar shapes, the
+The output is validated again after generation (`edge_agent.contract.schema`): the grammar shapes, the
 validator decides. `maxProperties` is not in the grammar (counting keys in GBNF multiplies rules); it
 bounds max_tokens, and the validator rejects an answer with more keys.
 """

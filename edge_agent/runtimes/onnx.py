@@ -16,11 +16,11 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.prediction import Entity, Prediction
 from edge_agent.errors import ArtifactError, TooLarge
-from edge_agent.manifest import Manifest
-from edge_agent.runtimes import Entity, Prediction
 from edge_agent.runtimes.distance import Distance
-from edge_agent.spans import decode_bio
+from edge_agent.runtimes.spans import decode_bio
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

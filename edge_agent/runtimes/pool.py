@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from edge_agent.config.models_file import ModelEntry, ModelsFile
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.manifest import load as load_manifest
+from edge_agent.contract.prediction import Prediction
 from edge_agent.errors import AgentError, ArtifactError, ConfigError, Internal, Timeout, TooLarge, Unavailable
-from edge_agent.manifest import Manifest
-from edge_agent.manifest import load as load_manifest
-from edge_agent.models_file import ModelEntry, ModelsFile
-from edge_agent.runtimes import Prediction, Runtime
+from edge_agent.runtimes import Runtime
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -64,7 +65,7 @@ class _Job:
     queued: float = field(default_factory=time.monotonic)
 
 
-class Meter(Protocol):
+class BatchMeter(Protocol):
     """Who counts the passes (metrics)."""
 
     def pass_done(self, model: str, waits: Iterable[float], seconds: float) -> None: ...
@@ -89,7 +90,7 @@ class Served:
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
     watch: Watch | None = None  # probation, after a swap
-    meter: Meter | None = None
+    meter: BatchMeter | None = None
     batch_wait_s: float = 0.0
     task: asyncio.Task[None] | None = None  # its worker, when it runs outside the pool (a candidate)
     passing: bool = False  # a pass is running on the worker's thread
@@ -98,9 +99,7 @@ class Served:
 
     @property
     def threshold(self) -> float:
-        if self.entry.threshold is not None:
-            return self.entry.threshold
-        return self.manifest.thresholds.escalate
+        return self.entry.threshold_for(self.manifest)
 
     def check_input(self, text: str) -> None:
         limit = self.entry.max_input_chars
@@ -286,7 +285,7 @@ class ModelPool:
     def start(
         self,
         spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None,
-        meter: Meter | None = None,
+        meter: BatchMeter | None = None,
         batch_wait_s: float = 0.0,
     ) -> None:
         """Start each model's worker: through `spawn` (a supervisor) when given, else as plain tasks."""

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent import signing
-from edge_agent.config import AgentSettings, load_settings
+from edge_agent.config.settings import AgentSettings, load_settings
+from edge_agent.contract import signing
 from tests.ansible.runner import ROLE, ROOT, local_inventory, playbook
 
 SECURE = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.manifest import read
+from edge_agent.contract.manifest import read
 from tests.support.agent import Agent, write_models
 from tests.support.broker import Broker, client
 
@@ -34,7 +34,7 @@ def check_reply(body: dict[str, Any], artifact: Path) -> None:
     if body["confidence"] >= threshold:  # no cloud here: an unconfident answer says so
         assert body["source"] == "local" and body["reason"] is None
     else:
-        assert body["source"] == "local-fallback" and body["reason"] in ("no_cloud", "local_only")
+        assert body["source"] == "local-fallback" and body["reason"] == "no_cloud"
     assert 0 < body["confidence"] <= 1 and body["top"][0]["label"] == body["label"]
     assert sum(t["confidence"] for t in body["top"]) <= 1 + 1e-5  # each rounded to 6 decimals
     assert body["latency_ms"] >= 0 and isinstance(body["entities"], list)

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.cloud import (
+from edge_agent.config.settings import CloudSettings
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.prediction import Prediction
+from edge_agent.routing.cloud import (
     RETRY_AFTER_MAX_S,
     CloudClient,
     CloudFailure,
@@ -18,9 +21,6 @@ from edge_agent.cloud import (
     endpoint_name,
     retry_after_s,
 )
-from edge_agent.config import CloudSettings
-from edge_agent.manifest import Manifest
-from edge_agent.runtimes import Prediction
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
 from tests.support.cloud import (

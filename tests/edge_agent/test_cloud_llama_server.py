@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_agent.cloud import CloudClient
-from edge_agent.config import CloudSettings
-from edge_agent.runtimes import Prediction
+from edge_agent.config.settings import CloudSettings
+from edge_agent.contract.prediction import Prediction
+from edge_agent.routing.cloud import CloudClient
 from tests.support.broker import free_port, wait_port
 from tests.support.cloud import LABELS, manifest
 from tests.support.gguf import build_tiny_gguf

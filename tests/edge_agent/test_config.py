@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import signing
-from edge_agent.config import load_settings
+from edge_agent.config.models_file import load_models
+from edge_agent.config.settings import load_settings
+from edge_agent.contract import signing
 from edge_agent.errors import EX_CONFIG, ConfigError
-from edge_agent.models_file import load_models
 from tests.support.agent import run_cli, write_models
 from tests.support.broker import free_port
 

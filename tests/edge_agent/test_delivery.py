@@ -10,10 +10,10 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from edge_agent.delivery import Delivery
-from edge_agent.messages import Inbound, Outbound
-from edge_agent.mqtt_client import Message
-from edge_agent.spool import Spool
+from edge_agent.contract.messages import Inbound, Outbound
+from edge_agent.transport.delivery import Delivery
+from edge_agent.transport.mqtt import Message
+from edge_agent.transport.spool import Spool
 from tests.support.agent import agent_settings as settings
 from tests.support.broker import Broker, SessionClient, client
 from tests.support.delivery import make_delivery
@@ -333,8 +333,8 @@ def test_a_paid_reply_the_disk_cannot_keep_is_still_published_and_its_request_ac
 
 
 def test_a_request_that_cannot_be_parked_is_refused_not_lost(tmp_path: Path) -> None:
-    from edge_agent.config import CloudSettings
-    from edge_agent.waitlist import Waitlist
+    from edge_agent.config.settings import CloudSettings
+    from edge_agent.serving.waitlist import Waitlist
 
     waitlist = Waitlist(FullDisk(tmp_path / "s.sqlite"), CloudSettings(base_url="http://127.0.0.1:1/v1", model="m"))
     assert waitlist.park("m", Inbound("edge-agent/d/req/m", b'{"text": "x"}')) is False  # the handler replies an error

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.contract.manifest import Manifest
 from edge_agent.errors import ArtifactError
-from edge_agent.manifest import Manifest
 from edge_agent.runtimes.pool import default_loader
 from tests.support.install import HEAVY, import_every_module
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import structlog
 
-from edge_agent.cloud import CloudClient
-from edge_agent.handler import Parked
-from edge_agent.manifest import Manifest
-from edge_agent.messages import Outbound
-from edge_agent.runtimes import Prediction
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.messages import Outbound
+from edge_agent.contract.prediction import Prediction
+from edge_agent.routing.cloud import CloudClient
+from edge_agent.transport.outcome import Parked
 from tests.support import cloud as fake_cloud
 from tests.support.broker import free_port
 from tests.support.cloud import GARBAGE, HOLD, FakeCloud, content, refusal, status
@@ -51,7 +51,7 @@ def test_low_confidence_escalates_and_is_kept_as_feedback(tmp_path: Path, cloud:
         assert reply["label"] == "weather" and reply["confidence"] is None
         assert (reply["local_label"], reply["local_confidence"], reply["agree"]) == ("lights_on", 0.3, False)
         assert reply["timings"]["local_ms"] >= 0 and reply["timings"]["cloud_ms"] > 0
-        await rig.escalator.drain()
+        await rig.router.drain()
 
     run(tmp_path, cloud.base_url, body, {"redact": [r"\d{3}-\d{4}"]})
     (row,) = [json.loads(line) for line in (tmp_path / "state/feedback/m.jsonl").read_text().splitlines()]
@@ -165,10 +165,10 @@ def test_breaker_opens_and_stops_calling_a_failing_cloud(tmp_path: Path, cloud: 
     changes: list[str] = []
 
     async def body(rig: Rig) -> None:
-        rig.escalator.on_change = lambda: changes.append(rig.escalator.breaker.state)
+        rig.router.on_change = lambda: changes.append(rig.router.breaker.state)
         reasons = [(await rig.ask(f"unsure {i}"))["reason"] for i in range(4)]
         assert reasons == ["cloud_error", "cloud_error", "circuit_open", "circuit_open"]
-        snap = rig.escalator.snapshot()
+        snap = rig.router.snapshot()
         assert snap["breaker"]["state"] == "open" and snap["breaker"]["failures"] == 2
         assert snap["cloud"] == cloud.base_url
 
@@ -180,7 +180,7 @@ def test_budget_per_model_and_global(tmp_path: Path, cloud: FakeCloud) -> None:
     async def body(rig: Rig) -> None:
         first, second = await rig.ask("unsure 1"), await rig.ask("unsure 2")
         assert (first["source"], second["source"], second["reason"]) == ("cloud", "local-fallback", "budget_exhausted")
-        budget = rig.escalator.snapshot()["budget"]
+        budget = rig.router.snapshot()["budget"]
         assert budget["m"]["hour"] == {"used": 1, "limit": 1} and budget["global"]["day"]["limit"] == 10
 
     run(tmp_path, cloud.base_url, body, {"budget": {"per_hour": 1}}, budget={"per_day": 10})
@@ -211,7 +211,7 @@ def test_speculative_confident_local_wins_and_cancels_the_cloud(tmp_path: Path, 
         reply = await rig.ask("sure now", deadline_ms=3000)
         assert (reply["source"], reply["escalated"]) == ("local", False)
         assert time.monotonic() - start < 1.0
-        assert rig.escalator.snapshot()["budget"]["global"]["hour"]["used"] == 4  # the speculative call started
+        assert rig.router.snapshot()["budget"]["global"]["hour"]["used"] == 4  # the speculative call started
 
     run(tmp_path, cloud.base_url, body, {"speculative_margin": 0.2})
 
@@ -223,7 +223,7 @@ def test_speculative_cloud_first_answer_is_returned(tmp_path: Path, cloud: FakeC
         reply = await rig.ask("slow and sure", deadline_ms=3000)  # local blocks until the gate opens
         assert (reply["source"], reply["reason"], reply["label"]) == ("cloud", "speculative", "weather")
         rig.gate.set()
-        await rig.escalator.drain()
+        await rig.router.drain()
 
     run(tmp_path, cloud.base_url, body, {"speculative_margin": 0.2})
     rows = (tmp_path / "state/feedback/m.jsonl").read_text().splitlines()
@@ -311,12 +311,12 @@ def test_a_probe_failing_outside_cloud_failure_does_not_stick_the_breaker_half_o
     clock = [0.0]
 
     async def body(rig: Rig) -> None:
-        rig.escalator.breaker.clock = lambda: clock[0]
+        rig.router.breaker.clock = lambda: clock[0]
         first = [(await rig.ask(f"unsure {i}"))["reason"] for i in range(3)]
         assert first == ["cloud_error", "cloud_error", "circuit_open"]
         clock[0] += 61  # past the cooldown: one probe may go, and it fails the same way
         assert (await rig.ask("unsure probe"))["reason"] == "cloud_error"
-        assert rig.escalator.breaker.state == "open" and not rig.escalator.breaker.probing
+        assert rig.router.breaker.state == "open" and not rig.router.breaker.probing
         clock[0] += 61
         assert (await rig.ask("unsure probe 2"))["reason"] == "cloud_error"  # probing again, not stuck
 
@@ -325,7 +325,7 @@ def test_a_probe_failing_outside_cloud_failure_does_not_stick_the_breaker_half_o
         async def go() -> None:
             rig = start()
             assert rig.settings.cloud is not None
-            rig.escalator.cloud = Exploding(rig.settings.cloud)
+            rig.router.cloud = Exploding(rig.settings.cloud)
             try:
                 await body(rig)
             finally:
@@ -340,7 +340,7 @@ def test_a_refused_response_format_is_no_outage_for_the_breaker(tmp_path: Path, 
     async def body(rig: Rig) -> None:
         reply = await rig.ask("unsure: will it rain")
         assert (reply["source"], reply["label"]) == ("cloud", "weather")
-        breaker = rig.escalator.snapshot()["breaker"]
+        breaker = rig.router.snapshot()["breaker"]
         assert (breaker["state"], breaker["failures"]) == ("closed", 0)
 
     run(tmp_path, cloud.base_url, body, breaker_failures=1)

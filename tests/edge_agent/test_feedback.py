@@ -7,8 +7,8 @@ import re
 import tracemalloc
 from pathlib import Path
 
-from edge_agent.feedback import MASK, FeedbackLog, record
-from edge_agent.runtimes import Entity, Prediction
+from edge_agent.contract.prediction import Entity, Prediction
+from edge_agent.routing.feedback import MASK, FeedbackLog, record
 from trainer import records
 
 

@@ -17,10 +17,11 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
 
+from edge_agent.config.models_file import ModelEntry
+from edge_agent.contract.manifest import Manifest, load
+from edge_agent.contract.prediction import Prediction
 from edge_agent.errors import InvalidOutput, Timeout, TooLarge
-from edge_agent.manifest import Manifest, load
-from edge_agent.models_file import ModelEntry
-from edge_agent.runtimes import Prediction, gguf
+from edge_agent.runtimes import gguf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from edge_agent.runtimes.grammar import max_bytes
 from edge_agent.runtimes.pool import Served

@@ -1,9 +1,9 @@
-"""Budgets, breaker and trend with a hand-driven clock."""
+"""Allowances, breaker and trend with a hand-driven clock."""
 
 from __future__ import annotations
 
-from edge_agent.config import Budget
-from edge_agent.guards import DAY, HOUR, Allowance, Breaker, Budgets, Trend
+from edge_agent.config.settings import Budget
+from edge_agent.routing.guards import DAY, HOUR, Allowance, Allowances, Breaker, Trend
 
 
 class Clock:
@@ -38,7 +38,7 @@ def test_unlimited_budget_always_allows() -> None:
 
 def test_budgets_need_room_globally_and_per_model() -> None:
     clock = Clock()
-    budgets = Budgets(Budget(per_hour=3), {"a": Budget(per_hour=1), "b": Budget()}, clock)
+    budgets = Allowances(Budget(per_hour=3), {"a": Budget(per_hour=1), "b": Budget()}, clock)
     budgets.spend("a")
     assert not budgets.allows("a") and budgets.allows("b")
     budgets.spend("b")

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent import signing
+from edge_agent.contract import signing
+from edge_agent.contract.manifest import SCHEMA_VERSION, Manifest, file_entry, load, version_key, write
 from edge_agent.errors import ArtifactError
-from edge_agent.manifest import SCHEMA_VERSION, Manifest, file_entry, load, version_key, write
 
 
 def artifact(tmp_path: Path, key: Ed25519PrivateKey | None = None) -> Path:

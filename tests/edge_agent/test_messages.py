@@ -4,9 +4,20 @@ import json
 
 import pytest
 
+from edge_agent.contract.messages import (
+    Answer,
+    CommandDone,
+    CommandReply,
+    Envelope,
+    Inbound,
+    ModelReply,
+    encode,
+    message_id,
+    parse,
+    sensor_text,
+)
+from edge_agent.contract.prediction import Prediction
 from edge_agent.errors import AgentError, BadRequest, Timeout, TooLarge
-from edge_agent.messages import Answer, Envelope, Inbound, body, encode, message_id, parse, sensor_text
-from edge_agent.runtimes import Prediction
 
 
 @pytest.mark.parametrize(
@@ -84,13 +95,20 @@ def test_derived_ids_are_stable_per_message() -> None:
 
 def test_one_body_for_results_and_errors() -> None:
     answer = Answer(Prediction("on", 0.3, [("on", 0.3)]), "local-fallback", "no_cloud", "low_confidence", local_ms=1)
-    ok = body("r1", "m", answer, "7", 2.5)
+    ok = ModelReply("r1", "m", answer, "7", 2.5).as_dict()
     facts = (ok["id"], ok["model"], ok["source"], ok["escalated"], ok["reason"], ok["trigger"])
     assert facts == ("r1", "m", "local-fallback", False, "no_cloud", "low_confidence")
-    err = body("r2", "m", Timeout("late"), topic="sensors/x")
+    err = ModelReply("r2", "m", Timeout("late"), topic="sensors/x").as_dict()
     assert err == {"id": "r2", "model": "m", "error": {"code": "timeout", "message": "late"}, "topic": "sensors/x"}
 
 
 def test_encode_never_fails() -> None:
-    raw = encode({"id": "\ud800", "text": "é"})
-    assert json.loads(raw) == {"id": "\ud800", "text": "é"}
+    raw = encode(ModelReply("\ud800", "é", BadRequest("\udc00 é")))
+    assert json.loads(raw) == {"id": "\ud800", "model": "é", "error": {"code": "bad_request", "message": "\udc00 é"}}
+
+
+def test_a_command_reply_says_what_serves_now_or_why_not() -> None:
+    done = CommandReply(7, CommandDone("pull", "m", "model m: 2 serves (was 1)")).as_dict()
+    assert done == {"id": 7, "command": "pull", "model": "m", "ok": True, "message": "model m: 2 serves (was 1)"}
+    refused = CommandReply(None, BadRequest("no")).as_dict()
+    assert refused == {"id": None, "error": {"code": "bad_request", "message": "no"}}

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.manifest import read
-from edge_agent.metrics import label_key, quantile, summarize
+from edge_agent.contract.manifest import read
+from edge_agent.ops.metrics import label_key, quantile, summarize
 from tests.support import cloud as fake_cloud
 from tests.support.agent import Agent, run_cli, start_agent, write_models
 from tests.support.broker import Broker, client
@@ -192,9 +192,11 @@ def test_quantile_follows_prometheus_histogram_quantile() -> None:
 
 
 def test_summary_of_a_fresh_registry_has_no_samples_but_gauges() -> None:
-    from edge_agent.metrics import Metrics
+    from edge_agent.ops.metrics import GaugeReader, Gauges, Metrics
 
-    out = summarize(Metrics().registry.collect())
+    metrics = Metrics()
+    GaugeReader(metrics, Gauges)  # an agent with nothing in flight, nothing loaded
+    out = summarize(metrics.registry.collect())
     assert out["edge_agent_inflight_requests"] == {"": 0}
     assert "edge_agent_requests_total" not in out  # a labelled counter has no sample before its first count
 
@@ -202,8 +204,8 @@ def test_summary_of_a_fresh_registry_has_no_samples_but_gauges() -> None:
 def test_the_endpoint_answers_only_what_it_serves() -> None:
     """Wrong paths and methods get a status line, a request line past the reader's limit and a silent
     client get nothing, and the endpoint keeps serving."""
-    from edge_agent.metrics import Metrics
-    from edge_agent.scrape import Endpoint
+    from edge_agent.ops.endpoint import Endpoint
+    from edge_agent.ops.metrics import GaugeReader, Gauges, Metrics
     from tests.support.broker import free_port
 
     async def ask(port: int, raw: bytes) -> bytes:
@@ -216,7 +218,9 @@ def test_the_endpoint_answers_only_what_it_serves() -> None:
 
     async def scenario() -> list[bytes]:
         port = free_port()
-        endpoint = Endpoint(Metrics(), lambda: {"ok": True})
+        metrics = Metrics()
+        GaugeReader(metrics, Gauges)
+        endpoint = Endpoint(metrics, lambda: {"ok": True})
         await endpoint.start("127.0.0.1", port)
         try:
             return [
@@ -240,8 +244,8 @@ def test_a_taken_port_stops_start_up_with_one_line() -> None:
     import socket
 
     from edge_agent.errors import ConfigError
-    from edge_agent.metrics import Metrics
-    from edge_agent.scrape import Endpoint
+    from edge_agent.ops.endpoint import Endpoint
+    from edge_agent.ops.metrics import Metrics
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.manifest import read
+from edge_agent.contract.manifest import read
 from tests.support.agent import start_agent, write_models
 from tests.support.broker import Broker, client
 from tests.support.install import HEAVY, import_every_module
@@ -29,7 +29,7 @@ print(json.dumps([dist.metadata["Name"] for dist in metadata.distributions()]))
 READ_TOML = """
 import sys
 from pathlib import Path
-from edge_agent.config import read_mapping
+from edge_agent.config.settings import read_mapping
 from edge_agent.errors import ConfigError
 print(read_mapping(Path(sys.argv[1])))
 try:
@@ -41,7 +41,7 @@ except ConfigError as exc:
 MISS_A_DEADLINE = """
 import asyncio, sys, time
 from pathlib import Path
-from edge_agent.models_file import ModelEntry, ModelsFile
+from edge_agent.config.models_file import ModelEntry, ModelsFile
 from edge_agent.errors import Timeout
 from edge_agent.runtimes.pool import ModelPool
 

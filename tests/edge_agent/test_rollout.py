@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent import manifest as mf
-from edge_agent import signing
+from edge_agent.contract import manifest as mf
+from edge_agent.contract import signing
 from tests.support.agent import Agent, run_cli, write_models
 from tests.support.broker import Broker, Client, client
 from tests.support.registry import Keys, make_keys, publish, serve, settings_file, slow_model, wrong_samples
@@ -261,9 +261,9 @@ def test_rollback_by_hand_and_a_refused_mqtt_command(
 def test_disk_full_is_refused_before_downloading(
     tmp_path: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_agent import store as store_module
     from edge_agent.errors import ArtifactError
-    from edge_agent.registry import open_source
+    from edge_agent.lifecycle import store as store_module
+    from edge_agent.lifecycle.registry import open_source
 
     registry = tmp_path / "registry"
     publish(registry, tiny_artifact, "1.0.0", keys := make_keys(tmp_path / "keys"))

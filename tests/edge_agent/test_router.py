@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.models_file import ModelEntry
-from edge_agent.router import Policy, Reason, blocked, cloud_first, escalation, policy, stays_local, waits_for_cloud
-from edge_agent.runtimes import Prediction
+from edge_agent.config.models_file import ModelEntry
+from edge_agent.contract.prediction import Prediction
+from edge_agent.routing.policy import (
+    Policy,
+    Reason,
+    blocked,
+    cloud_first,
+    escalation,
+    policy_for,
+    stays_local,
+    waits_for_cloud,
+)
 
 
 def entry(**kw: object) -> ModelEntry:
@@ -33,7 +42,7 @@ def pred(confidence: float) -> Prediction:
     ],
 )
 def test_policy_route(model_route: str, asked: str | None, cloud: bool, route: str, may_ask: bool) -> None:
-    p = policy(entry(route=model_route), 0.5, asked, cloud)  # type: ignore[arg-type]
+    p = policy_for(entry(route=model_route), 0.5, asked, cloud)  # type: ignore[arg-type]
     assert (p.route, p.cloud) == (route, may_ask)
 
 
@@ -56,8 +65,8 @@ def test_escalation(route: str, cloud: bool, local: Prediction | None, invalid: 
 
 
 def test_why_an_unconfident_answer_stays_local() -> None:
-    assert stays_local(policy(entry(), 0.5, None, False)) is Reason.NO_CLOUD
-    assert stays_local(policy(entry(route="local"), 0.5, None, True)) is Reason.LOCAL_ONLY
+    assert stays_local(policy_for(entry(), 0.5, None, False)) is Reason.NO_CLOUD
+    assert stays_local(policy_for(entry(route="local"), 0.5, None, True)) is Reason.LOCAL_ONLY
 
 
 @pytest.mark.parametrize(
@@ -105,5 +114,5 @@ def test_a_reason_reads_as_its_value_in_logs_replies_and_feedback() -> None:
     ],
 )
 def test_distance_limit(confidence: float, distance: float | None, limit: float | None, reason: Reason | None) -> None:
-    p = policy(entry(), 0.5, None, True, limit)
+    p = policy_for(entry(), 0.5, None, True, limit)
     assert escalation(p, Prediction("a", confidence, distance=distance)) == reason

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.manifest import read
+from edge_agent.contract.manifest import read
 from tests.support import cloud as fake_cloud
 from tests.support.agent import Agent, run_cli, start_agent, write_models
 from tests.support.broker import Broker, SessionClient, client, free_port

@@ -1,4 +1,4 @@
-from edge_agent.schema import errors
+from edge_agent.contract.schema import errors
 
 SCHEMA = {
     "type": "object",

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
+from edge_agent.lifecycle.store import Store
 from edge_agent.runtimes.onnx import OnnxRuntime
-from edge_agent.store import Store
 from tests.edge_agent.test_router_e2e import cloud_env
 from tests.support import cloud as fake_cloud
 from tests.support.agent import Agent, start_agent, write_models

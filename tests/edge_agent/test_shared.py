@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.config import AgentSettings, load_settings
+from edge_agent.config.settings import AgentSettings, load_settings
 from edge_agent.errors import ConfigError
 from tests.support.agent import Agent, start_agent, write_models
 from tests.support.broker import Broker, Client

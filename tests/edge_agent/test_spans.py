@@ -1,4 +1,4 @@
-from edge_agent.spans import decode_bio
+from edge_agent.runtimes.spans import decode_bio
 
 TEXT = "turn on the living room lights at seven am"
 

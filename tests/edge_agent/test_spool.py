@@ -6,8 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from edge_agent.messages import Inbound, Outbound
-from edge_agent.spool import Spool
+from edge_agent.contract.messages import Inbound, Outbound
+from edge_agent.transport.spool import Spool
 
 
 def test_replies_survive_reopen_in_order_until_acknowledged(tmp_path: Path) -> None:

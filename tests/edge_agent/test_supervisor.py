@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import systemd
-from edge_agent.supervisor import Supervisor
+from edge_agent.ops import systemd
+from edge_agent.ops.supervisor import Supervisor
 
 
 def test_a_failing_task_is_restarted_then_left_dead_and_alive_says_so() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge_agent.topics import ReplyPolicy, matches, topic_problem
+from edge_agent.contract.topics import ReplyPolicy, matches, topic_problem
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edge_agent.models_file import PromotionRule
-from edge_agent.trial import Counts, Trial, decide
+from edge_agent.config.models_file import PromotionRule
+from edge_agent.lifecycle.trial import Counts, Trial, decide
 
 RULE = PromotionRule(min_escalated=10, min_gain_pt=1.0, max_p99_ratio=1.2, max_error_increase=0.0)
 

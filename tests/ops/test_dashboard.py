@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.manifest import read
+from edge_agent.contract.manifest import read
 from tests.ops.promql import (
     ALERTS,
     EXPECTED_ALERTS,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from edge_agent.manifest import FileEntry, Manifest
+from edge_agent.contract.manifest import FileEntry, Manifest
 
 Teacher = Callable[[str], str]
 

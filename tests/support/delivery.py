@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edge_agent.config import AgentSettings
-from edge_agent.delivery import Delivery
-from edge_agent.handler import Drop, Outcome, Reply
-from edge_agent.messages import Inbound, Outbound
-from edge_agent.mqtt_client import MqttClient
-from edge_agent.spool import Spool
+from edge_agent.config.settings import AgentSettings
+from edge_agent.contract.messages import Inbound, Outbound
+from edge_agent.transport.delivery import Delivery
+from edge_agent.transport.mqtt import MqttClient
+from edge_agent.transport.outcome import Drop, Outcome, Reply
+from edge_agent.transport.spool import Spool
 
 Handle = Callable[[Inbound], Awaitable[Outbound | None]]
 Refuse = Callable[[Inbound], Outbound | None]

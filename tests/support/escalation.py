@@ -12,17 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.cloud import CloudClient
-from edge_agent.config import AgentSettings, CloudSettings
-from edge_agent.escalation import Escalator
-from edge_agent.handler import Handler, Reply
-from edge_agent.manifest import Manifest, file_entry, write
-from edge_agent.messages import Inbound
-from edge_agent.models_file import ModelsFile
-from edge_agent.runtimes import Prediction
+from edge_agent.config.models_file import ModelsFile
+from edge_agent.config.settings import AgentSettings, CloudSettings
+from edge_agent.contract.manifest import Manifest, file_entry, write
+from edge_agent.contract.messages import Inbound
+from edge_agent.contract.prediction import Prediction
+from edge_agent.routing.cloud import CloudClient
+from edge_agent.routing.router import Router
 from edge_agent.runtimes.pool import ModelPool
-from edge_agent.spool import Spool
-from edge_agent.waitlist import Waitlist
+from edge_agent.serving.handler import Handler
+from edge_agent.serving.waitlist import Waitlist
+from edge_agent.transport.outcome import Reply
+from edge_agent.transport.spool import Spool
 
 LABELS = ["lights_on", "lights_off", "weather"]
 
@@ -66,7 +67,7 @@ def artifact(folder: Path) -> Path:
 @dataclass
 class Rig:
     handler: Handler
-    escalator: Escalator
+    router: Router
     spool: Spool
     waitlist: Waitlist
     settings: AgentSettings
@@ -100,11 +101,11 @@ def rig_env(
     def start(missing: dict[str, Any] | None = None) -> Rig:
         pool = ModelPool.load(models, 1, 4, loader=lambda f, m, t: Scripted(m, gate))
         pool.start()
-        escalator = Escalator(settings, models, CloudClient(cloud) if cloud else None)
+        router = Router(settings, models, CloudClient(cloud) if cloud else None)
         spool = Spool(settings.state_dir / "spool.sqlite")
         waitlist = Waitlist(spool, cloud)
-        handler = Handler(settings, models, pool, escalator, waitlist, missing)
-        return Rig(handler, escalator, spool, waitlist, settings, gate)
+        handler = Handler(settings, models, pool, router, waitlist, missing)
+        return Rig(handler, router, spool, waitlist, settings, gate)
 
     yield start
     gate.set()
@@ -125,7 +126,7 @@ def run(
                 await body(rig)
             finally:
                 rig.gate.set()
-                await rig.escalator.drain()
+                await rig.router.drain()
                 await rig.handler.pool.stop()
 
         asyncio.run(go())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from edge_agent import manifest as mf
-from edge_agent import signing
+from edge_agent.contract import manifest as mf
+from edge_agent.contract import signing
 from trainer import registry as trainer_registry
 
 Change = Callable[[Path, mf.Manifest], mf.Manifest]

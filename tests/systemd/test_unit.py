@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentSettings
+from edge_agent.config.settings import AgentSettings
 from tests.support.agent import Agent, start_agent, write_models
 from tests.support.broker import Auth, BrokerConfig, TlsFiles, client
 from tests.support.gguf import build_tiny_gguf

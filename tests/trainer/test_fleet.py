@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from edge_agent.models_file import PromotionRule
-from edge_agent.trial import Counts
+from edge_agent.config.models_file import PromotionRule
+from edge_agent.lifecycle.trial import Counts
 from tests.support.broker import Broker, client, free_port
 from trainer import fleet
 from trainer.cli import main

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edge_agent.manifest import sha256_file
+from edge_agent.contract.manifest import sha256_file
 from trainer import stage
 from trainer.errors import UsageError
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from trainer.causal.recipe import CausalRecipe
 from trainer.cli_options import add_recipe_options, add_signing_options, build_options, recipe_from
+from trainer.report import DEFAULT_TARGET
 
 TASKS = ("classify", "extract")
 
@@ -86,7 +87,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev", type=Path, required=True, help="fits temperature and threshold")
     p.add_argument("--test", type=Path, help="also report on this JSONL (never used to choose anything)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--target-accuracy", type=float, default=0.98)
+    p.add_argument("--target-accuracy", type=float, default=DEFAULT_TARGET)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(
         handler=lambda a: _stage("evaluate").run(a.export_dir, a.dev, a.out, a.test, a.target_accuracy, a.threads)
@@ -122,7 +123,7 @@ def _build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), default="float16", help="merged weights")
     p.add_argument("--test", type=Path, help="also report on this JSONL (never used to choose anything)")
     p.add_argument("--work", type=Path, help="folder for the stages' outputs (default: OUT/../.work-NAME)")
-    p.add_argument("--target-accuracy", type=float, default=0.98)
+    p.add_argument("--target-accuracy", type=float, default=DEFAULT_TARGET)
     p.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads for quantizing and evaluating")
     add_recipe_options(p, CausalRecipe)
     p.set_defaults(handler=_run_build)

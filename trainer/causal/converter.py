@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edge_agent.manifest import sha256_file
+from edge_agent.contract.manifest import sha256_file
 from trainer.errors import TrainerError
 
 VERSION = "0.3.36"

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent import schema as json_schema
-from edge_agent.manifest import Prompt
+from edge_agent.contract import schema as json_schema
+from edge_agent.contract.manifest import Prompt
 from trainer import records, stage
 from trainer.causal import base as causal_base
 from trainer.causal import fields, prompts

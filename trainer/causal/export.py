@@ -18,7 +18,7 @@ from typing import Any
 
 import llama_cpp
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from edge_agent.runtimes.gguf import GgufRuntime, log_softmax
 from trainer import artifact, stage
 from trainer.causal import converter, data, prompts

@@ -2,14 +2,14 @@
 
 The template comes from the base's chat template when it has one (rendered once, with the request
 text and the answer as sentinels), else a plain one. It goes into the manifest; the agent rebuilds
-the same ids from it (see `edge_agent.manifest.Prompt`), and export checks that both sides agree.
+the same ids from it (see `edge_agent.contract.manifest.Prompt`), and export checks that both sides agree.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from edge_agent.manifest import Prompt
+from edge_agent.contract.manifest import Prompt
 from trainer.errors import UsageError
 
 CausalTask = Literal["classify", "extract"]

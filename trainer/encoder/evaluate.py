@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from edge_agent.errors import TooLarge
 from edge_agent.runtimes.onnx import OnnxRuntime
 from trainer import metrics, records, stage

@@ -30,7 +30,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from trainer import artifact, records, stage
 from trainer.encoder import base as encoder_base
 from trainer.encoder import data, finetune, model

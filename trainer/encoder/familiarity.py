@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from edge_agent.errors import TooLarge
 from edge_agent.runtimes import distance
 from edge_agent.runtimes.onnx import OnnxRuntime

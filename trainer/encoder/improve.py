@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from trainer import artifact, records, stage, teacher
 from trainer.encoder import data, evaluate, export, finetune, publish, serving
 from trainer.encoder.recipe import EncoderRecipe

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from edge_agent.runtimes.onnx import OnnxRuntime
 from trainer import stage
 from trainer.encoder import base as encoder_base

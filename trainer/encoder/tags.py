@@ -2,14 +2,14 @@
 
 Every token that overlaps an entity is tagged (the first B-x, the rest I-x, word pieces included);
 special tokens are O. Decoding tags back to spans lives in one place, the agent's
-`edge_agent.spans.decode_bio`, and evaluation goes through it.
+`edge_agent.runtimes.spans.decode_bio`, and evaluation goes through it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainer.records import Entity
+from edge_agent.contract.prediction import Entity
 
 OUTSIDE = "O"
 

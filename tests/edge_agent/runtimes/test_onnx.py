@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.config.models_file import ModelEntry, ModelsFile
+from edge_agent.contract.manifest import load
 from edge_agent.errors import Timeout, TooLarge
-from edge_agent.manifest import load
-from edge_agent.models_file import ModelEntry, ModelsFile
 from edge_agent.runtimes.onnx import OnnxRuntime
 from edge_agent.runtimes.pool import ModelPool
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.manifest import FileEntry, Manifest, OnnxIO
-from edge_agent.models_file import ModelEntry
-from edge_agent.runtimes import Prediction
+from edge_agent.config.models_file import ModelEntry
+from edge_agent.contract.manifest import FileEntry, Manifest, OnnxIO
+from edge_agent.contract.prediction import Prediction
 from edge_agent.runtimes.pool import Served, batch_limit
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
 
-from edge_agent.manifest import sha256_file
+from edge_agent.contract.manifest import sha256_file
 from trainer import cli as trainer_cli
 from trainer.causal import base, converter, data
 from trainer.causal.tiny import corpus, make_base

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("llama_cpp", reason="the [gguf] extra (llama-cpp-python) is not installed")
 
 from bench import smollm2
-from edge_agent.manifest import load
+from edge_agent.contract.manifest import load
 from tests.support.agent import ROOT, Agent, write_models
 from tests.support.broker import Broker, client
 from trainer import cli as trainer_cli

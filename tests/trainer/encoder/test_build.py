@@ -11,8 +11,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from edge_agent import manifest as mf
-from edge_agent import signing
+from edge_agent.contract import manifest as mf
+from edge_agent.contract import signing
 from edge_agent.errors import ArtifactError
 from edge_agent.runtimes.onnx import OnnxRuntime
 from trainer import ood

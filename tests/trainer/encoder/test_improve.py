@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent import manifest as mf
+from edge_agent.contract import manifest as mf
 from tests.trainer.encoder.test_build import FAST
 from trainer.cli import main
 from trainer.encoder import base as encoder_base

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent import manifest as mf
-from edge_agent.runtimes import Prediction
+from edge_agent.contract import manifest as mf
+from edge_agent.contract.prediction import Prediction
 from edge_agent.runtimes.onnx import OnnxRuntime
 from tests.trainer.encoder.test_build import FAST
 from trainer import records, stage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.spans import decode_bio
+from edge_agent.runtimes.spans import decode_bio
 from trainer.encoder import base as encoder_base
 from trainer.encoder import tags
 from trainer.records import Entity

@@ -1,0 +1,4 @@
+"""Settings (env, file, flags) and the models.yaml schema.
+
+Imports contract and errors only.
+"""
