@@ -128,7 +128,7 @@ def drift(
         [r for r in train if r["intent"] not in HELD_OUT], args.collect
     )
     rng.shuffle(traffic)
-    entry = {"name": MODEL, "path": str(shipped), "cloud_labels": HELD_OUT}
+    entry: dict[str, Any] = {"name": MODEL, "path": str(shipped), "cloud_labels": HELD_OUT}
     candidate, saved = work / "candidate", work / "drift-collected.json"
     if args.reuse and saved.is_file() and (candidate / mf.MANIFEST).is_file():
         result.update(json.loads(saved.read_text()))

@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -56,7 +56,9 @@ class Peer:
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._subscribed: queue.Queue[None] = queue.Queue()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_socket_open = lambda _c, _u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = lambda _c, _u, s: cast(socket.socket, s).setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
         self.client.on_message = lambda _c, _u, m: self._inbox.put((m.topic, bytes(m.payload)))
         self.client.on_subscribe = lambda *_: self._subscribed.put(None)
         self.client.connect("127.0.0.1", port)
@@ -89,3 +91,8 @@ class Peer:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """Small MQTT packets go out at once, not after a delayed ACK (~40 ms)."""
+    cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.mqtt_peer import mosquitto  # noqa: E402
+from bench.mqtt_peer import mosquitto, no_delay  # noqa: E402
 from bench.overhead import start_agent, texts  # noqa: E402
 from edge_agent.contract.manifest import load  # noqa: E402
 from edge_agent.runtimes.onnx import OnnxRuntime  # noqa: E402
@@ -77,7 +76,7 @@ class Load:
         self.props = Properties(PacketTypes.PUBLISH)
         self.props.ResponseTopic = REPLIES
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_socket_open = lambda _c, _u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = no_delay
         self.client.on_message = self._reply
         self.client.max_inflight_messages_set(1000)
         self.client.connect("127.0.0.1", port)

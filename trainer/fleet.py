@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from paho.mqtt.enums import CallbackAPIVersion
+
 from edge_agent.config.models_file import PromotionRule
 from edge_agent.contract.manifest import version_key
 from edge_agent.lifecycle.trial import Counts, Verdict, decide
@@ -42,7 +44,7 @@ def gather(host: str, port: int, statuses: str, model: str, timeout_s: float = 1
     found: dict[str, DeviceTrial] = {}
     done = threading.Event()
     marker = f"edge-trainer/fleet-report/{uuid.uuid4().hex}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.on_connect = lambda c, *_: c.subscribe([(statuses, 1), (marker, 1)])
     client.on_subscribe = lambda c, *_: c.publish(marker, b"", qos=1)
 

@@ -38,7 +38,8 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 def escalates(confidence: np.ndarray, distance: np.ndarray, threshold: float, max_distance: float | None) -> np.ndarray:
     """Which requests a rule sends to the cloud, as the agent's router decides it."""
     far = distance > max_distance if max_distance is not None else np.zeros(len(confidence), dtype=bool)
-    return (confidence < threshold) | far  # type: ignore[no-any-return]
+    escalated: np.ndarray = (confidence < threshold) | far
+    return escalated
 
 
 def candidates(

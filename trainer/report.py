@@ -118,7 +118,8 @@ def _far(out: Outputs, max_distance: float | None) -> np.ndarray:
     """Rows the distance limit escalates (a rejected row's NaN distance counts as far: it escalates anyway)."""
     if max_distance is None or out.distances is None:
         return np.zeros(len(out.gold), dtype=bool)
-    return ~(out.distances <= max_distance)  # type: ignore[no-any-return]
+    far: np.ndarray = ~(out.distances <= max_distance)
+    return far
 
 
 def latency_headline(timings: list[float]) -> dict[str, float]:

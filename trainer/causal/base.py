@@ -54,7 +54,8 @@ def resolve(base: Path, work: Path) -> Path:
 def source_of(folder: Path) -> dict[str, Any] | None:
     """What an imported base was made from (its import's results), None for a plain HF folder."""
     try:
-        return stage.read(folder, STAGE)["results"]
+        results: dict[str, Any] = stage.read(folder, STAGE)["results"]
+        return results
     except UsageError:
         return None
 

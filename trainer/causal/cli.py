@@ -113,7 +113,8 @@ def _run_publish(a: argparse.Namespace) -> Path:
     from trainer import artifact
 
     key = artifact.read_key(a.signing_key_file)
-    return _stage("publish").run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key, a.registry)
+    folder: Path = _stage("publish").run(a.export_dir, a.eval_dir, a.out, a.name, a.serve, a.version, key, a.registry)
+    return folder
 
 
 def _build(p: argparse.ArgumentParser) -> None:
@@ -140,7 +141,8 @@ def _run_build(a: argparse.Namespace) -> Path:
         dtype=a.dtype,
         threads=a.llama_threads,
     )
-    return build.build(a.train, a.dev, options, _recipe(a))
+    folder: Path = build.build(a.train, a.dev, options, _recipe(a))
+    return folder
 
 
 def _stage(name: str) -> Any:

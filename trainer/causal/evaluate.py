@@ -102,7 +102,8 @@ def classify_section(
             logits[i] = runtime.scores(row.text)
         except AgentError:
             continue  # too long: counted as rejected
-    gold, nothing = [r.intent or "" for r in rows], [[] for _ in rows]
+    gold = [r.intent or "" for r in rows]
+    nothing: list[list[Any]] = [[] for _ in rows]
     texts = [r.text for r in rows]
     out = Outputs(path, texts, gold, nothing, logits, [[] for _ in rows], latency(runtime, rows))
     temperature, threshold = fitted or calibrate(out, spec.labels, target)

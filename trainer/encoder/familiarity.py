@@ -108,4 +108,5 @@ def choose(
 def _finite(out: Outputs) -> np.ndarray:
     """Distances with a refused text's NaN as infinitely far (it escalates whatever the rule)."""
     assert out.distances is not None
-    return np.nan_to_num(out.distances, nan=np.inf)
+    far: np.ndarray = np.nan_to_num(out.distances, nan=np.inf)
+    return far

@@ -5,7 +5,7 @@ install), so it checks a copy whose ExecStart= names this checkout's own `edge-a
 line is the unit's own, and any warning (unknown key, unknown system call group, bad value) fails the test.
 `systemd-analyze security --offline=yes` reads the unit file itself. The sandbox tests load the unit's seccomp
 filters (MemoryDenyWriteExecute=, SystemCallFilter=, RestrictAddressFamilies=, ...) as systemd 252 builds them,
-plus the kernel's PR_SET_MDWE, through tests/systemd/sandbox.py, then run real inference under them: the daemon
+plus the kernel's PR_SET_MDWE, through tests/deploy/systemd/sandbox.py, then run real inference under them: the daemon
 over TLS MQTT on a tiny ONNX artifact, and llama.cpp on a tiny GGUF.
 """
 
@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.settings import AgentSettings
+from tests.deploy.systemd.sandbox import service_settings
 from tests.support.agent import Agent, start_agent, write_models
 from tests.support.broker import Auth, BrokerConfig, TlsFiles, client
 from tests.support.gguf import build_tiny_gguf
 from tests.support.pki import issue_server, make_ca
-from tests.systemd.sandbox import service_settings
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 UNIT = ROOT / "systemd" / "edge-agent.service"
 SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 MAX_EXPOSURE = 2.0

@@ -17,11 +17,11 @@ import pytest
 from edge_agent.contract import manifest as mf
 from edge_agent.lifecycle.store import Store
 from edge_agent.runtimes.onnx import OnnxRuntime
-from tests.edge_agent.test_router_e2e import cloud_env
 from tests.support import cloud as fake_cloud
 from tests.support.agent import Agent, start_agent, write_models
 from tests.support.broker import Broker, Client, client
 from tests.support.cloud import FakeCloud
+from tests.system.test_router_e2e import cloud_env
 from trainer.cli import main as trainer_main
 from trainer.encoder.tiny import build_tiny_artifact
 from trainer.records import builtin_records

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from edge_agent.contract import manifest as mf
-from tests.ansible.runner import ANSIBLE, BIN, ROOT, local_inventory, playbook, recap, results
+from tests.deploy.ansible.runner import ANSIBLE, BIN, ROOT, local_inventory, playbook, recap, results
 from tests.support.broker import Broker, client, free_port
 from tests.support.registry import Keys, publish, serve, wrong_samples
 

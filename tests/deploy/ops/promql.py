@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "ops" / "grafana" / "edge-agent.json"
 ALERTS = ROOT / "ops" / "prometheus" / "edge-agent-alerts.yml"
 PROMETHEUS_MADE = {"up"}  # series Prometheus writes itself for every target

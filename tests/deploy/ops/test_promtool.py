@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.ops.promql import ALERTS, EXPECTED_ALERTS, alert_rules, dashboard_exprs, load_dashboard, load_rules
+from tests.deploy.ops.promql import ALERTS, EXPECTED_ALERTS, alert_rules, dashboard_exprs, load_dashboard, load_rules
 
 # -- promtool, where it is installed -------------------------------------------------------
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ANSIBLE = ROOT / "ansible"
 ROLE = ANSIBLE / "roles" / "edge_agent"
 BIN = Path(sys.executable).parent  # ansible-playbook and ansible-lint come with the dev install

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.ansible.runner import tool
+from tests.deploy.ansible.runner import tool
 
 
 def test_role_and_playbooks_pass_ansible_lint_production_profile(tmp_path: Path) -> None:

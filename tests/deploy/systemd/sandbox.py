@@ -1,6 +1,6 @@
 """Run a command under the seccomp filters systemd 252 loads for a unit, without systemd as PID 1.
 
-    python tests/systemd/sandbox.py systemd/edge-agent.service -- python -m edge_agent run ...
+    python tests/deploy/systemd/sandbox.py systemd/edge-agent.service -- python -m edge_agent run ...
 
 From the unit's own lines, built with libseccomp (ctypes) the way systemd's src/shared/seccomp-util.c builds them:
 `SystemCallFilter=` (groups expanded by this host's `systemd-analyze syscall-filter`, `@default` implied as

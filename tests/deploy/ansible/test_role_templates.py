@@ -17,7 +17,7 @@ import yaml
 
 from edge_agent.config.settings import AgentSettings, load_settings
 from edge_agent.contract import signing
-from tests.ansible.runner import ROLE, ROOT, local_inventory, playbook
+from tests.deploy.ansible.runner import ROLE, ROOT, local_inventory, playbook
 
 SECURE = {
     "edge_agent_mqtt_tls": True,

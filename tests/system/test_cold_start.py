@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.edge_agent.test_router_e2e import _env, cloud_env
 from tests.support import cloud as fake_cloud
 from tests.support.agent import Agent, run_cli, start_agent, write_models
 from tests.support.broker import Broker, client
 from tests.support.cloud import FakeCloud
+from tests.system.test_router_e2e import _env, cloud_env
 
 
 def test_a_model_with_no_artifact_is_served_by_the_cloud_and_collects(

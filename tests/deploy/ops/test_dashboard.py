@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.contract.manifest import read
-from tests.ops.promql import (
+from tests.deploy.ops.promql import (
     ALERTS,
     EXPECTED_ALERTS,
     alert_rules,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.ansible.runner import tool
+from tests.deploy.ansible.runner import tool
 
 
 def test_pis_install_onnx_and_jetsons_onnx_and_gguf(tmp_path: Path) -> None:
