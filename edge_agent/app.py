@@ -27,7 +27,8 @@ from edge_agent.ops.supervisor import Supervisor
 from edge_agent.routing.cloud import CloudClient
 from edge_agent.routing.router import Router
 from edge_agent.runtimes.pool import ModelPool
-from edge_agent.serving.handler import Handler, Missing
+from edge_agent.serving.handler import Handler
+from edge_agent.serving.replies import Missing
 from edge_agent.serving.waitlist import Waitlist
 from edge_agent.status import Status, prices, summary
 from edge_agent.transport.delivery import Delivery

@@ -16,7 +16,7 @@ from edge_agent.lifecycle.rollout import Rollout
 from edge_agent.ops.metrics import BudgetGauge, Gauges, Metrics, ModelGauge, Prices, TrialGauge
 from edge_agent.routing.router import Router
 from edge_agent.runtimes.pool import ModelPool
-from edge_agent.serving.handler import Missing
+from edge_agent.serving.replies import Missing
 from edge_agent.transport.delivery import Delivery
 from edge_agent.transport.spool import Spool
 

@@ -18,8 +18,9 @@ from edge_agent.config.settings import AgentSettings
 from edge_agent.contract import manifest as mf
 from edge_agent.errors import ArtifactError
 from edge_agent.lifecycle.contender import Contender
+from edge_agent.lifecycle.latency import p99
 from edge_agent.lifecycle.store import Store
-from edge_agent.lifecycle.trial import Trial, Verdict, p99
+from edge_agent.lifecycle.trial import Trial, Verdict
 from edge_agent.lifecycle.versions import Prepared, current, load_checked
 from edge_agent.runtimes.pool import Loader, ModelPool, Served
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from edge_agent.config.settings import ProbationSettings
+from edge_agent.lifecycle.latency import p99
 
 PASSED = "passed"
 
@@ -65,10 +66,7 @@ class Probation:
         return None
 
     def p99(self) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return p99(self.latencies)
 
     def snapshot(self) -> dict[str, object]:
         p99 = self.p99()

@@ -96,13 +96,6 @@ def _figures(c: Counts, p99_ms: tuple[float | None, float | None]) -> dict[str, 
     }
 
 
-def p99(samples: list[float]) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
 class Trial:
     """One candidate's trial on this device: the counts, both sides' latencies, and the rule."""
 

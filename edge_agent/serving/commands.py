@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from edge_agent.contract.manifest import NAME
-from edge_agent.contract.messages import CommandDone
+from edge_agent.contract.messages import CommandDone, CommandReply, Envelope, Inbound, message_id, parse_with
 from edge_agent.errors import AgentError, ArtifactError, BadRequest
 from edge_agent.lifecycle.versions import AlreadyServing
+from edge_agent.serving.replies import Replies
+from edge_agent.transport.outcome import Drop, Reply
 
 ACTIONS = ("pull", "rollback")
 
@@ -50,3 +52,37 @@ async def run(operator: Operator, action: str, model: str, version: str | None) 
     except ArtifactError as exc:
         raise Refused(str(exc)) from None
     return CommandDone(action, model, line)
+
+
+class Commands:
+    """The command endpoint, `{agent}/cmd/models/{action}`: an operator's pull or rollback; the reply says what
+    serves now, or why nothing changed. Commands go to each agent, never to a shared group."""
+
+    def __init__(self, replies: Replies, operator: Operator) -> None:
+        self.replies, self.operator = replies, operator
+        self.settings = replies.settings
+        self.prefix = f"{self.settings.agent_prefix}/cmd/models/"
+        self.results = f"{self.settings.agent_prefix}/res/cmd"  # where a command without a reply address is answered
+
+    async def attempt(self, msg: Inbound, action: str) -> Reply | Drop:
+        envelope, parsed = parse_with(msg.payload, self.settings.max_payload_bytes, validate)
+        topic, refused = self.replies.address(msg, envelope.reply_to, self.results)
+        if refused is not None:  # the reply address: nothing runs for a command that cannot be answered
+            return self._reply(msg, envelope, topic, refused)
+        if isinstance(parsed, AgentError):
+            return self._reply(msg, envelope, topic, parsed)
+        outcome: CommandDone | AgentError
+        try:
+            outcome = await run(self.operator, action, *parsed)
+        except AgentError as exc:
+            outcome = exc
+        return self._reply(msg, envelope, topic, outcome)
+
+    def refuse(self, msg: Inbound, action: str, error: AgentError) -> Reply | Drop:
+        envelope, _ = parse_with(msg.payload, self.settings.max_payload_bytes, validate)
+        topic, _ = self.replies.address(msg, envelope.reply_to, self.results)
+        return self._reply(msg, envelope, topic, error)
+
+    def _reply(self, msg: Inbound, envelope: Envelope, topic: str, outcome: CommandDone | AgentError) -> Reply | Drop:
+        rid = envelope.id if envelope.id is not None else message_id(msg)
+        return self.replies.send(msg, topic, CommandReply(rid, outcome))

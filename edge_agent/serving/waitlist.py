@@ -19,7 +19,7 @@ import structlog
 from edge_agent.config.settings import CloudSettings
 from edge_agent.contract.messages import Inbound, Outbound
 from edge_agent.routing.router import CloudWait
-from edge_agent.serving.handler import Attempt
+from edge_agent.serving.requests import Attempt
 from edge_agent.transport.outcome import Outcome, Reply
 from edge_agent.transport.spool import Spool, Spooled
 

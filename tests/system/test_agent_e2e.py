@@ -61,6 +61,10 @@ def test_v311_reply_to_and_default_topic(broker: Broker, agent: Agent, tiny_arti
         body = c.get(topic=f"{agent.prefix}/res/tiny").json()
     assert body["id"] == 6
     check_reply(body, tiny_artifact)
+    replied = agent.wait_log("replied", count=2)  # README: one line per reply at debug, never the text
+    assert [line["to"] for line in replied] == ["old/inbox", f"{agent.prefix}/res/tiny"]
+    assert all(line["model"] == "tiny" and line["outcome"] in ("local", "local-fallback") for line in replied)
+    assert "lights on" not in agent.log.read_text()
 
 
 def test_mosquitto_rr_v5_works_unchanged(broker: Broker, agent: Agent, tiny_artifact: Path) -> None:
@@ -174,3 +178,15 @@ def test_classify_cli(tiny_artifact: Path, tmp_path: Path) -> None:
     assert empty.returncode == 65 and len(empty.stderr.strip().splitlines()) == 1
     listing = run_cli("models", "list", "--models", str(models))
     assert listing.returncode == 0 and read(tiny_artifact).version in listing.stdout
+
+
+@pytest.mark.parametrize(("route", "reason"), [("auto", "no_cloud"), ("local", "no_cloud")])  # no cloud configured
+def test_classify_marks_an_unsure_answer_as_the_agent_without_a_cloud_does(
+    tiny_artifact: Path, tmp_path: Path, route: str, reason: str
+) -> None:
+    from tests.support.agent import run_cli
+
+    entry = {"name": "tiny", "path": str(tiny_artifact), "threshold": 1.0, "route": route}  # never sure enough
+    result = run_cli("classify", "--models", str(write_models(tmp_path, [entry])), "--model", "tiny", "lights off")
+    body = json.loads(result.stdout)
+    assert (body["source"], body["reason"], body["trigger"]) == ("local-fallback", reason, "low_confidence")

@@ -190,7 +190,7 @@ def test_budget_per_model_and_global(tmp_path: Path, cloud: FakeCloud) -> None:
 def test_model_missing_locally_goes_to_the_cloud(tmp_path: Path, cloud: FakeCloud) -> None:
     async def body(rig: Rig) -> None:
         served = rig.handler.pool.served["m"]
-        rig.handler.missing = {"ghost": (served.entry.model_copy(update={"name": "ghost"}), served.manifest)}
+        rig.handler.replies.missing = {"ghost": (served.entry.model_copy(update={"name": "ghost"}), served.manifest)}
         reply = await rig.ask("anything", model="ghost")
         assert (reply["source"], reply["reason"], reply["label"]) == ("cloud", "model_missing", "weather")
         assert reply["timings"]["local_ms"] is None and "local_label" not in reply
