@@ -40,7 +40,9 @@ EXAMPLES = {**LIGHTS, **WEATHER}
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("gguf") / "tiny-classify", "llama", "classify")
+    """QLoRA (nf4 + double quantization, on this CPU) -> the checked merge -> GGUF: the chain the mission names."""
+    folder = tmp_path_factory.mktemp("gguf") / "tiny-classify"
+    return build_tiny_artifact(folder, "llama", "classify", steps=300, qlora="on")  # nf4 learns slower: 300 steps
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,10 @@ def test_manifest_records_every_variant_and_its_real_tensor_types(classifier: Pa
         q4_mix = variants["q4_k_m"]["tensor_types"]
         assert "Q4_K" not in q4_mix and {"Q5_0", "Q8_0"} & set(q4_mix) and q4_mix["F32"]["tensors"] > 0
     assert load(classifier).metrics["dev"]["intent_accuracy"] == 1.0
+    trained = load(classifier).metrics["training"]
+    assert trained["mode"] == "qlora" and trained["merged_into"] == "dequantized" and trained["processes"] == 1
+    assert trained["merge_agreement"]["next_token"] >= 0.95
+    assert load(extractor).metrics["training"]["mode"] == "lora"
     assert load(extractor).metrics["dev"]["json_valid"] == 1.0
     assert load(extractor).prompt.stop == ["<|im_end|>"]  # type: ignore[union-attr]
 

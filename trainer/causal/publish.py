@@ -49,9 +49,28 @@ def run(
     results = {
         "temperature": chosen["temperature"],
         "thresholds": chosen["thresholds"],
-        "metrics": {"served": variant, **chosen["metrics"], "variants": evaluation["summary"]},
+        "metrics": {
+            "served": variant,
+            **chosen["metrics"],
+            "variants": evaluation["summary"],
+            "training": training(export_dir),
+        },
         "samples": chosen.get("samples", []),
     }
     spec = TaskSpec.load(export_dir)
     manifest = build_manifest(staging, listed, spec, name, version or artifact.default_version(), results)
     return artifact.finish(staging, out, manifest, key, registry_dir)
+
+
+def training(export_dir: Path) -> dict[str, object]:
+    """How the served model was trained and merged (the manifest's `metrics.training`): LoRA or QLoRA, on how
+    many processes in which precision, merged into which base, and how the merge agreed with the trained model."""
+    merged = Path(stage.read(export_dir, "causal-export")["inputs"]["merged"]["path"])
+    merge = stage.read(merged, "causal-merge")
+    tuned = stage.read(Path(merge["inputs"]["adapter"]["path"]).parent, "causal-finetune")["params"]
+    return {
+        "mode": merge["params"].get("mode", tuned.get("mode")),
+        **tuned.get("engine", {}),
+        "merged_into": merge["params"].get("into"),
+        "merge_agreement": merge["results"].get("saved"),
+    }

@@ -27,6 +27,8 @@ class CausalRecipe:
     weight_decay: float = 0.0
     max_steps: int = 0  # 0 = run all epochs; > 0 caps the number of optimizer steps
     seed: int = 0
-    qlora: str = "auto"  # auto: QLoRA on a CUDA device, LoRA on CPU; on: QLoRA or fail; off: LoRA
+    qlora: str = "auto"  # auto: QLoRA on a GPU with bitsandbytes, else LoRA; on: QLoRA (CPU or GPU) or fail; off: LoRA
+    micro_batch: int = 0  # rows per forward pass in each process (0: its whole share); the rest accumulates
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32 ("no"); or no, bf16, fp16
     checkpoint_every: int = 200  # optimizer steps between resumable checkpoints
     threads: int = 0  # torch CPU threads; 0 = torch's default (all cores: slow when others share them)

@@ -112,7 +112,9 @@ def corpus(path: Path) -> list[str]:
     return [r["text"] for r in rows] + [r["intent"] for r in rows] + answers
 
 
-def build_tiny_artifact(out: Path, arch: str = "llama", task: CausalTask = "classify", steps: int = 150) -> Path:
+def build_tiny_artifact(
+    out: Path, arch: str = "llama", task: CausalTask = "classify", steps: int = 150, qlora: str = "off"
+) -> Path:
     """A tiny but complete GGUF artifact through `build-causal`'s own code path (about a minute on 2 cores)."""
     import tempfile
 
@@ -120,7 +122,14 @@ def build_tiny_artifact(out: Path, arch: str = "llama", task: CausalTask = "clas
     from trainer.causal.recipe import CausalRecipe
 
     recipe = CausalRecipe(
-        lr=1e-2, batch_size=8, max_steps=steps, train_embeddings=True, lora_dropout=0.0, warmup=0.05, threads=1
+        lr=1e-2,
+        batch_size=8,
+        max_steps=steps,
+        train_embeddings=True,
+        lora_dropout=0.0,
+        warmup=0.05,
+        threads=1,
+        qlora=qlora,
     )
     with tempfile.TemporaryDirectory(prefix=f"tiny-{arch}-{task}-") as tmp:
         work = Path(tmp)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import artifact, stage
+from trainer import artifact, engine, stage
 from trainer.encoder import data, evaluate, export, finetune, publish
 from trainer.encoder.recipe import EncoderRecipe
 
@@ -28,8 +28,13 @@ def build(train: Path, dev: Path, options: EncoderBuild, recipe: EncoderRecipe |
     if options.unseen is not None:
         data.check_unseen(train, options.unseen)
     work = stage.work_dir(options.name, options.out, options.work)
-    data_dir = data.run(train, dev, work / "data", options.base, options.max_tokens)
-    model_dir = finetune.run(data_dir, work / "finetune", options.base, recipe)
+    if engine.is_main_process():  # under `accelerate launch` / torchrun: the main process prepares the data
+        data.run(train, dev, work / "data", options.base, options.max_tokens)
+    engine.barrier()
+    model_dir = finetune.run(work / "data", work / "finetune", options.base, recipe)  # every process
+    if not engine.is_main_process():
+        return options.out  # exporting, evaluating and publishing are the main process's
+    data_dir = work / "data"
     export_dir = export.run(model_dir, data_dir, work / "export")
     eval_dir = evaluate.run(
         export_dir, dev, work / "evaluate", options.test, options.target_accuracy, train, options.unseen, options.rule

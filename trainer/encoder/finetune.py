@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from trainer.encoder import base as encoder_base
 from trainer.encoder import data, model
 from trainer.encoder.data import Labels
 from trainer.encoder.recipe import EncoderRecipe
+from trainer.engine import Engine, barrier, is_main_process
 from trainer.errors import TrainerError
 
 IGNORE = -100
@@ -56,8 +58,14 @@ def run(
         )
     if recipe.freeze_word_embeddings:
         net.encoder.get_input_embeddings().weight.requires_grad_(False)
+    pooler = getattr(net.encoder, "pooler", None)
+    if pooler is not None:  # BERT's pooler is never read (the heads pool themselves): DDP wants no idle weights
+        pooler.requires_grad_(False)
     started = time.monotonic()
     history = _train(net, train, dev, recipe)
+    if not is_main_process():
+        barrier()  # the main process writes the model; the others wait for it
+        return out
     model.save(net, out)
     for name in (data.LABELS, encoder_base.TOKENIZER):
         shutil.copy(data_dir / name, out / name)
@@ -73,6 +81,7 @@ def run(
         {"data": data_dir / "train.jsonl"},
         {"history": history, "seconds": round(time.monotonic() - started, 1)},
     )
+    barrier()
     return out
 
 
@@ -113,46 +122,65 @@ def _seed(seed: int) -> None:
 def _train(
     net: model.JointModel, train: list[dict[str, Any]], dev: list[dict[str, Any]], recipe: EncoderRecipe
 ) -> list[dict[str, float]]:
+    """The loop on the Accelerate engine: every process walks the same length-grouped batches (the seed
+    decides them) and trains on its share; the main process scores dev after each epoch."""
+    engine = Engine(recipe.micro_batch, recipe.precision)
     pad = int(getattr(net.encoder.config, "pad_token_id", 0) or 0)
     per_epoch = (len(train) + recipe.batch_size - 1) // recipe.batch_size
     total = recipe.max_steps or per_epoch * recipe.epochs
     optimizer = torch.optim.AdamW(param_groups(net, recipe), fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear(total, int(total * recipe.warmup)))
-    intent_loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    trained = engine.prepare(model.Exported(net))  # forward gives all three outputs, as DDP needs
     history, step, epoch = [], 0, 0
     while step < total:
         epoch += 1
-        net.train()
+        trained.train()
         bar = tqdm(
             batches(train, recipe.batch_size, shuffle=True),
             desc=f"finetune epoch {epoch}",
             total=per_epoch,
             leave=False,
             unit="batch",
+            disable=not engine.is_main,
         )
         for batch in bar:
-            ids, mask, intents, tag_ids = collate(batch, pad)
-            intent_logits, tag_logits, pooled = net.outputs(ids, mask)
-            loss = intent_loss(intent_logits, intents) + recipe.tag_weight * tag_loss(
-                tag_logits.flatten(0, 1), tag_ids.flatten()
-            )
-            if recipe.contrastive > 0:
-                loss = loss + recipe.contrastive * supervised_contrastive(
-                    pooled, intents, recipe.contrastive_temperature
-                )
-            optimizer.zero_grad()
-            loss.backward()
+            loss = engine.accumulate(trained, batch, _loss(trained, batch, recipe, pad, engine.device))
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
             schedule.step()
+            optimizer.zero_grad()
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if step >= total:
                 break
-        history.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 4), **dev_scores(net, dev, pad)})
-        tqdm.write(f"finetune: epoch {epoch} step {step}: {history[-1]}", file=sys.stderr)
+        if engine.is_main:
+            history.append({"epoch": epoch, "step": step, "loss": round(loss, 4), **dev_scores(net, dev, pad)})
+            tqdm.write(f"finetune: epoch {epoch} step {step}: {history[-1]}", file=sys.stderr)
+        engine.barrier()
     return history
+
+
+def _loss(
+    trained: Any, batch: list[dict[str, Any]], recipe: EncoderRecipe, pad: int, device: torch.device
+) -> Callable[[list[dict[str, Any]]], torch.Tensor]:
+    """A share's loss over the whole batch's counts (rows for the intent, tagged tokens for the tags), so the
+    processes' sum is the one-process loss. The contrastive term (off by default) sees its own share only."""
+    rows = len(batch)
+    tokens = max(1, sum(1 for ex in batch for tag in ex["tags"] if tag != IGNORE))
+    intent_loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing, reduction="sum")
+    tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+
+    def loss_of(share: list[dict[str, Any]]) -> torch.Tensor:
+        ids, mask, intents, tag_ids = (x.to(device) for x in collate(share, pad))
+        intent_logits, tag_logits, pooled = trained(ids, mask)  # the DDP-wrapped Exported: untyped
+        loss: torch.Tensor = intent_loss(intent_logits, intents) / rows
+        loss = loss + recipe.tag_weight * tag_loss(tag_logits.flatten(0, 1), tag_ids.flatten()) / tokens
+        if recipe.contrastive > 0:
+            contrast = supervised_contrastive(pooled, intents, recipe.contrastive_temperature)
+            loss = loss + recipe.contrastive * contrast * len(share) / rows
+        return loss
+
+    return loss_of
 
 
 def supervised_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -30,6 +30,8 @@ class EncoderRecipe:
     seed: int = 0
     max_steps: int = 0  # 0 = run all epochs; > 0 caps the number of optimizer steps
     threads: int = 0  # torch CPU threads; 0 = torch's default (one per core); 1 on a box shared with other jobs
+    micro_batch: int = 0  # rows per forward pass in each process (0: its whole share); the rest accumulates
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32 ("no"); or no, bf16, fp16
     freeze_word_embeddings: bool = True
     # weight of a supervised contrastive loss on the pooled embeddings (0: none): pulls each intent's
     # texts together and the others apart, which the distance score reads (bench/README.md, Quality)
