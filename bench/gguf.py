@@ -1,7 +1,10 @@
 """The GGUF path on a real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF) fine-tuned on HWU64. By hand:
 
-    python bench/gguf.py              # build both artifacts from the GGUF file (if missing), then measure
-    python bench/gguf.py --reuse      # measure the artifacts already under bench/out/gguf/
+    python -m bench.gguf              # build both artifacts from the GGUF file (if missing), then measure
+    python -m bench.gguf --reuse      # measure the artifacts already under bench/out/gguf/
+    python -m bench.gguf --lean       # the quality table, sizes, latency and the agent only (no lever studies)
+
+(As a module, from the repository root: run as a file, bench/gguf.py would shadow the `gguf` package.)
 
 Both artifacts come from `edge-trainer build-causal --base SmolLM2-135M-Instruct.Q4_1.gguf` (its code,
 in process): import -> LoRA on CPU -> merge -> GGUF f16 -> Q8_0 / Q4_K_M -> evaluation of every variant
@@ -89,15 +92,25 @@ def dev_file(task: str) -> Path:
 
 
 def train(task: str, args: argparse.Namespace) -> Path:
-    fraction, steps = (args.share, args.steps) if task == "classify" else (args.extract_share, args.extract_steps)
-    recipe = CausalRecipe(epochs=1, max_steps=steps, lr=args.lr, threads=args.threads, checkpoint_every=40)
+    classify = task == "classify"
+    fraction, steps = (args.share, args.steps) if classify else (args.extract_share, args.extract_steps)
+    recipe = CausalRecipe(
+        epochs=args.epochs if classify else args.extract_epochs,
+        max_steps=steps,
+        lr=args.lr,
+        threads=args.threads,
+        checkpoint_every=100,
+        top_layers=args.top_layers,
+        qlora=args.qlora,
+        precision=args.precision,
+    )
     options = build.CausalBuild(
         name=f"smollm2-hwu64-{task}",
         out=OUT / f"smollm2-{task}",
         base=args.base,
         task=task,  # type: ignore[arg-type]
         work=OUT / f".work-{task}",
-        test=HWU / "test.jsonl",
+        test=test_file(task, args),
         max_tokens=48,
         threads=args.threads,
     )
@@ -105,6 +118,16 @@ def train(task: str, args: argparse.Namespace) -> Path:
     artifact = build.build(share(fraction), dev_file(task), options, recipe)
     print(f"built {artifact} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return artifact
+
+
+def test_file(task: str, args: argparse.Namespace) -> Path:
+    """All of test for classify; for extract, all of it too unless --extract-test-n (generating is ~0.2 s a
+    text and every variant is evaluated): n texts spread over the intents, which the table then says."""
+    if task == "classify" or not args.extract_test_n:
+        return HWU / "test.jsonl"
+    path = OUT / f"test-{args.extract_test_n}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in spread(rows_of("test"), args.extract_test_n)))
+    return path
 
 
 def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -336,14 +359,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="measure existing artifacts, train nothing")
     parser.add_argument("--base", type=Path, help="the GGUF file (default: SmolLM2-135M-Instruct Q4_1, fetched once)")
-    parser.add_argument("--share", type=float, default=0.4, help="classify: share of each intent's train rows")
-    parser.add_argument("--steps", type=int, default=120, help="classify: optimizer steps (batch 16)")
-    parser.add_argument("--extract-share", type=float, default=0.15)
-    parser.add_argument("--extract-steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--share", type=float, default=1.0, help="classify: share of each intent's train rows")
+    parser.add_argument("--steps", type=int, default=0, help="classify: optimizer steps (batch 16; 0: --epochs)")
+    parser.add_argument("--epochs", type=int, default=2, help="classify: epochs over the share (default 2)")
+    parser.add_argument("--extract-share", type=float, default=0.4)
+    parser.add_argument("--extract-steps", type=int, default=0)
+    parser.add_argument("--extract-epochs", type=int, default=1)
+    parser.add_argument("--extract-test-n", type=int, default=0, help="extract: test texts (0: all 1,076)")
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--top-layers", type=int, default=10, help="LoRA on the top N of 30 layers (0: all)")
+    parser.add_argument("--qlora", default="auto", help="auto (LoRA on a CPU, QLoRA on a GPU), on or off")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on a GPU that has it), no, bf16")
+    parser.add_argument("--lean", action="store_true", help="quality, size, latency and the agent only")
     parser.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (default 2)")
     parser.add_argument("-n", type=int, default=300, help="test texts per timing")
     args = parser.parse_args()
+    started = time.monotonic()
     args.base = args.base or smollm2.gguf()
     OUT.mkdir(parents=True, exist_ok=True)
     artifacts = {task: OUT / f"smollm2-{task}" for task in ("classify", "extract")}
@@ -353,6 +384,7 @@ def main() -> None:
                 raise SystemExit(f"{folder}: no artifact; run without --reuse first")
             train(task, args)
     results = measure(artifacts, args)
+    results["wall_minutes"] = round((time.monotonic() - started) / 60, 1)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     tables(results)
 
@@ -363,9 +395,13 @@ def training(task: str) -> str:
     recipe = json.loads((work / "finetune" / "stage.json").read_text())["params"]["recipe"]
     texts = sum(1 for _ in (work / "data" / "train.jsonl").open())
     seen = min(texts * recipe["epochs"], recipe["max_steps"] * recipe["batch_size"]) if recipe["max_steps"] else texts
+    seen = seen if recipe["max_steps"] else texts * recipe["epochs"]
+    meta = json.loads((work / "finetune" / "stage.json").read_text())
+    how = f"{meta['params'].get('mode', 'lora')} on the top {recipe.get('top_layers') or 'all'} layers"
     return (
-        f"{texts} train texts (share of HWU64 train), {recipe['max_steps'] or 'all'} steps of {recipe['batch_size']}"
-        f" ({seen} examples seen), lr {recipe['lr']}, LoRA r {recipe['lora_r']}"
+        f"{texts} train texts (share of HWU64 train), {recipe['max_steps'] or recipe['epochs']} "
+        f"{'steps' if recipe['max_steps'] else 'epochs'} of {recipe['batch_size']} ({seen} examples seen), "
+        f"lr {recipe['lr']}, {how}, LoRA r {recipe['lora_r']}, {meta['results']['seconds'] / 60:.0f} min"
     )
 
 
@@ -376,8 +412,11 @@ def measure(artifacts: dict[str, Path], args: argparse.Namespace) -> dict[str, A
     results: dict[str, Any] = {"threads": args.threads, "n": len(rows), "n_dev": len(dev_rows)}
     results["training"] = {task: training(task) for task in artifacts}
     results["variants"] = {task: variants(task, a, texts[:100], args.threads) for task, a in artifacts.items()}
-    results["zero_shot"] = zero_shot(artifacts["classify"], args.threads, test)
     results["through_agent"] = through_agent(artifacts["classify"], texts, args.threads)
+    if args.lean:
+        results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return results
+    results["zero_shot"] = zero_shot(artifacts["classify"], args.threads, test)
     results["levers"] = levers(artifacts["classify"], texts[:100], args.threads)
     results["scoring"] = scoring_methods(artifacts["classify"], args.threads, dev_rows, rows)
     extract = runtime(artifacts["extract"], args.threads)

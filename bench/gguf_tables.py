@@ -21,6 +21,14 @@ def tables(r: dict[str, Any]) -> None:
                 f"| {task} | {name} | {v['size_bytes'] / 1e6:.0f} | {v['rss_mb']} | {100 * t['intent_accuracy']:.1f} "
                 f"| {100 * t['intent_macro_f1']:.1f} | {' | '.join(cells)} | {v['p50_ms']} | {v['p99_ms']} |"
             )
+    if "zero_shot" not in r:  # --lean
+        a = r["through_agent"]
+        print(
+            f"\nThrough the agent over MQTT (Q8_0, sequential, n = {a['n']}): "
+            f"p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, "
+            f"{a['errors']} errors, agent peak RSS {a['rss_mb']} MB. Wall time of the bench: {r['wall_minutes']} min."
+        )
+        return
     z = r["zero_shot"]
     print(
         f"\nZero-shot (the instruct model as shipped, Q4_1, before fine-tuning): {100 * z['zero_shot']:.1f} % "

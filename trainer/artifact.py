@@ -42,8 +42,8 @@ def check_identity(name: str, version: str | None) -> None:
     """Refuse a bad name or version before hours of training, not after."""
     if not mf.NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, starting alnum)")
-    if version is not None and not 1 <= len(version) <= 64:
-        raise UsageError(f"--version {version!r}: 1 to 64 characters")
+    if version is not None and not mf.VERSION.fullmatch(version):
+        raise UsageError(f"--version {version!r}: {mf.VERSION_RULE}")
 
 
 def default_version() -> str:

@@ -133,6 +133,10 @@ class RegistrySettings(BaseModel):
     url: str = Field(min_length=1, description="folder path, file://... or http(s)://...")
     poll_minutes: float = Field(default=0.0, ge=0, description="check latest.json this often; 0: only when told")
     timeout_s: float = Field(default=30.0, gt=0, description="per HTTP read")
+    deadline_s: float = Field(default=1800.0, gt=0, description="a whole file's download, at most")
+    min_bytes_per_s: int = Field(
+        default=2048, ge=0, description="a download slower than this (after its first 30 s) is refused: a trickle"
+    )
 
 
 class ProbationSettings(BaseModel):

@@ -27,6 +27,11 @@ SCHEMA_VERSION = 4  # 2: label_scoring, base; 3: onnx.quantization; 4: ood, onnx
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # a model's name: a path segment, a topic level, a label value
 NAME = re.compile(NAME_PATTERN)
+# A version is a name, never a path: one safe path component (a store folder, a registry URL segment), never
+# "." or "..", ordered by version_key. The trainer's default YYYYMMDD.HHMMSS and semver (1.2.3-rc.1+b7) fit.
+VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
+VERSION = re.compile(VERSION_PATTERN)
+VERSION_RULE = "1 to 64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
 Task = Literal["classify", "extract", "classify+extract"]
 RuntimeKind = Literal["onnx", "gguf"]
 
@@ -159,7 +164,7 @@ class Manifest(_Strict):
 
     schema_version: int = SCHEMA_VERSION
     name: str = Field(pattern=rf"^{NAME_PATTERN}$")
-    version: str = Field(min_length=1, max_length=64)
+    version: str = Field(pattern=rf"^{VERSION_PATTERN}$")
     task: Task
     runtime: RuntimeKind
     files: list[FileEntry] = Field(min_length=1)
@@ -313,6 +318,15 @@ def verify_files(folder: Path, manifest: Manifest) -> list[str]:
 def dumps(manifest: Manifest) -> str:
     """A compact JSON rendering for logs and status."""
     return json.dumps({"name": manifest.name, "version": manifest.version, "task": manifest.task})
+
+
+def check_version(version: object, where: str = "version") -> str:
+    """The version, if it is one (VERSION_RULE); else one ArtifactError line. Every path built from a version
+    passes here first."""
+    if isinstance(version, str) and VERSION.fullmatch(version):
+        return version
+    shown = repr(version)[:80]
+    raise ArtifactError(f"{where} {shown}: not a version ({VERSION_RULE})")
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

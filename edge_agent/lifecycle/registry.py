@@ -9,17 +9,39 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
 
 import httpx
 
+from edge_agent.contract.manifest import check_version
 from edge_agent.errors import ArtifactError
 
 DOC_LIMIT = 1 << 20  # manifest.json, manifest.sig, latest.json
 CHUNK = 1 << 16
+GRACE_S = 30.0  # a download's first seconds are not held to the minimum rate (a slow start, a cold cache)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What a registry GET may take in all: a deadline, and a minimum rate once past the grace period (a
+    registry trickling a few bytes at a time never trips the per-read timeout alone)."""
+
+    deadline_s: float = 1800.0
+    min_bytes_per_s: int = 2048
+    grace_s: float = GRACE_S
+
+    def check(self, url: str, started: float, seen: int) -> None:
+        elapsed = time.monotonic() - started
+        if elapsed > self.deadline_s:
+            raise ArtifactError(f"registry: GET {url}: not done within {self.deadline_s:g} s ({seen} bytes)")
+        if elapsed > self.grace_s and seen < self.min_bytes_per_s * elapsed:
+            rate = seen / elapsed
+            raise ArtifactError(f"registry: GET {url}: {rate:.0f} bytes/s, under {self.min_bytes_per_s} (a trickle)")
 
 
 class Source(Protocol):
@@ -32,10 +54,10 @@ class Source(Protocol):
         ...
 
 
-def open_source(url: str, timeout_s: float = 30.0) -> Source:
+def open_source(url: str, timeout_s: float = 30.0, pace: Pace | None = None) -> Source:
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
-        return HttpSource(url.rstrip("/"), timeout_s)
+        return HttpSource(url.rstrip("/"), timeout_s, pace or Pace())
     if parsed.scheme == "file":
         return FolderSource(Path(unquote(parsed.path)))
     if parsed.scheme == "":
@@ -52,7 +74,7 @@ def latest(source: Source, name: str) -> str:
         raise ArtifactError(f"registry: {name}/latest.json has no version") from None
     if not isinstance(version, str) or not version:
         raise ArtifactError(f"registry: {name}/latest.json has no version")
-    return version
+    return check_version(version, f"registry: {name}/latest.json names")
 
 
 class _Digest:
@@ -108,9 +130,13 @@ class FolderSource:
 
 
 class HttpSource:
-    def __init__(self, base: str, timeout_s: float) -> None:
+    """GETs that cannot cost more than they say: no content coding (every byte counted is a byte on the wire and
+    in memory, no gzip bomb), a per-read timeout, a total deadline and a minimum rate (Pace)."""
+
+    def __init__(self, base: str, timeout_s: float, pace: Pace | None = None) -> None:
         self.base = base
         self.timeout = httpx.Timeout(timeout_s)
+        self.pace = pace or Pace()
 
     def read(self, relpath: str, limit: int = DOC_LIMIT) -> bytes:
         data = bytearray()
@@ -126,34 +152,42 @@ class HttpSource:
             _copy(response.iter_bytes(CHUNK), dest, _Digest(unquote(relpath), size), sha256)
 
     def _open(self, relpath: str) -> _Response:
-        return _Response(f"{self.base}/{relpath}", self.timeout)
+        return _Response(f"{self.base}/{relpath}", self.timeout, self.pace)
 
 
 class _Response:
     """One GET as a context manager; transport errors and non-200 answers become one ArtifactError line."""
 
-    def __init__(self, url: str, timeout: httpx.Timeout) -> None:
-        self.url, self.timeout = url, timeout
+    def __init__(self, url: str, timeout: httpx.Timeout, pace: Pace) -> None:
+        self.url, self.timeout, self.pace = url, timeout, pace
         self.client: httpx.Client | None = None
         self.response: httpx.Response | None = None
+        self.started = time.monotonic()
 
     def __enter__(self) -> _Response:
         self.client = httpx.Client(timeout=self.timeout, follow_redirects=True)
         try:
-            self.response = self.client.send(self.client.build_request("GET", self.url), stream=True)
-        except httpx.HTTPError as exc:
+            request = self.client.build_request("GET", self.url, headers={"Accept-Encoding": "identity"})
+            self.response = self.client.send(request, stream=True)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             self.client.close()
-            raise ArtifactError(f"registry: GET {self.url}: {type(exc).__name__}: {exc}") from None
-        if self.response.status_code != 200:
-            status = self.response.status_code
+            raise ArtifactError(f"registry: GET {self.url[:300]}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        status, coding = self.response.status_code, self.response.headers.get("content-encoding", "identity")
+        if status != 200 or coding.strip().lower() not in ("", "identity"):
             self.__exit__()
-            raise ArtifactError(f"registry: GET {self.url}: HTTP {status}")
+            why = f"HTTP {status}" if status != 200 else f"Content-Encoding {coding[:40]!r} (asked for identity)"
+            raise ArtifactError(f"registry: GET {self.url}: {why}")
         return self
 
     def iter_bytes(self, size: int) -> Iterator[bytes]:
+        """The body as sent (no decoding), every chunk held to the pace."""
         assert self.response is not None
+        seen = 0
         try:
-            yield from self.response.iter_bytes(size)
+            for chunk in self.response.iter_raw():  # as it arrives: a trickle is seen, never buffered up
+                seen += len(chunk)
+                self.pace.check(self.url, self.started, seen)
+                yield chunk
         except httpx.HTTPError as exc:  # the connection dropped mid-file: a truncated download
             raise ArtifactError(f"registry: GET {self.url}: {type(exc).__name__} while reading") from None
 

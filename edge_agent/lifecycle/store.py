@@ -69,6 +69,10 @@ class Store:
     def folder(self, name: str) -> Path:
         return self.root / name
 
+    def version_folder(self, name: str, version: str) -> Path:
+        """Where a version lives: the only place a version becomes a path, so never `.`, `..` or `a/b`."""
+        return self.folder(name) / mf.check_version(version)
+
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """The model's lock, across processes (the daemon and the CLI)."""
@@ -122,7 +126,7 @@ class Store:
             raise ArtifactError(
                 "pulling needs trusted_keys: a device that verifies nothing serves what any registry holds"
             )
-        base = f"{quote(name)}/{quote(version)}"
+        base = f"{quote(name)}/{quote(mf.check_version(version))}"
         sig = source.read(f"{base}/{mf.SIGNATURE}")
         raw = source.read(f"{base}/{mf.MANIFEST}")
         where = Path(f"{name}/{version}/{mf.MANIFEST}")
@@ -161,7 +165,7 @@ class Store:
     def adopt(self, name: str, version: str, folder: Path) -> Path:
         """A copy of a local artifact folder (a candidate that won its trial) as this version's folder in
         the store, verified; returns it. Copied beside its target and renamed: never half there."""
-        target = self.folder(name) / version
+        target = self.version_folder(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             shutil.rmtree(target)
@@ -199,11 +203,13 @@ class Store:
             state = self.state(name)
             _mark(state, version, "refused", why, None)
             if version not in (state.serving, state.previous):
-                shutil.rmtree(self.folder(name) / version, ignore_errors=True)
+                shutil.rmtree(self.version_folder(name, version), ignore_errors=True)
             self._save(name, state)
 
     def rollback(self, name: str, why: str, to: str | None = None) -> Current:
         """Mark what serves `rolled_back` (why) and serve the previous version (or `to`, kept on disk)."""
+        if to is not None:
+            mf.check_version(to)
         with self.lock(name):
             state = self.state(name)
             target = to or state.previous

@@ -12,7 +12,7 @@ from pathlib import Path
 from edge_agent.config.settings import AgentSettings
 from edge_agent.contract import manifest as mf
 from edge_agent.errors import ArtifactError
-from edge_agent.lifecycle.registry import latest, open_source
+from edge_agent.lifecycle.registry import Pace, Source, latest, open_source
 from edge_agent.lifecycle.store import Current, Store
 from edge_agent.runtimes import Runtime
 from edge_agent.runtimes.pool import Loader, ModelPool, default_loader
@@ -40,8 +40,15 @@ def resolve(settings: AgentSettings, name: str, version: str | None) -> str:
     if settings.registry is None:
         raise ArtifactError("no registry is configured (settings: registry.url)")
     if version is not None:
-        return version
-    return latest(open_source(settings.registry.url, settings.registry.timeout_s), name)
+        return mf.check_version(version)
+    return latest(source_of(settings), name)
+
+
+def source_of(settings: AgentSettings) -> Source:
+    """The registry the settings name, with their bounds on every read and download."""
+    assert settings.registry is not None
+    r = settings.registry
+    return open_source(r.url, r.timeout_s, Pace(r.deadline_s, r.min_bytes_per_s))
 
 
 def prepare(
@@ -58,7 +65,7 @@ def prepare(
     assert settings.registry is not None
     if current is not None and current.version == version:
         raise AlreadyServing(f"model {name}: version {version} already serves")
-    source = open_source(settings.registry.url, settings.registry.timeout_s)
+    source = source_of(settings)
     path = store.pull(name, source, settings.trusted(), version, current, allow_older)
     try:
         return load_checked(settings, path, loader)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from edge_agent.contract.manifest import NAME
+from edge_agent.contract.manifest import NAME, VERSION, VERSION_RULE
 from edge_agent.contract.messages import CommandDone, CommandReply, Envelope, Inbound, message_id, parse_with
 from edge_agent.errors import AgentError, ArtifactError, BadRequest
 from edge_agent.lifecycle.versions import AlreadyServing
@@ -36,8 +36,8 @@ def validate(data: dict[str, Any]) -> tuple[str, str | None]:
     model, version = data.get("model"), data.get("version")
     if not isinstance(model, str) or not NAME.fullmatch(model):
         raise BadRequest("field 'model' is required: a model name")
-    if version is not None and (not isinstance(version, str) or not 1 <= len(version) <= 64 or "/" in version):
-        raise BadRequest("field 'version' must be a version string (1 to 64 characters, no '/')")
+    if version is not None and (not isinstance(version, str) or not VERSION.fullmatch(version)):
+        raise BadRequest(f"field 'version' must be a version: {VERSION_RULE}")
     return model, version
 
 

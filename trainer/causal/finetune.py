@@ -133,15 +133,31 @@ def with_lora(model: Any, recipe: CausalRecipe, mode: str) -> Any:
     targets: str | list[str] = recipe.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in recipe.target_modules.split(",") if t.strip()]
+    elif recipe.top_layers:  # peft takes a layer range with named modules only: every linear layer's name
+        targets = linear_names(model)
+    layers = int(model.config.num_hidden_layers)
+    if not 0 <= recipe.top_layers <= layers:
+        raise UsageError(f"--top-layers {recipe.top_layers}: the base has {layers} layers")
     config = LoraConfig(
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
         target_modules=targets,
+        layers_to_transform=list(range(layers - recipe.top_layers, layers)) if recipe.top_layers else None,
         modules_to_save=["embed_tokens", "lm_head"] if recipe.train_embeddings else None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def linear_names(model: Any) -> list[str]:
+    """The names of the linear layers inside the transformer blocks (4-bit ones too), the LM head left out."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if ".layers." in name and isinstance(module, torch.nn.Linear)  # bitsandbytes' Linear4bit is one too
+    }
+    return sorted(names)
 
 
 def pad_id(base: Path) -> int:

@@ -22,6 +22,7 @@ class CausalRecipe:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: str = "all-linear"  # or a comma list such as q_proj,v_proj
+    top_layers: int = 0  # LoRA on the top N transformer layers only (0: all): backward stops below them
     train_embeddings: bool = False
     warmup: float = 0.03
     weight_decay: float = 0.0
