@@ -122,8 +122,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.app import load_served, serve
     from edge_agent.ops import logs
 
-    settings, models = _load(args)
+    settings = _settings(args)
     logs.configure(settings.log_level)
+    # the store checked against the disk: each model serves the newest version that verifies
+    models = Store(settings.state_dir).recover(load_models(settings.models_file), settings.trusted())
     problems = cloud_problems(settings, models) + group_problems(settings, models)
     if problems:
         raise ConfigError(problems)

@@ -94,7 +94,7 @@ def _install(
     agent loads it again on SIGHUP; this copy is closed)."""
     prepared = prepare(settings, store, name, version, now, allow_older)
     prepared.runtime.close()
-    store.promote(name, prepared.version, prepared.path, now)
+    store.promote(name, prepared.version, prepared.path, now, allow_older)
     return prepared
 
 

@@ -145,7 +145,7 @@ class Candidates:
             log.error("candidate_not_kept", model=name, why=str(exc))
             return
         await contender.served.stop(handover=served)
-        self.store.promote(name, version, path, current(self.pool, self.store, name))
+        self.store.promote(name, version, path, current(self.pool, self.store, name), allow_older=True)  # won its trial
         self.store.passed(name, version)  # its trial was its probation
         before = served.manifest.version
         # already loaded and warm: it serves from the next batch on; nothing is reloaded

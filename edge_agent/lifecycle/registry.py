@@ -70,7 +70,7 @@ def latest(source: Source, name: str) -> str:
     raw = source.read(f"{quote(name)}/latest.json")
     try:
         version = json.loads(raw)["version"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested past Python's limit
         raise ArtifactError(f"registry: {name}/latest.json has no version") from None
     if not isinstance(version, str) or not version:
         raise ArtifactError(f"registry: {name}/latest.json has no version")

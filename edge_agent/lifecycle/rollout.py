@@ -23,7 +23,7 @@ from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.lifecycle.candidates import Candidates
 from edge_agent.lifecycle.probation import PASSED, Probation
-from edge_agent.lifecycle.store import Store
+from edge_agent.lifecycle.store import ModelRecord, Store
 from edge_agent.lifecycle.versions import AlreadyServing, Prepared, Skipped, current, load_checked, prepare, resolve
 from edge_agent.runtimes.pool import Loader, ModelPool, default_loader
 
@@ -231,6 +231,8 @@ class Rollout:
                 continue
             except ArtifactError as exc:  # a poll's refusal is logged and recorded; serving goes on
                 log.warning("poll_refused", model=name, why=str(exc))
+            except Exception:  # whatever a registry sends, the next poll and every command still run
+                log.exception("poll_failed", model=name)
             self.write_status()
             self.on_change()
 
@@ -246,7 +248,11 @@ class Rollout:
         """Per model: what serves, the previous version, probation, the last event."""
         out: dict[str, Any] = {}
         for name, served in self.pool.served.items():
-            state = self.store.state(name)
+            try:
+                state = self.store.state(name)
+            except ArtifactError as exc:  # a damaged state.json: the model still serves, and the status says why
+                state = ModelRecord()
+                self.events[name] = str(exc)
             probation = self.watching.get(name)
             record = state.versions.get(served.manifest.version)
             out[name] = {

@@ -21,17 +21,20 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
+import structlog
 from pydantic import BaseModel, ValidationError
 
 from edge_agent.config.models_file import ModelsFile
 from edge_agent.contract import manifest as mf
 from edge_agent.contract import signing
 from edge_agent.errors import ArtifactError
+from edge_agent.lifecycle.durable import rename_durably, write_atomic
 from edge_agent.lifecycle.registry import Source, free_bytes
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+log = structlog.get_logger("edge_agent.lifecycle.store")
 VersionStatus = Literal["serving", "previous", "refused", "rolled_back", "retired"]
 HEADROOM = 16 << 20  # free space left after a pull: the spool and logs must still write
 
@@ -91,10 +94,7 @@ class Store:
             raise ArtifactError(f"{path}: unreadable; move it away to start this model's history afresh") from None
 
     def _save(self, name: str, state: ModelRecord) -> None:
-        path = self.folder(name) / "state.json"
-        tmp = path.with_name(f".state.json.{os.getpid()}")
-        tmp.write_text(state.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(self.folder(name) / "state.json", (state.model_dump_json(indent=2) + "\n").encode())
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file()) if self.root.is_dir() else []
@@ -103,6 +103,46 @@ class Store:
         state = self.state(name)
         record = state.versions.get(state.serving or "")
         return Current(state.serving, Path(record.path)) if state.serving and record and record.path else None
+
+    def recover(self, models: ModelsFile, trusted: Sequence[Ed25519PublicKey]) -> ModelsFile:
+        """At start-up: each model's `path` set to the newest version that verifies, in the order the operator
+        chose it: what the store says serves, the previous version, models.yaml's own folder. A stored version
+        that fails (a power cut mid-write, a disk error, a hand edit) is recorded `refused` with why; a
+        state.json that cannot be read is moved aside (`state.json.damaged`) and the model starts afresh."""
+        entries = []
+        for entry in models.models:
+            path = self._recover(entry.name, trusted)
+            entries.append(entry.model_copy(update={"path": path}) if path else entry)
+        return models.model_copy(update={"models": entries})
+
+    def _recover(self, name: str, trusted: Sequence[Ed25519PublicKey]) -> Path | None:
+        if not (self.folder(name) / "state.json").is_file():
+            return None
+        with self.lock(name):
+            try:
+                state = self.state(name)
+            except ArtifactError as exc:
+                log.error("store_state_damaged", model=name, why=str(exc))
+                os.replace(self.folder(name) / "state.json", self.folder(name) / "state.json.damaged")
+                return None
+            for version in [v for v in (state.serving, state.previous) if v]:
+                record = state.versions.get(version)
+                try:
+                    if record is None or record.path is None:
+                        raise ArtifactError(f"version {version}: no folder recorded")
+                    mf.load(Path(record.path), trusted)
+                except ArtifactError as exc:
+                    log.error("stored_version_refused", model=name, version=version, why=str(exc))
+                    _mark(state, version, "refused", f"failed verification at start-up: {exc}", None)
+                    continue
+                if state.serving != version:  # the serving one failed: the previous serves, on probation's terms
+                    state.previous, state.serving = None, version
+                    _mark(state, version, "serving", "", record.path)
+                self._save(name, state)
+                return Path(record.path)
+            state.serving = state.previous = None  # nothing stored verifies: models.yaml's folder serves
+            self._save(name, state)
+            return None
 
     def overlay(self, models: ModelsFile) -> ModelsFile:
         """models.yaml with each pulled model's `path` pointing at the version the store serves."""
@@ -155,7 +195,7 @@ class Store:
                 source.fetch(f"{base}/{quote(entry.path)}", dest, entry.size, entry.sha256)
             final = folder / manifest.version
             shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            rename_durably(tmp, final)
             return final
         except OSError as exc:
             raise ArtifactError(f"cannot store version {manifest.version}: {exc.strerror or exc}") from None
@@ -178,16 +218,22 @@ class Store:
             if (folder / mf.SIGNATURE).is_file():
                 shutil.copy2(folder / mf.SIGNATURE, staging / mf.SIGNATURE)
             mf.load(staging)
-            staging.rename(target)
+            rename_durably(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
 
-    def promote(self, name: str, version: str, path: Path, current: Current | None) -> None:
-        """`version` serves now (on probation); what served before becomes the previous version."""
+    def promote(self, name: str, version: str, path: Path, current: Current | None, allow_older: bool = False) -> None:
+        """`version` serves now (on probation); what served before becomes the previous version. Every decision
+        is taken here, under the lock, on what serves now: a pull that read `current` before another pull
+        promoted a newer version cannot downgrade it (`current` only names the seed folder of a first pull)."""
         with self.lock(name):
             state = self.state(name)
+            if state.serving is not None:
+                record = state.versions.get(state.serving)
+                current = Current(state.serving, Path(record.path)) if record and record.path else None
+            _check_order(version, current, allow_older)
             if current is not None and current.version != version:
                 _mark(state, current.version, "previous", "", str(current.path))
                 if state.previous not in (None, current.version, version):
