@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import signal
 import sqlite3
-from pathlib import Path
 
 import structlog
 
@@ -23,6 +21,7 @@ from edge_agent.lifecycle.store import Store
 from edge_agent.ops import systemd
 from edge_agent.ops.endpoint import Endpoint
 from edge_agent.ops.metrics import GaugeReader, Metrics
+from edge_agent.ops.pidfile import PidFile
 from edge_agent.ops.supervisor import Supervisor
 from edge_agent.routing.cloud import CloudClient
 from edge_agent.routing.router import Router
@@ -111,12 +110,13 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
     if settings.metrics.publish_s > 0:
         supervisor.start("metrics", lambda: _publish_metrics(settings, metrics, delivery))
-    pidfile = _write_pid(settings.state_dir / PIDFILE)
+    pidfile = PidFile(settings.state_dir / PIDFILE)
+    pidfile.hold()
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     try:
         await delivery.run(stop)
     finally:
-        pidfile.unlink(missing_ok=True)
+        pidfile.release()
         await endpoint.close()
         await supervisor.stop()
         await rollout.candidates.stop()
@@ -142,13 +142,6 @@ async def _publish_metrics(settings: AgentSettings, metrics: Metrics, delivery: 
             log.error("metrics_summary_failed", error=str(exc))
             continue
         delivery.announce(Outbound(topic, payload))
-
-
-def _write_pid(path: Path) -> Path:
-    """The pid `edge-agent models pull` signals (SIGHUP) after changing the store."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
-    return path
 
 
 async def _announce(delivery: Delivery, subscriptions: list[str]) -> None:

@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +25,7 @@ from edge_agent.lifecycle.rollout import PIDFILE, STATUS
 from edge_agent.lifecycle.store import Current, Store, history
 from edge_agent.lifecycle.versions import AlreadyServing, Prepared, prepare, resolve
 from edge_agent.ops import readout
+from edge_agent.ops.pidfile import running_agent
 
 Common = Callable[[argparse.ArgumentParser], None]
 
@@ -117,21 +117,15 @@ def _current(store: Store, entry: ModelEntry) -> Current | None:
 
 
 def _tell(settings: AgentSettings) -> str:
-    """SIGHUP to the running agent, after checking the pid file names an edge-agent process."""
-    pid = _agent_pid(settings.state_dir / PIDFILE)
+    """SIGHUP to the running agent, proven by the lock it holds on its pid file (never a stale pid)."""
+    pid = running_agent(settings.state_dir / PIDFILE)
     if pid is None:
         return "no agent runs: its next start serves it"
-    os.kill(pid, signal.SIGHUP)
-    return f"the agent (pid {pid}) swaps it in"
-
-
-def _agent_pid(path: Path) -> int | None:
     try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"edge-agent" in cmdline or b"edge_agent" in cmdline else None
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        return f"could not tell the agent (pid {pid}: {exc.strerror}): restart it to serve the change"
+    return f"the agent (pid {pid}) swaps it in"
 
 
 def status(args: argparse.Namespace, settings: AgentSettings) -> int:
@@ -182,7 +176,7 @@ def _read_status(settings: AgentSettings) -> dict[str, Any]:
         data = json.loads((settings.state_dir / STATUS).read_text())
     except (OSError, ValueError):
         return {}
-    alive = _agent_pid(settings.state_dir / PIDFILE) == data.get("pid")
+    alive = running_agent(settings.state_dir / PIDFILE) == data.get("pid")
     return data if alive and isinstance(data, dict) else {}
 
 

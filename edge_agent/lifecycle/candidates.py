@@ -134,7 +134,7 @@ class Candidates:
         served, version = self.pool.served[name], contender.trial.version
         if verdict.decision != "promote":
             await _withdraw(contender)
-            self.store.refuse(name, version, f"rejected after its trial: {verdict.why}")
+            await asyncio.to_thread(self.store.refuse, name, version, f"rejected after its trial: {verdict.why}")
             self.events[name] = f"candidate {version} rejected: {verdict.why}"
             return
         try:  # a copy in the store: the candidate's folder may be rebuilt in place by the next improve
@@ -145,8 +145,10 @@ class Candidates:
             log.error("candidate_not_kept", model=name, why=str(exc))
             return
         await contender.served.stop(handover=served)
-        self.store.promote(name, version, path, current(self.pool, self.store, name), allow_older=True)  # won its trial
-        self.store.passed(name, version)  # its trial was its probation
+        await asyncio.to_thread(
+            self.store.promote, name, version, path, current(self.pool, self.store, name), allow_older=True
+        )  # won its trial
+        await asyncio.to_thread(self.store.passed, name, version)  # its trial was its probation
         before = served.manifest.version
         # already loaded and warm: it serves from the next batch on; nothing is reloaded
         served.swap(served.entry.model_copy(update={"path": path}), contender.served.runtime)

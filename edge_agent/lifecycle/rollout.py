@@ -22,6 +22,7 @@ import structlog
 from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.lifecycle.candidates import Candidates
+from edge_agent.lifecycle.durable import write_atomic
 from edge_agent.lifecycle.probation import PASSED, Probation
 from edge_agent.lifecycle.store import ModelRecord, Store
 from edge_agent.lifecycle.versions import AlreadyServing, Prepared, Skipped, current, load_checked, prepare, resolve
@@ -78,6 +79,7 @@ class Rollout:
             settings, pool, store, loader, self.events, self._changed, self._unwatch, self.wake.set
         )
         self._next_poll = time.monotonic()
+        self.status_due = False  # the status file is behind what the trials decided
 
     def reload(self) -> None:
         """SIGHUP: the store changed under us (a CLI pull or rollback)."""
@@ -101,7 +103,7 @@ class Rollout:
         self._resume_probation()
         if await self.candidates.start():
             self.on_change()  # the status says a trial runs (and, as it goes, its counts)
-        self.write_status()
+        await self.write_status()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError
                 await asyncio.wait_for(self.wake.wait(), timeout=self._tick())
@@ -111,6 +113,9 @@ class Rollout:
             await self._judge()
             await self.candidates.judge()
             await self._maybe_poll()
+            if self.status_due:
+                self.status_due = False
+                await self.write_status()
 
     def _tick(self) -> float:
         waits = [5.0]
@@ -132,7 +137,7 @@ class Rollout:
                 order.done.set_exception(outcome)
             else:
                 order.done.set_result(outcome)
-        self.write_status()
+        await self.write_status()
         self.on_change()
 
     async def _pull(self, name: str, version: str | None, explicit: bool) -> str:
@@ -144,7 +149,7 @@ class Rollout:
             raise Skipped(f"model {name}: {version} was {record.state} ({record.why})")
         now = current(self.pool, self.store, name)
         prepared = await asyncio.to_thread(prepare, self.settings, self.store, name, version, now, False, self.loader)
-        self.store.promote(name, prepared.version, prepared.path, now)
+        await asyncio.to_thread(self.store.promote, name, prepared.version, prepared.path, now)
         return self._swap(name, prepared, probation=True)
 
     async def _reconcile_all(self) -> str:
@@ -160,8 +165,8 @@ class Rollout:
         try:
             prepared = await asyncio.to_thread(load_checked, self.settings, wanted.path, self.loader)
         except ArtifactError as exc:
-            self.store.refuse(name, wanted.version, str(exc))
-            self.store.rollback(name, f"could not be loaded by the agent: {exc}")
+            await asyncio.to_thread(self.store.refuse, name, wanted.version, str(exc))
+            await asyncio.to_thread(self.store.rollback, name, f"could not be loaded by the agent: {exc}")
             self.events[name] = f"{wanted.version} refused: {exc}"
             return self.events[name]
         record = self.store.state(name).versions[wanted.version]
@@ -200,19 +205,19 @@ class Rollout:
             self.pool.served[name].watch = None
             version = self.pool.served[name].manifest.version
             if verdict == PASSED:
-                self.store.passed(name, version)
+                await asyncio.to_thread(self.store.passed, name, version)
                 self.events[name] = f"{version} passed probation ({probation.answers} answers)"
                 log.info("probation_passed", model=name, version=version, **probation.snapshot())
             else:
                 log.warning("probation_failed", model=name, version=version, why=verdict)
                 await self._rollback(name, f"probation: {verdict}")
-            self.write_status()
+            await self.write_status()
             self.on_change()
 
     async def _rollback(self, name: str, why: str, to: str | None = None) -> str:
         if self.pool.get(name) is None:
             raise ArtifactError(f"model {name}: not served here")
-        target = self.store.rollback(name, why, to)
+        target = await asyncio.to_thread(self.store.rollback, name, why, to)  # its lock: never on the loop
         prepared = await asyncio.to_thread(load_checked, self.settings, target.path, self.loader)
         self._swap(name, prepared, probation=False)
         self.events[name] = f"rolled back to {target.version}: {why}"
@@ -233,7 +238,7 @@ class Rollout:
                 log.warning("poll_refused", model=name, why=str(exc))
             except Exception:  # whatever a registry sends, the next poll and every command still run
                 log.exception("poll_failed", model=name)
-            self.write_status()
+            await self.write_status()
             self.on_change()
 
     def _unwatch(self, name: str) -> None:
@@ -241,7 +246,9 @@ class Rollout:
         self.watching.pop(name, None)
 
     def _changed(self) -> None:
-        self.write_status()
+        """A trial decided (or counted enough): the status says so now, the status file at the next turn."""
+        self.status_due = True
+        self.wake.set()
         self.on_change()
 
     def snapshot(self) -> dict[str, Any]:
@@ -266,12 +273,11 @@ class Rollout:
                 out[name]["candidate"] = trial
         return out
 
-    def write_status(self) -> None:
-        """`{state_dir}/status.json`, what `edge-agent status --wait-healthy` reads on the device."""
-        path = self.settings.state_dir / STATUS
-        tmp = path.with_name(f".{STATUS}.{os.getpid()}")
+    async def write_status(self) -> None:
+        """`{state_dir}/status.json`, what `edge-agent status --wait-healthy` reads on the device: made on the
+        loop, written (and fsynced) in a thread."""
+        data = json.dumps({"pid": os.getpid(), "models": self.snapshot()}, indent=2) + "\n"
         try:
-            tmp.write_text(json.dumps({"pid": os.getpid(), "models": self.snapshot()}, indent=2) + "\n")
-            os.replace(tmp, path)
+            await asyncio.to_thread(write_atomic, self.settings.state_dir / STATUS, data.encode())
         except OSError as exc:  # a full disk must not stop serving; the MQTT status still tells
             log.warning("status_file_failed", error=str(exc))

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("edge_agent.lifecycle.store")
 VersionStatus = Literal["serving", "previous", "refused", "rolled_back", "retired"]
+INCOMING = ".incoming-"  # a pull's download folder: .incoming-{version}.{pid}
 HEADROOM = 16 << 20  # free space left after a pull: the spool and logs must still write
 
 
@@ -119,6 +120,7 @@ class Store:
         if not (self.folder(name) / "state.json").is_file():
             return None
         with self.lock(name):
+            self.sweep(name)
             try:
                 state = self.state(name)
             except ArtifactError as exc:
@@ -173,34 +175,49 @@ class Store:
         signing.verify(raw, sig.decode("utf-8", "replace"), trusted, where)
         manifest = mf.parse(raw, where)
         _check_identity(manifest, name, version)
-        _check_order(manifest.version, current, allow_older)
-        with self.lock(name):
-            return self._download(source, base, manifest, raw, sig)
+        _check_order(manifest.version, current, allow_older)  # checked again under the lock at promote time
+        return self._download(source, base, manifest, raw, sig)  # no lock held across a download
 
     def _download(self, source: Source, base: str, manifest: mf.Manifest, raw: bytes, sig: bytes) -> Path:
         folder = self.folder(manifest.name)
+        folder.mkdir(parents=True, exist_ok=True)
         need = sum(entry.size for entry in manifest.files) + HEADROOM
         free = free_bytes(folder)
         if free < need:
             raise ArtifactError(f"disk full: version {manifest.version} needs {need >> 20} MiB, {free >> 20} MiB free")
-        tmp = folder / f".incoming-{manifest.version}"
+        tmp = folder / f"{INCOMING}{manifest.version}.{os.getpid()}"  # this process's own: pulls never share one
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            tmp.mkdir()
+            tmp.mkdir(parents=True)
             (tmp / mf.MANIFEST).write_bytes(raw)
             (tmp / mf.SIGNATURE).write_bytes(sig)
             for entry in manifest.files:
                 dest = tmp / _safe(entry.path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 source.fetch(f"{base}/{quote(entry.path)}", dest, entry.size, entry.sha256)
-            final = folder / manifest.version
-            shutil.rmtree(final, ignore_errors=True)
-            rename_durably(tmp, final)
-            return final
+            with self.lock(manifest.name):  # only the move into place holds the lock
+                return self._place(manifest.name, manifest.version, tmp)
         except OSError as exc:
             raise ArtifactError(f"cannot store version {manifest.version}: {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _place(self, name: str, version: str, tmp: Path) -> Path:
+        """A downloaded version moved into its folder (under the lock); the serving one is never replaced under
+        the agent's feet (two pulls of one version: the second finds it serving)."""
+        final = self.version_folder(name, version)
+        if final.exists() and self.state(name).serving == version:
+            raise ArtifactError(f"model {name}: version {version} already serves")
+        shutil.rmtree(final, ignore_errors=True)
+        rename_durably(tmp, final)
+        return final
+
+    def sweep(self, name: str) -> None:
+        """What a killed pull or copy left behind (its process is gone), removed; the caller holds the lock."""
+        for leftover in self.folder(name).glob(".*"):
+            pid = leftover.name.rsplit(".", 1)[-1]
+            if leftover.name.startswith((INCOMING, ".state.json.")) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
     def adopt(self, name: str, version: str, folder: Path) -> Path:
         """A copy of a local artifact folder (a candidate that won its trial) as this version's folder in
@@ -296,6 +313,16 @@ def _mark(state: ModelRecord, version: str, status: VersionStatus, why: str, pat
     if status != "serving":
         record.probation = None
     return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def _safe(relpath: str) -> PurePosixPath:

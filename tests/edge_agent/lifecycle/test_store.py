@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
+from edge_agent.contract import signing
 from edge_agent.errors import ArtifactError
 from edge_agent.lifecycle.registry import FolderSource, latest
 from edge_agent.lifecycle.store import Current, Store
+from tests.support.registry import make_keys, publish
 
 
 def folder(store: Store, version: str) -> Path:
@@ -37,3 +42,48 @@ def test_a_latest_json_nested_past_pythons_limit_is_one_line(tmp_path: Path) -> 
     (tmp_path / "m" / "latest.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ArtifactError, match=r"^registry: m/latest.json has no version$"):
         latest(FolderSource(tmp_path), "m")
+
+
+class BlockingSource:
+    """A registry folder whose file downloads wait for the test: the download is in progress as long as it likes."""
+
+    def __init__(self, root: Path) -> None:
+        self.inner, self.started, self.go = FolderSource(root), threading.Event(), threading.Event()
+
+    def read(self, relpath: str, limit: int = 1 << 20) -> bytes:
+        return self.inner.read(relpath, limit)
+
+    def fetch(self, relpath: str, dest: Path, size: int, sha256: str) -> None:
+        self.started.set()
+        assert self.go.wait(30)
+        self.inner.fetch(relpath, dest, size, sha256)
+
+
+def test_no_lock_is_held_across_a_download(tmp_path: Path, tiny_artifact: Path) -> None:
+    """Before: `models pull` held the model's lock for its whole download; the agent, taking that lock on its
+    event loop for a rollback, held every request (one answered after 23 s)."""
+    keys = make_keys(tmp_path / "keys")
+    publish(tmp_path / "registry", tiny_artifact, "2.0.0", keys)
+    store, source = Store(tmp_path / "state"), BlockingSource(tmp_path / "registry")
+    trusted = [signing.load_public(keys.public)]
+    pulled: list[Path] = []
+    worker = threading.Thread(target=lambda: pulled.append(store.pull("tiny", source, trusted, "2.0.0", None)))
+    worker.start()
+    assert source.started.wait(30)
+    with store.lock("tiny"):  # free while the download runs
+        pass
+    source.go.set()
+    worker.join(30)
+    assert pulled and (pulled[0] / "manifest.json").is_file() and not list(store.folder("tiny").glob(".incoming-*"))
+
+
+def test_what_a_killed_pull_left_is_swept_and_a_running_ones_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = store.folder("m") / f".incoming-2.0.0.{dead.pid}"
+    running = store.folder("m") / f".incoming-3.0.0.{os.getpid()}"
+    for folder in (left, running):
+        folder.mkdir(parents=True)
+    store.sweep("m")
+    assert not left.exists() and running.is_dir()
