@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log_level)
+    _writable(settings.state_dir)
     # the store checked against the disk: each model serves the newest version that verifies
     models = Store(settings.state_dir).recover(load_models(settings.models_file), settings.trusted())
     problems = cloud_problems(settings, models) + group_problems(settings, models)
@@ -132,6 +134,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     pool, missing = load_served(settings, models)
     asyncio.run(serve(settings, models, pool, missing))
     return 0
+
+
+def _writable(folder: Path) -> None:
+    """The state folder takes writes (the spool, the store, the pid file), or one line and exit 78: a read-only
+    mount or a wrong path is for a person to fix; restarting would not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError([f"state_dir {folder}: {exc.strerror}: the agent must be able to write there"]) from None
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

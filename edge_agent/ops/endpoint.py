@@ -36,6 +36,9 @@ class Endpoint:
         self.summary = summary
         self.server: asyncio.Server | None = None
         self.open = 0
+        self.idle: dict[
+            asyncio.StreamWriter, None
+        ] = {}  # connections still waiting for their request line, oldest first
 
     async def start(self, host: str, port: int) -> None:
         """Listen; ConfigError (one line) when the address cannot be had, so a misconfigured port stops start-up."""
@@ -52,12 +55,14 @@ class Endpoint:
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.open >= MAX_CONNECTIONS:
-            writer.close()
+        if self.open >= MAX_CONNECTIONS and not self._evict_idle():
+            writer.close()  # every slot is answering a request: this one waits for the next scrape
             return
         self.open += 1
+        self.idle[writer] = None
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
+            self.idle.pop(writer, None)
             try:
                 status, kind, body = self._answer(line)
             except sqlite3.Error as exc:  # the spool's disk failing: say so, keep serving
@@ -72,9 +77,20 @@ class Endpoint:
             pass  # a scraper that went away, or a request line past the reader's limit: nothing to answer
         finally:
             self.open -= 1
+            self.idle.pop(writer, None)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    def _evict_idle(self) -> bool:
+        """Room for a new connection at the cap: the oldest one that has sent nothing yet is closed (idle
+        connections must not blind the scraper). False when every connection is being answered."""
+        oldest = next(iter(self.idle), None)
+        if oldest is None:
+            return False
+        self.idle.pop(oldest)
+        oldest.close()
+        return True
 
     def _answer(self, request_line: bytes) -> tuple[str, str, bytes]:
         parts = request_line.decode("latin-1").split()

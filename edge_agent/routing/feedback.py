@@ -94,7 +94,7 @@ class FeedbackLog:
             if held.rows >= self.max_rows + max(1, self.max_rows // 10) or held.size + len(line) > self.max_bytes:
                 room = max(0, self.max_bytes - self.max_bytes // 10 - len(line))  # the slack spaces out the trims
                 held = _trim(path, self.max_rows - 1, room)
-            with path.open("ab") as fh:
+            with _append_only(path) as fh:
                 fh.write(line)
             self._held[model] = _Held(held.rows + 1, held.size + len(line))
         return True
@@ -106,6 +106,13 @@ class FeedbackLog:
             if path.is_file():
                 with path.open(encoding="utf-8") as fh:
                     yield from fh
+
+
+def _append_only(path: Path) -> BinaryIO:
+    """The model's file, opened to append, never through a link planted in the state folder (one would make the
+    agent write where it points): O_NOFOLLOW refuses it with ELOOP."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "ab")
 
 
 def _measure(path: Path) -> _Held:

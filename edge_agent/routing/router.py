@@ -293,7 +293,10 @@ class Router:
             run = await pending
         meta = {"model": job.model, "version": job.manifest.version, "reason": str(reason)}
         row = record(job.request.text, run.prediction, cloud, meta, self.redact.get(job.model, []))
-        await asyncio.to_thread(self.feedback.append, job.model, row)
+        try:
+            await asyncio.to_thread(self.feedback.append, job.model, row)
+        except OSError as exc:  # a full disk, a planted link: the answer stands, the row is lost and logged
+            log.error("feedback_write_failed", model=job.model, error=str(exc))
 
     def _later(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_agent.contract.messages import Inbound, Outbound
 
+BUSY_S = 0.05  # the longest a spool write waits for another process's lock, on the event loop
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, correlation BLOB,
@@ -45,7 +46,9 @@ class Spool:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
+        # BUSY_S, not sqlite3's 5 s: another process holding the write lock must not stall the event loop; a
+        # write that cannot have the lock fails (sqlite3.Error), and every caller carries on without the spool
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_S)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)

@@ -185,3 +185,13 @@ def test_a_base_url_httpx_cannot_parse_is_refused(tmp_path: Path) -> None:
         load_settings(cloud_file(tmp_path, "http://[::1/v1"))
     [line] = info.value.problems
     assert "cloud.base_url" in line and "not a valid URL" in line
+
+
+def test_a_state_folder_the_agent_cannot_write_is_one_line_and_78(tmp_path: Path, tiny_artifact: Path) -> None:
+    """Before: a traceback and exit 1, which systemd restarts for ever (issue 23)."""
+    (tmp_path / "a-file").write_text("")
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path / "a-file" / "state")}
+    result = run_cli("run", "--models", str(models), env=env)
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "must be able to write there" in result.stderr

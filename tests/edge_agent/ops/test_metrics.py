@@ -280,3 +280,34 @@ def test_an_escalation_that_ends_in_an_error_still_counts_as_one(
     got = samples(scrape(agents[-1]))
     assert got["edge_agent_requests_total"] == {"model=tiny,outcome=cloud_unavailable,source=none": 1}
     assert got["edge_agent_escalations_total"] == {"model=tiny,reason=forced": 1}
+
+
+def test_idle_connections_do_not_blind_the_scraper() -> None:
+    """Before: 24 connections that sent nothing held every slot; 0 of 10 scrapes were answered (issue 23)."""
+    from edge_agent.ops.endpoint import Endpoint
+    from edge_agent.ops.metrics import GaugeReader, Gauges, Metrics
+    from tests.support.broker import free_port
+
+    async def scenario() -> list[bytes]:
+        port = free_port()
+        metrics = Metrics()
+        GaugeReader(metrics, Gauges)
+        endpoint = Endpoint(metrics, dict)
+        await endpoint.start("127.0.0.1", port)
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(24)]
+        try:
+            answers = []
+            for _ in range(10):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+                await writer.drain()
+                answers.append(await reader.read())
+                writer.close()
+            return answers
+        finally:
+            for _, writer in idle:
+                writer.close()
+            await endpoint.close()
+
+    answers = asyncio.run(scenario())
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:20] for a in answers]

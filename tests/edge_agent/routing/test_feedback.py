@@ -81,3 +81,19 @@ def test_a_trim_reads_the_tail_not_the_whole_file(tmp_path: Path) -> None:
     assert len(lines) == 200 and json.loads(lines[-1])["text"] == "newest" and set(lines[:-1]) == {row}
     assert peak < 1_000_000, f"peak {peak} bytes while trimming a {len(row) * 8000} byte file"
     assert sorted(p.name for p in (tmp_path / "fb").iterdir()) == ["a.jsonl"]
+
+
+def test_a_link_planted_in_the_state_folder_is_never_followed(tmp_path: Path) -> None:
+    """Before: the feedback log appended through a symlink to wherever it pointed (issue 23)."""
+    import errno
+
+    import pytest
+
+    target = tmp_path / "etc-passwd"
+    target.write_text("root:x:0:0\n")
+    (tmp_path / "feedback").mkdir()
+    (tmp_path / "feedback" / "m.jsonl").symlink_to(target)
+    log = FeedbackLog(tmp_path / "feedback", max_rows=10)
+    with pytest.raises(OSError) as caught:
+        log.append("m", {"text": "hello"})
+    assert caught.value.errno == errno.ELOOP and target.read_text() == "root:x:0:0\n"

@@ -77,3 +77,19 @@ def test_a_spool_from_before_arrival_times_still_opens_and_keeps_its_requests(tm
     spool = Spool(path)
     spool.wait("m", Inbound("t", b"new"), ttl_s=60)
     assert [w.inbound.payload for w in spool.waiting()] == [b"old", b"new"]
+
+
+def test_another_process_holding_the_lock_costs_the_loop_milliseconds_not_seconds(tmp_path: Path) -> None:
+    """Before: sqlite3's 5 s busy timeout, on the event loop, for every spooled reply (a request took 9.7 s)."""
+    import pytest
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    other = sqlite3.connect(tmp_path / "spool.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 shell, a backup tool...
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        spool.put_reply(Outbound("t", b"x"))
+    assert time.monotonic() - started < 0.5
+    other.execute("ROLLBACK")
+    spool.put_reply(Outbound("t", b"x"))
+    assert spool.counts()["replies"] == 1
