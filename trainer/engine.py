@@ -25,8 +25,9 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def precision_for(wanted: str) -> str:
-    """`auto`: bf16 where the GPU computes in it natively, else fp32 ("no"): on a CPU without native
-    bf16 (AVX2 only) autocast to bf16 is slower, not faster (bench/README.md, "Fine-tuning engine")."""
+    """`auto`: bf16 on a GPU that computes in it, else fp32 ("no"). Not bf16 on a CPU by default, though on one
+    with native bf16 (AVX-512 BF16, AMX) it is 1.9x faster a step (bench/README.md, "Fine-tuning engine"): the
+    same command would then train differently on CPUs with and without it; `--precision bf16` asks for it."""
     if wanted not in PRECISIONS:
         raise UsageError(f"--precision {wanted!r}: use one of {', '.join(PRECISIONS)}")
     if wanted != "auto":

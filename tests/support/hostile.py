@@ -6,10 +6,11 @@ import contextlib
 import functools
 import gzip
 import http.server
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from tests.support.registry import http_server
 
 Behaviour = Callable[[http.server.BaseHTTPRequestHandler], None]
 
@@ -71,12 +72,5 @@ def hostile(behaviour: Behaviour) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as url:
+        yield url

@@ -105,8 +105,15 @@ def slow_model(folder: Path, manifest: mf.Manifest) -> mf.Manifest:
 @contextmanager
 def serve(folder: Path) -> Iterator[str]:
     """A real static HTTP server on loopback serving `folder`; yields its base URL."""
-    handler = functools.partial(_Quiet, directory=str(folder))
+    with http_server(functools.partial(_Quiet, directory=str(folder))) as url:
+        yield url
+
+
+@contextmanager
+def http_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threading HTTP server on a free loopback port, answering with `handler`; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from trainer.causal import converter, data, prompts, tiny
 from trainer.causal.finetune import choose_mode
-from trainer.errors import DataError, TrainerError
+from trainer.errors import DataError, TrainerError, UsageError
 from trainer.records import load_split, write_builtin
 
 
@@ -112,14 +112,15 @@ def test_a_file_that_is_not_utf8_is_a_data_error(tmp_path: Path, task: str) -> N
         data.read(path, task)  # type: ignore[arg-type]
 
 
-def test_qlora_without_cuda_is_one_clear_error() -> None:
+def test_qlora_runs_wherever_bitsandbytes_does_and_auto_picks_it_on_a_gpu_only() -> None:
+    """Issue 22: `on` no longer needs CUDA (bitsandbytes 0.50 runs nf4 on a CPU); `auto` stays LoRA on a CPU."""
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present: QLoRA would run")
-    with pytest.raises(TrainerError, match="QLoRA needs a CUDA device"):
-        choose_mode("on")
-    assert choose_mode("auto") == "lora"
+    assert choose_mode("on") == "qlora"
+    assert choose_mode("off") == "lora"
+    assert choose_mode("auto") == ("qlora" if torch.cuda.is_available() else "lora")
+    with pytest.raises(UsageError, match="--qlora 'yes': use auto, on or off"):
+        choose_mode("yes")
 
 
 def test_converter_pin_refuses_another_llama_cpp_version(monkeypatch: pytest.MonkeyPatch) -> None:
