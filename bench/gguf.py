@@ -30,13 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from bench import smollm2  # noqa: E402
+from bench.gguf_data import OUT, rows_of, share, split_file, spread  # noqa: E402
 from bench.gguf_generation import grammar_overhead, long_generation, raw_vs_runtime  # noqa: E402
 from bench.gguf_tables import tables  # noqa: E402
 from bench.mqtt_peer import mosquitto  # noqa: E402
@@ -61,34 +60,7 @@ from trainer.causal import build, data, prompts  # noqa: E402
 from trainer.causal.export import build_manifest  # noqa: E402
 from trainer.causal.recipe import CausalRecipe  # noqa: E402
 
-HWU = ROOT.parent / "shared" / "datasets" / "hwu64"
-OUT = ROOT / "bench" / "out" / "gguf"
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-
-def rows_of(split: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (HWU / f"{split}.jsonl").read_text().splitlines()]
-
-
-def share(fraction: float) -> Path:
-    """The first ceil(fraction x n) train rows of every intent (the file is sorted by intent)."""
-    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows_of("train"):
-        by[row["intent"]].append(row)
-    kept = [r for label in sorted(by) for r in by[label][: math.ceil(fraction * len(by[label]))]]
-    path = OUT / f"train-{round(100 * fraction)}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return path
-
-
-def dev_file(task: str) -> Path:
-    """Classify calibrates on all of dev; extract on 300 dev texts spread over the intents (generating
-    costs ~150 ms a text, and every variant is evaluated on dev and test)."""
-    if task == "classify":
-        return HWU / "dev.jsonl"
-    path = OUT / "dev-300.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in spread(rows_of("dev"), 300)))
-    return path
 
 
 def train(task: str, args: argparse.Namespace) -> Path:
@@ -110,29 +82,15 @@ def train(task: str, args: argparse.Namespace) -> Path:
         base=args.base,
         task=task,  # type: ignore[arg-type]
         work=OUT / f".work-{task}",
-        test=test_file(task, args),
+        test=split_file("test", 0 if classify else args.extract_test_n),
         max_tokens=48,
         threads=args.threads,
     )
     started = time.monotonic()
-    artifact = build.build(share(fraction), dev_file(task), options, recipe)
+    dev = split_file("dev", 0 if classify else 300)  # classify calibrates on all of dev
+    artifact = build.build(share(fraction), dev, options, recipe)
     print(f"built {artifact} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return artifact
-
-
-def test_file(task: str, args: argparse.Namespace) -> Path:
-    """All of test for classify; for extract, all of it too unless --extract-test-n (generating is ~0.2 s a
-    text and every variant is evaluated): n texts spread over the intents, which the table then says."""
-    if task == "classify" or not args.extract_test_n:
-        return HWU / "test.jsonl"
-    path = OUT / f"test-{args.extract_test_n}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in spread(rows_of("test"), args.extract_test_n)))
-    return path
-
-
-def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """n rows spread over a file sorted by intent."""
-    return rows[:: max(1, len(rows) // n)][:n]
 
 
 def runtime(folder: Path, threads: int, manifest: mf.Manifest | None = None) -> GgufRuntime:

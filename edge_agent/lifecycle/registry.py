@@ -57,7 +57,7 @@ class Source(Protocol):
 def open_source(url: str, timeout_s: float = 30.0, pace: Pace | None = None) -> Source:
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
-        return HttpSource(url.rstrip("/"), timeout_s, pace or Pace())
+        return HttpSource(url.rstrip("/"), timeout_s, pace)
     if parsed.scheme == "file":
         return FolderSource(Path(unquote(parsed.path)))
     if parsed.scheme == "":
@@ -141,7 +141,7 @@ class HttpSource:
     def read(self, relpath: str, limit: int = DOC_LIMIT) -> bytes:
         data = bytearray()
         with self._open(relpath) as response:
-            for chunk in response.iter_bytes(CHUNK):
+            for chunk in response.chunks():
                 data += chunk
                 if len(data) > limit:
                     raise ArtifactError(f"registry {self.base}: {unquote(relpath)} is larger than {limit} bytes")
@@ -149,7 +149,7 @@ class HttpSource:
 
     def fetch(self, relpath: str, dest: Path, size: int, sha256: str) -> None:
         with self._open(relpath) as response:
-            _copy(response.iter_bytes(CHUNK), dest, _Digest(unquote(relpath), size), sha256)
+            _copy(response.chunks(), dest, _Digest(unquote(relpath), size), sha256)
 
     def _open(self, relpath: str) -> _Response:
         return _Response(f"{self.base}/{relpath}", self.timeout, self.pace)
@@ -179,8 +179,8 @@ class _Response:
             raise ArtifactError(f"registry: GET {self.url}: {why}")
         return self
 
-    def iter_bytes(self, size: int) -> Iterator[bytes]:
-        """The body as sent (no decoding), every chunk held to the pace."""
+    def chunks(self) -> Iterator[bytes]:
+        """The body as sent (no decoding), as it arrives, every chunk held to the pace."""
         assert self.response is not None
         seen = 0
         try:

@@ -101,9 +101,7 @@ class Store:
         return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file()) if self.root.is_dir() else []
 
     def serving(self, name: str) -> Current | None:
-        state = self.state(name)
-        record = state.versions.get(state.serving or "")
-        return Current(state.serving, Path(record.path)) if state.serving and record and record.path else None
+        return _current(self.state(name))
 
     def recover(self, models: ModelsFile, trusted: Sequence[Ed25519PublicKey]) -> ModelsFile:
         """At start-up: each model's `path` set to the newest version that verifies, in the order the operator
@@ -213,7 +211,7 @@ class Store:
         return final
 
     def sweep(self, name: str) -> None:
-        """What a killed pull or copy left behind (its process is gone), removed; the caller holds the lock."""
+        """What a killed pull or state write left behind (its process is gone), removed; the caller holds the lock."""
         for leftover in self.folder(name).glob(".*"):
             pid = leftover.name.rsplit(".", 1)[-1]
             if leftover.name.startswith((INCOMING, ".state.json.")) and pid.isdigit() and not _alive(int(pid)):
@@ -248,8 +246,7 @@ class Store:
         with self.lock(name):
             state = self.state(name)
             if state.serving is not None:
-                record = state.versions.get(state.serving)
-                current = Current(state.serving, Path(record.path)) if record and record.path else None
+                current = _current(state)
             _check_order(version, current, allow_older)
             if current is not None and current.version != version:
                 _mark(state, current.version, "previous", "", str(current.path))
@@ -313,6 +310,12 @@ def _mark(state: ModelRecord, version: str, status: VersionStatus, why: str, pat
     if status != "serving":
         record.probation = None
     return record
+
+
+def _current(state: ModelRecord) -> Current | None:
+    """What the record says serves, with its folder."""
+    record = state.versions.get(state.serving or "")
+    return Current(state.serving, Path(record.path)) if state.serving and record and record.path else None
 
 
 def _alive(pid: int) -> bool:

@@ -22,9 +22,10 @@ import torch
 
 from trainer import records, stage
 from trainer.causal import data
-from trainer.causal.finetune import ADAPTER, collate, nf4_config, pad_id
+from trainer.causal.finetune import ADAPTER, collate, load_base, pad_id
 from trainer.errors import TrainerError, UsageError
 
+CPU = torch.device("cpu")  # the merge and its check run on the CPU, wherever training ran
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 TOKENIZER_FILES = (
     "tokenizer.model",
@@ -114,35 +115,23 @@ def _check_rows(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def fp32_base(folder: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return load_base(folder, "lora", CPU)
 
 
 def trained_model(base: Path, adapter: Path, mode: str) -> Any:
-    """The model as training saw it: the base as loaded then (fp32, or nf4 on the CPU) with the adapter."""
+    """The model as training saw it: the base loaded as causal-finetune loads it (fp32, or nf4 here on the
+    CPU), with the adapter."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    if mode != "qlora":
-        return PeftModel.from_pretrained(fp32_base(base), adapter)
-    cpu = torch.device("cpu")
-    quantized = AutoModelForCausalLM.from_pretrained(
-        base, quantization_config=nf4_config(cpu), device_map={"": "cpu"}, dtype=torch.float32
-    )
-    return PeftModel.from_pretrained(quantized, adapter)
+    return PeftModel.from_pretrained(load_base(base, mode, CPU), adapter)
 
 
 def dequantized_base(base: Path) -> Any:
     """The fp32 base whose quantized layers hold their nf4 weights, dequantized: what QLoRA trained against."""
     import bitsandbytes.functional as bnbf
-    from transformers import AutoModelForCausalLM
 
     model = fp32_base(base)
-    cpu = torch.device("cpu")
-    quantized = AutoModelForCausalLM.from_pretrained(
-        base, quantization_config=nf4_config(cpu), device_map={"": "cpu"}, dtype=torch.float32
-    )
+    quantized = load_base(base, "qlora", CPU)
     layers = dict(model.named_modules())
     with torch.no_grad():
         for name, module in quantized.named_modules():
