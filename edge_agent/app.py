@@ -15,7 +15,7 @@ from edge_agent.config.settings import AgentSettings
 from edge_agent.contract.manifest import Manifest, cloud_only
 from edge_agent.contract.manifest import read as read_manifest
 from edge_agent.contract.messages import Outbound
-from edge_agent.errors import ArtifactError, ConfigError
+from edge_agent.errors import ArtifactError
 from edge_agent.lifecycle.rollout import PIDFILE, Rollout
 from edge_agent.lifecycle.store import Store
 from edge_agent.ops import systemd
@@ -37,36 +37,23 @@ from edge_agent.transport.spool import Spool
 log = structlog.get_logger("edge_agent.app")
 
 
-def load_pool(settings: AgentSettings, models: ModelsFile) -> ModelPool:
-    """Every model loaded and verified; raises ConfigError listing what cannot be served."""
-    return ModelPool.load(models, settings.threads, settings.batch_max, settings.trusted())
-
-
 def load_served(settings: AgentSettings, models: ModelsFile) -> tuple[ModelPool, Missing]:
     """The pool, plus models only the cloud can answer here.
 
-    With a cloud configured, an artifact that cannot load (corrupted, runtime not installed) does
-    not stop the agent when its manifest still reads and its route allows the cloud: its requests
-    escalate as `model_missing`. Anything else is a ConfigError listing every problem.
+    A model none of whose versions loads does not stop the agent (a device that stays up can be mended by a
+    pull): with a cloud its route allows, its requests escalate as `model_missing` when its manifest still
+    reads; otherwise it is `down` and answers `unavailable`, saying why. The other models serve.
     """
-    if settings.cloud is None:
-        return load_pool(settings, models), {}
-    served, missing, problems = {}, {}, []
-    for entry in models.models:
-        try:
-            served.update(load_pool(settings, ModelsFile(models=[entry])).served)
-        except ConfigError as exc:
-            manifest = _manifest_only(entry)
-            if manifest is None or entry.route == "local":
-                problems.extend(exc.problems)
-                continue
-            log.error("model_missing_locally", model=entry.name, problems=exc.problems)
-            missing[entry.name] = (entry, manifest)
-    if problems:
-        for model in served.values():
-            model.runtime.close()
-        raise ConfigError(problems)
-    return ModelPool(served), missing
+    pool = ModelPool.load_what_verifies(models, settings.threads, settings.batch_max, settings.trusted())
+    missing: Missing = {}
+    for name, down in pool.down.items():
+        manifest = _manifest_only(down.entry) if settings.cloud is not None else None
+        if manifest is not None and down.entry.route != "local":
+            log.error("model_missing_locally", model=name, why=down.why)
+            missing[name] = (down.entry, manifest)
+        else:
+            log.error("model_unavailable", model=name, why=down.why)
+    return pool, missing
 
 
 def _manifest_only(entry: ModelEntry) -> Manifest | None:

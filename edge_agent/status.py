@@ -40,10 +40,14 @@ class Status:
         """The body of the retained `{agent}/status` message."""
         body: dict[str, Any] = {"device_id": self.settings.device_id, "agent": __version__}
         body["models"] = self.pool.versions()
+        if self.pool.down:
+            body["unavailable"] = {name: down.why for name, down in self.pool.down.items()}
         if self.rollout is not None:
             body["rollout"] = self.rollout.snapshot()
         if self.missing:
-            body["cloud_only"] = {name: manifest.version for name, (_, manifest) in self.missing.items()}
+            body["cloud_only"] = {
+                name: manifest.version for name, (_, manifest) in self.missing.items() if name not in self.pool.served
+            }
         if self.router is not None:
             body["router"] = self.router.snapshot()
         if self.spool is not None:

@@ -43,9 +43,13 @@ def register(sub: Any, common: Common) -> None:
 def cmd_list(args: argparse.Namespace, settings: AgentSettings, models: ModelsFile) -> int:
     store = Store(settings.state_dir)
     print(f"{'name':<20} {'version':<18} {'state':<12} {'since':<26} why")
+    running = _read_status(settings).get("models", {})
     for entry in models.models:
+        down = (running.get(entry.name) or {}).get("unavailable")  # the running agent's word: no version verifies
+        if down:
+            print(f"{entry.name:<20} {'-':<18} {'unavailable':<12} {'-':<26} {down}")
         rows = history(store, entry.name)
-        if not rows:
+        if not rows and not down:
             print(f"{entry.name:<20} {_seed_version(entry):<18} {'serving':<12} {'-':<26} models.yaml path")
         for version, record in rows:
             why = record.why or (f"probation {record.probation}" if record.probation else "")

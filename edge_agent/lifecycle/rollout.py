@@ -141,7 +141,7 @@ class Rollout:
         self.on_change()
 
     async def _pull(self, name: str, version: str | None, explicit: bool) -> str:
-        if self.pool.get(name) is None:
+        if self.pool.get(name) is None and name not in self.pool.down:
             raise ArtifactError(f"model {name}: not served here (models.yaml names the models a device serves)")
         version = await asyncio.to_thread(resolve, self.settings, name, version)
         record = self.store.state(name).versions.get(version)
@@ -150,17 +150,28 @@ class Rollout:
         now = current(self.pool, self.store, name)
         prepared = await asyncio.to_thread(prepare, self.settings, self.store, name, version, now, False, self.loader)
         await asyncio.to_thread(self.store.promote, name, prepared.version, prepared.path, now)
+        if self.pool.get(name) is None:
+            return self._revive(name, prepared)
         return self._swap(name, prepared, probation=True)
 
+    def _revive(self, name: str, prepared: Prepared) -> str:
+        """A model that was down serves the version just pulled (on probation, as after any swap)."""
+        entry = self.pool.down[name].entry.model_copy(update={"path": prepared.path})
+        self.pool.add(entry, prepared.runtime)
+        self._watch(name)
+        self.events[name] = f"{prepared.version} serves (no version served before)"
+        log.info("model_revived", model=name, version=prepared.version)
+        return f"model {name}: {prepared.version} serves (was unavailable)"
+
     async def _reconcile_all(self) -> str:
-        done = [await self._reconcile(name) for name in list(self.pool.served)]
+        done = [await self._reconcile(name) for name in [*self.pool.served, *self.pool.down]]
         return "; ".join(line for line in done if line) or "nothing changed"
 
     async def _reconcile(self, name: str) -> str:
         """Serve what the store says serves `name`, when that is not what is loaded."""
         wanted = self.store.serving(name)
         served = self.pool.get(name)
-        if wanted is None or served is None or served.manifest.version == wanted.version:
+        if wanted is None or (served is not None and served.manifest.version == wanted.version):
             return ""
         try:
             prepared = await asyncio.to_thread(load_checked, self.settings, wanted.path, self.loader)
@@ -169,6 +180,8 @@ class Rollout:
             await asyncio.to_thread(self.store.rollback, name, f"could not be loaded by the agent: {exc}")
             self.events[name] = f"{wanted.version} refused: {exc}"
             return self.events[name]
+        if served is None:
+            return self._revive(name, prepared)
         record = self.store.state(name).versions[wanted.version]
         return self._swap(name, prepared, probation=record.probation == "watching")
 
@@ -229,7 +242,7 @@ class Rollout:
         if registry is None or registry.poll_minutes <= 0 or time.monotonic() < self._next_poll:
             return
         self._next_poll = time.monotonic() + registry.poll_minutes * 60
-        for name in list(self.pool.served):
+        for name in [*self.pool.served, *self.pool.down]:
             try:
                 log.info("poll_pulled", line=await self._pull(name, None, explicit=False))
             except (AlreadyServing, Skipped):
@@ -271,6 +284,8 @@ class Rollout:
             trial = self.candidates.snapshot(name)
             if trial is not None:
                 out[name]["candidate"] = trial
+        for name, down in self.pool.down.items():
+            out[name] = {"version": None, "unavailable": down.why, "last": self.events.get(name)}
         return out
 
     async def write_status(self) -> None:

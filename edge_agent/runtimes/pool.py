@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 Loader = Callable[[Path, Manifest, int], Runtime]
+Spawn = Callable[[str, Callable[[], Awaitable[None]]], None]
+
+
+@dataclass(frozen=True)
+class Down:
+    """A model of models.yaml that no version on this device can serve, and why."""
+
+    entry: ModelEntry
+    why: str
 
 
 class Watch(Protocol):
@@ -248,11 +257,15 @@ def _settle(future: asyncio.Future[Prediction], result: Prediction | AgentError)
 
 
 class ModelPool:
-    """Every model of models.yaml, loaded and verified at start-up."""
+    """Every model of models.yaml: those loaded and verified, and those that could not be (`down`, with why),
+    which answer `unavailable` until a pull brings a version that verifies (`add`)."""
 
-    def __init__(self, served: dict[str, Served]) -> None:
-        self.served = served
+    def __init__(self, served: dict[str, Served], down: dict[str, Down] | None = None, batch_max: int = 1) -> None:
+        self.served, self.down, self.batch_max = served, down or {}, batch_max
         self._tasks: list[asyncio.Task[None]] = []
+        self._spawn: Spawn | None = None
+        self._meter: BatchMeter | None = None
+        self._batch_wait_s = 0.0
 
     @classmethod
     def load(
@@ -264,37 +277,65 @@ class ModelPool:
         loader: Loader = default_loader,
     ) -> ModelPool:
         """Load every model; a ConfigError lists every artifact that cannot be served."""
-        served, problems = {}, []
+        pool = cls.load_what_verifies(models, threads, batch_max, trusted, loader)
+        if pool.down:
+            pool.close()
+            raise ConfigError([down.why for down in pool.down.values()])
+        return pool
+
+    @classmethod
+    def load_what_verifies(
+        cls,
+        models: ModelsFile,
+        threads: int,
+        batch_max: int,
+        trusted: Sequence[Ed25519PublicKey] = (),
+        loader: Loader = default_loader,
+    ) -> ModelPool:
+        """Every model that loads and verifies; the others are `down`, with why (the agent still starts)."""
+        served, down = {}, {}
         for entry in models.models:
             try:
                 manifest = load_manifest(entry.artifact, trusted)
                 runtime = loader(entry.artifact, manifest, entry.threads or threads)
             except ArtifactError as exc:
-                problems.append(f"model {entry.name}: {exc}")
+                down[entry.name] = Down(entry, f"model {entry.name}: {exc}")
                 continue
             served[entry.name] = Served(entry, manifest, runtime, batch_max)
-        if problems:
-            for model in served.values():
-                model.runtime.close()
-            raise ConfigError(problems)
-        return cls(served)
+        return cls(served, down, batch_max)
 
     def get(self, name: str) -> Served | None:
         return self.served.get(name)
 
     def start(
         self,
-        spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None,
+        spawn: Spawn | None = None,
         meter: BatchMeter | None = None,
         batch_wait_s: float = 0.0,
     ) -> None:
         """Start each model's worker: through `spawn` (a supervisor) when given, else as plain tasks."""
+        self._spawn, self._meter, self._batch_wait_s = spawn, meter, batch_wait_s
         for name, model in self.served.items():
-            model.meter, model.batch_wait_s = meter, batch_wait_s
-            if spawn is not None:
-                spawn(f"model-{name}", model.work)
-            else:
-                self._tasks.append(asyncio.create_task(model.work(), name=f"model-{name}"))
+            self._run(name, model)
+
+    def _run(self, name: str, model: Served) -> None:
+        model.meter, model.batch_wait_s = self._meter, self._batch_wait_s
+        if self._spawn is not None:
+            self._spawn(f"model-{name}", model.work)
+        else:
+            self._tasks.append(asyncio.create_task(model.work(), name=f"model-{name}"))
+
+    def add(self, entry: ModelEntry, runtime: Runtime) -> Served:
+        """A model that was down serves `runtime` from now on (a pull brought a version that verifies)."""
+        self.down.pop(entry.name, None)
+        model = Served(entry, runtime.manifest, runtime, self.batch_max)
+        self.served[entry.name] = model
+        self._run(entry.name, model)
+        return model
+
+    def close(self) -> None:
+        for model in self.served.values():
+            model.runtime.close()
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -79,7 +79,8 @@ class Replies:
         """One reply in the metrics; a name no model has is counted as `_unknown`, so a client publishing
         to endless made-up topics cannot grow the label set without bound."""
         seconds = time.monotonic() - msg.received
-        model = model if self.known(model) is not None else UNKNOWN_MODEL
+        configured = self.known(model) is not None or model in self.pool.down
+        model = model if configured else UNKNOWN_MODEL
         if isinstance(result, Answer):  # a fallback's trigger: why it wanted the cloud; its reason: why it went without
             fallback = result.reason if result.source == "local-fallback" else None
             trigger = result.trigger if fallback else result.reason

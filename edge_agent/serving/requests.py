@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge_agent.contract.messages import Answer, Inbound, ModelReply, Request, message_id, parse
-from edge_agent.errors import AgentError, UnknownModel
+from edge_agent.errors import AgentError, Unavailable, UnknownModel
 from edge_agent.routing.router import CloudWait, Job, Router
 from edge_agent.serving.replies import Replies
 from edge_agent.transport.outcome import Drop, Reply
@@ -40,6 +40,9 @@ class Requests:
     async def answer(self, model: str, request: Request, received: float) -> Answer | CloudWait | AgentError:
         """The router's answer within the request's deadline, or the error that ends it."""
         known = self.replies.known(model)
+        down = self.replies.pool.down.get(model)
+        if known is None and down is not None:
+            return Unavailable(f"{down.why}: no version on this device verifies; a pull can bring one")
         if known is None:
             return UnknownModel(f"no model named {model!r}; serving: {self.replies.names()}")
         served, entry, manifest = known

@@ -147,14 +147,6 @@ def test_request_sent_while_agent_down_is_answered_after_restart(
         assert c.get(topic="me/later").json()["id"] == "queued"
 
 
-def test_missing_artifact_run_exits_78(broker: Broker, tmp_path: Path) -> None:
-    from tests.support.agent import run_cli
-
-    models = write_models(tmp_path, [{"name": "gone", "path": str(tmp_path / "nowhere")}])
-    result = run_cli("run", "--models", str(models), "--port", str(broker.port))
-    assert result.returncode == 78 and "nowhere" in result.stderr
-
-
 def test_corrupted_artifact_is_refused(tiny_artifact: Path, tmp_path: Path) -> None:
     from tests.support.agent import run_cli
 

@@ -4,6 +4,7 @@ verifies, and the store records why any other was refused. Real registry folder,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +57,35 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_model_starts_afresh(
     assert ask(broker, agent)["version"] == "0.9.0"
     assert (state.parent / "state.json.damaged").read_bytes() == damaged
     assert fleet.cli("models", "list").returncode == 0
+
+
+def test_a_model_with_no_version_that_verifies_is_unavailable_and_the_others_serve(
+    tmp_path: Path, tiny_artifact: Path, broker: Broker, agent_factory: Callable[..., Agent]
+) -> None:
+    """Before: `run` exited 78 when one model's folder was gone, so every model was off the air, for good
+    (systemd does not restart 78). Now the others serve, the lost one answers `unavailable` saying why, the
+    status and `models list` say it too, and an operator's pull over MQTT brings it back."""
+    fleet = make_fleet(tmp_path, None)
+    other = publish(tmp_path / "seeds", tiny_artifact, "0.9.0", fleet.keys)
+    models = [{"name": "tiny", "path": str(tmp_path / "nowhere")}, {"name": "other", "path": str(other)}]
+    fleet.models.write_text(json.dumps({"models": models}))
+    publish(fleet.registry, tiny_artifact, "1.0.0", fleet.keys)
+    with client(broker.port) as c:
+        c.subscribe("edge-agent/dev1/status")
+        agent = start(fleet, agent_factory)
+        status = c.get(topic="edge-agent/dev1/status").json()
+        c.subscribe("me/r")
+        c.publish(f"{agent.prefix}/req/other", json.dumps({"text": "lights on", "id": 1}), "me/r")
+        assert "label" in c.get(topic="me/r").json()
+        c.publish(f"{agent.prefix}/req/tiny", json.dumps({"text": "lights on", "id": 2}), "me/r")
+        down = c.get(topic="me/r").json()["error"]
+    assert down["code"] == "unavailable" and "nowhere" in down["message"], down
+    assert "nowhere" in status["unavailable"]["tiny"] and "other" in status["models"]
+    listing = fleet.cli("models", "list")
+    assert re.search(r"^tiny\s+-\s+unavailable\s+-\s+.*nowhere", listing.stdout, re.M), listing.stdout
+    with client(broker.port) as ops:
+        ops.subscribe("ops/replies")
+        ops.publish(f"{agent.prefix}/cmd/models/pull", json.dumps({"model": "tiny", "version": "1.0.0"}), "ops/replies")
+        reply = ops.get(timeout=60, topic="ops/replies").json()
+    assert reply["ok"] and "1.0.0 serves (was unavailable)" in reply["message"], reply
+    assert ask(broker, agent)["version"] == "1.0.0"
