@@ -23,7 +23,7 @@ from edge_agent.contract.manifest import read as read_manifest
 from edge_agent.errors import ArtifactError
 from edge_agent.lifecycle.rollout import PIDFILE, STATUS
 from edge_agent.lifecycle.store import Current, Store, history
-from edge_agent.lifecycle.versions import AlreadyServing, Prepared, prepare, resolve
+from edge_agent.lifecycle.versions import AlreadyServing, Prepared, install, resolve
 from edge_agent.ops import readout
 from edge_agent.ops.pidfile import running_agent
 
@@ -96,9 +96,8 @@ def _install(
 ) -> Prepared:
     """Pull, verify and warm up `version` in this process, then make it what the store serves (the
     agent loads it again on SIGHUP; this copy is closed)."""
-    prepared = prepare(settings, store, name, version, now, allow_older)
+    prepared = install(settings, store, name, version, now, allow_older)
     prepared.runtime.close()
-    store.promote(name, prepared.version, prepared.path, now, allow_older)
     return prepared
 
 

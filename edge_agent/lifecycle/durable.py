@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edge_agent.lifecycle import crashpoints
+
 
 def fsync_path(path: Path) -> None:
     """The file's (or directory's) data and metadata on disk."""
@@ -14,6 +16,7 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    crashpoints.synced(path)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -24,15 +27,17 @@ def fsync_tree(folder: Path) -> None:
     fsync_path(folder)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, step: str = "") -> None:
     """`path` holds `data` or what it held before, whatever happens; nothing is left behind on failure
-    (a full disk included)."""
+    (a full disk included). `step`: the crash point between the fsync and the rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         with tmp.open("wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        crashpoints.synced(tmp)
+        crashpoints.reached(step)
         os.replace(tmp, path)
         fsync_path(path.parent)
     finally:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
@@ -34,8 +35,11 @@ class Pace:
     deadline_s: float = 1800.0
     min_bytes_per_s: int = 2048
     grace_s: float = GRACE_S
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)  # a rollback stops a pull
 
     def check(self, url: str, started: float, seen: int) -> None:
+        if self.cancelled.is_set():
+            raise ArtifactError(f"registry: GET {url}: cancelled (a rollback came first)")
         elapsed = time.monotonic() - started
         if elapsed > self.deadline_s:
             raise ArtifactError(f"registry: GET {url}: not done within {self.deadline_s:g} s ({seen} bytes)")
@@ -59,9 +63,9 @@ def open_source(url: str, timeout_s: float = 30.0, pace: Pace | None = None) -> 
     if parsed.scheme in ("http", "https"):
         return HttpSource(url.rstrip("/"), timeout_s, pace)
     if parsed.scheme == "file":
-        return FolderSource(Path(unquote(parsed.path)))
+        return FolderSource(Path(unquote(parsed.path)), pace)
     if parsed.scheme == "":
-        return FolderSource(Path(url))
+        return FolderSource(Path(url), pace)
     raise ArtifactError(f"registry {url}: scheme {parsed.scheme!r} is not supported (a folder, file:// or http(s)://)")
 
 
@@ -97,6 +101,15 @@ class _Digest:
             raise ArtifactError(f"{self.relpath}: sha256 does not match the manifest (corrupted or replaced)")
 
 
+def _paced(chunks: Iterable[bytes], pace: Pace, url: str, started: float | None = None) -> Iterator[bytes]:
+    """The chunks, each held to the pace (and to a rollback's cancel)."""
+    started, seen = started or time.monotonic(), 0
+    for chunk in chunks:
+        seen += len(chunk)
+        pace.check(url, started, seen)
+        yield chunk
+
+
 def _copy(chunks: Iterable[bytes], dest: Path, digest: _Digest, sha256: str) -> None:
     """Write `chunks` to `dest`, refusing a byte past the expected size, then check size and hash."""
     with dest.open("wb") as out:
@@ -107,8 +120,9 @@ def _copy(chunks: Iterable[bytes], dest: Path, digest: _Digest, sha256: str) -> 
 
 
 class FolderSource:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pace: Pace | None = None) -> None:
         self.root = root
+        self.pace = pace or Pace()
 
     def _path(self, relpath: str) -> Path:
         path = self.root / unquote(relpath)
@@ -126,7 +140,8 @@ class FolderSource:
 
     def fetch(self, relpath: str, dest: Path, size: int, sha256: str) -> None:
         with self._path(relpath).open("rb") as src:
-            _copy(iter(lambda: src.read(CHUNK), b""), dest, _Digest(unquote(relpath), size), sha256)
+            chunks = _paced(iter(lambda: src.read(CHUNK), b""), self.pace, str(self.root / unquote(relpath)))
+            _copy(chunks, dest, _Digest(unquote(relpath), size), sha256)
 
 
 class HttpSource:
@@ -182,12 +197,8 @@ class _Response:
     def chunks(self) -> Iterator[bytes]:
         """The body as sent (no decoding), as it arrives, every chunk held to the pace."""
         assert self.response is not None
-        seen = 0
-        try:
-            for chunk in self.response.iter_raw():  # as it arrives: a trickle is seen, never buffered up
-                seen += len(chunk)
-                self.pace.check(self.url, self.started, seen)
-                yield chunk
+        try:  # as it arrives: a trickle is seen, never buffered up
+            yield from _paced(self.response.iter_raw(), self.pace, self.url, self.started)
         except httpx.HTTPError as exc:  # the connection dropped mid-file: a truncated download
             raise ArtifactError(f"registry: GET {self.url}: {type(exc).__name__} while reading") from None
 

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +26,8 @@ from edge_agent.errors import ArtifactError, ConfigError
 from edge_agent.lifecycle.candidates import Candidates
 from edge_agent.lifecycle.durable import write_atomic
 from edge_agent.lifecycle.probation import PASSED, Probation
-from edge_agent.lifecycle.store import ModelRecord, Store
-from edge_agent.lifecycle.versions import AlreadyServing, Prepared, Skipped, current, load_checked, prepare, resolve
+from edge_agent.lifecycle.store import Current, ModelRecord, Store
+from edge_agent.lifecycle.versions import AlreadyServing, Prepared, Skipped, current, install, load_checked, resolve
 from edge_agent.runtimes.pool import Loader, ModelPool, default_loader
 
 log = structlog.get_logger("edge_agent.lifecycle.rollout")
@@ -53,6 +55,12 @@ class _Watch:
         self.wake.set()
 
 
+def _discard(work: asyncio.Future[Prepared]) -> None:
+    """A cancelled pull's end: what it loaded is closed, its refusal read (it was answered already)."""
+    if not work.cancelled() and work.exception() is None:
+        work.result().runtime.close()
+
+
 def _logged(done: asyncio.Future[str]) -> None:
     if done.exception() is not None:
         log.warning("reload_failed", error=str(done.exception()))
@@ -71,7 +79,8 @@ class Rollout:
     ) -> None:
         self.settings, self.pool, self.store, self.loader = settings, pool, store, loader
         self.on_change = on_change
-        self.orders: asyncio.Queue[_Order] = asyncio.Queue()
+        self.orders: deque[_Order] = deque()
+        self._pulling: dict[str, tuple[threading.Event, asyncio.Event]] = {}  # model -> how to cancel its pull
         self.wake = asyncio.Event()
         self.watching: dict[str, Probation] = {}
         self.events: dict[str, str] = {}  # model -> the last thing that happened to it, for status
@@ -85,16 +94,20 @@ class Rollout:
         """SIGHUP: the store changed under us (a CLI pull or rollback)."""
         self._order(self._reconcile_all).add_done_callback(_logged)
 
-    async def pull(self, name: str, version: str | None = None) -> str:
-        """The outcome line of pulling `name` (MQTT command); ArtifactError when refused."""
-        return await self._order(lambda: self._pull(name, version, explicit=True))
+    async def pull(self, name: str, version: str | None = None, command: str | None = None) -> str:
+        """The outcome line of pulling `name` (MQTT command `command`); ArtifactError when refused."""
+        return await self._order(lambda: self._pull(name, version, explicit=True, command=command))
 
-    async def rollback(self, name: str, version: str | None = None) -> str:
-        return await self._order(lambda: self._rollback(name, "rolled back by hand", version))
+    async def rollback(self, name: str, version: str | None = None, command: str | None = None) -> str:
+        """Ahead of any order waiting, and a pull of `name` under way is cancelled: going back is what an
+        operator does when something is wrong, so it must not wait for a download to end."""
+        for cancel in self._pulling.get(name, ()):
+            cancel.set()
+        return await self._order(lambda: self._rollback(name, "rolled back by hand", version), first=True)
 
-    def _order(self, work: Callable[[], Awaitable[str]]) -> asyncio.Future[str]:
+    def _order(self, work: Callable[[], Awaitable[str]], first: bool = False) -> asyncio.Future[str]:
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.orders.put_nowait(_Order(work, done))
+        (self.orders.appendleft if first else self.orders.append)(_Order(work, done))
         self.wake.set()
         return done
 
@@ -104,18 +117,25 @@ class Rollout:
         if await self.candidates.start():
             self.on_change()  # the status says a trial runs (and, as it goes, its counts)
         await self.write_status()
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError
-                await asyncio.wait_for(self.wake.wait(), timeout=self._tick())
-            self.wake.clear()
-            while not self.orders.empty():
-                await self._carry_out(self.orders.get_nowait())
-            await self._judge()
-            await self.candidates.judge()
-            await self._maybe_poll()
-            if self.status_due:
-                self.status_due = False
-                await self.write_status()
+        try:
+            while True:
+                await self._turn()
+        finally:  # stopping: a pull's thread ends at its next read instead of holding up the exit
+            for cancel in self._pulling.values():
+                cancel[0].set()
+
+    async def _turn(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError
+            await asyncio.wait_for(self.wake.wait(), timeout=self._tick())
+        self.wake.clear()
+        while self.orders:
+            await self._carry_out(self.orders.popleft())
+        await self._judge()
+        await self.candidates.judge()
+        await self._maybe_poll()
+        if self.status_due:
+            self.status_due = False
+            await self.write_status()
 
     def _tick(self) -> float:
         waits = [5.0]
@@ -140,19 +160,41 @@ class Rollout:
         await self.write_status()
         self.on_change()
 
-    async def _pull(self, name: str, version: str | None, explicit: bool) -> str:
+    async def _pull(self, name: str, version: str | None, explicit: bool, command: str | None = None) -> str:
         if self.pool.get(name) is None and name not in self.pool.down:
             raise ArtifactError(f"model {name}: not served here (models.yaml names the models a device serves)")
         version = await asyncio.to_thread(resolve, self.settings, name, version)
         record = self.store.state(name).versions.get(version)
         if not explicit and record is not None and record.state in ("refused", "rolled_back", "retired"):
             raise Skipped(f"model {name}: {version} was {record.state} ({record.why})")
+        if record is not None and record.state == "refused" and command is not None and record.command == command:
+            raise ArtifactError(
+                f"model {name}: {version} refused: this command's pull stopped the agent once: {record.why}"
+            )
         now = current(self.pool, self.store, name)
-        prepared = await asyncio.to_thread(prepare, self.settings, self.store, name, version, now, False, self.loader)
-        await asyncio.to_thread(self.store.promote, name, prepared.version, prepared.path, now)
+        prepared = await self._install(name, version, now, command)
         if self.pool.get(name) is None:
             return self._revive(name, prepared)
         return self._swap(name, prepared, probation=True)
+
+    async def _install(self, name: str, version: str, now: Current | None, command: str | None) -> Prepared:
+        """`install` on a thread, given up on when a rollback cancels it: the thread stops at its next read
+        (or closes what it loaded), and the rollout goes on at once."""
+        cancelled, gave_up = threading.Event(), asyncio.Event()
+        self._pulling[name] = (cancelled, gave_up)
+        log.info("pull_started", model=name, version=version, command=command)
+        args = (self.settings, self.store, name, version, now, False, self.loader, command, cancelled)
+        work = asyncio.ensure_future(asyncio.to_thread(install, *args))
+        stop = asyncio.ensure_future(gave_up.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._pulling.pop(name, None)
+            stop.cancel()
+        if not work.done() or cancelled.is_set():
+            work.add_done_callback(_discard)
+            raise ArtifactError(f"model {name}: the pull of {version} was cancelled (a rollback came first)")
+        return work.result()
 
     def _revive(self, name: str, prepared: Prepared) -> str:
         """A model that was down serves the version just pulled (on probation, as after any swap)."""

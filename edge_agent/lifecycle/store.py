@@ -10,6 +10,7 @@ half-downloaded or tampered version never sits where a model is loaded from. Wri
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from edge_agent.config.models_file import ModelsFile
 from edge_agent.contract import manifest as mf
 from edge_agent.contract import signing
 from edge_agent.errors import ArtifactError
+from edge_agent.lifecycle import crashpoints
 from edge_agent.lifecycle.durable import rename_durably, write_atomic
 from edge_agent.lifecycle.registry import Source, free_bytes
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("edge_agent.lifecycle.store")
 VersionStatus = Literal["serving", "previous", "refused", "rolled_back", "retired"]
 INCOMING = ".incoming-"  # a pull's download folder: .incoming-{version}.{pid}
+PULLING = ".pulling."  # a pull under way: .pulling.{pid}, held locked by its process while it runs
 HEADROOM = 16 << 20  # free space left after a pull: the spool and logs must still write
 
 
@@ -46,6 +49,7 @@ class VersionRecord(BaseModel):
     at: str = ""
     path: str | None = None  # where it lives: the store, or models.yaml's seed folder
     probation: Literal["watching", "passed"] | None = None
+    command: str | None = None  # the command whose pull of it the process did not survive
 
 
 class ModelRecord(BaseModel):
@@ -95,7 +99,53 @@ class Store:
             raise ArtifactError(f"{path}: unreadable; move it away to start this model's history afresh") from None
 
     def _save(self, name: str, state: ModelRecord) -> None:
-        write_atomic(self.folder(name) / "state.json", (state.model_dump_json(indent=2) + "\n").encode())
+        data = (state.model_dump_json(indent=2) + "\n").encode()
+        write_atomic(self.folder(name) / "state.json", data, step="state_write")
+
+    @contextmanager
+    def pulling(self, name: str, version: str, command: str | None) -> Iterator[None]:
+        """A pull of `version` under way, on disk and locked while it runs: if the process dies during it (out
+        of memory on a poisonous artifact, a crash), the next look at the store records the version `refused`
+        and the command that asked for it, so its redelivery is refused instead of crashing the agent again."""
+        marker = self.folder(name) / f"{PULLING}{os.getpid()}"
+        with self.lock(name):
+            self._crashed(name)
+            write_atomic(marker, json.dumps({"version": version, "command": command, "at": _now()}).encode())
+            held = marker.open("rb")
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
+            held.close()
+
+    def _crashed(self, name: str) -> bool:
+        """Pulls whose process died during them: each version recorded `refused`, naming the crash (the caller
+        holds the model's lock). A marker still locked belongs to a pull that runs: True when there is one."""
+        running = False
+        for marker in self.folder(name).glob(f"{PULLING}*"):
+            with marker.open("rb") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    running = True
+                    continue
+                pull = _pull_record(fh.read())
+            if pull is not None:
+                self._record_crash(name, *pull)
+            marker.unlink(missing_ok=True)
+        return running
+
+    def _record_crash(self, name: str, version: str, command: str | None, at: str) -> None:
+        state = self.state(name)
+        if state.serving == version:  # promoted before the end: the pull did finish
+            return
+        why = f"the process pulling it stopped at {at} (a crash, out of memory, a power cut?): pull it again to retry"
+        log.error("pull_crashed", model=name, version=version, command=command, at=at)
+        _mark(state, version, "refused", why, None).command = command
+        if version != state.previous:
+            shutil.rmtree(self.version_folder(name, version), ignore_errors=True)
+        self._save(name, state)
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file()) if self.root.is_dir() else []
@@ -115,34 +165,58 @@ class Store:
         return models.model_copy(update={"models": entries})
 
     def _recover(self, name: str, trusted: Sequence[Ed25519PublicKey]) -> Path | None:
-        if not (self.folder(name) / "state.json").is_file():
+        if not self.folder(name).is_dir():
             return None
         with self.lock(name):
             self.sweep(name)
+            pulling = self._crashed(name)
+            if not (self.folder(name) / "state.json").is_file():
+                return None
             try:
                 state = self.state(name)
             except ArtifactError as exc:
                 log.error("store_state_damaged", model=name, why=str(exc))
                 os.replace(self.folder(name) / "state.json", self.folder(name) / "state.json.damaged")
                 return None
-            for version in [v for v in (state.serving, state.previous) if v]:
-                record = state.versions.get(version)
-                try:
-                    if record is None or record.path is None:
-                        raise ArtifactError(f"version {version}: no folder recorded")
-                    mf.load(Path(record.path), trusted)
-                except ArtifactError as exc:
-                    log.error("stored_version_refused", model=name, version=version, why=str(exc))
-                    _mark(state, version, "refused", f"failed verification at start-up: {exc}", None)
-                    continue
-                if state.serving != version:  # the serving one failed: the previous serves, on probation's terms
-                    state.previous, state.serving = None, version
-                    _mark(state, version, "serving", "", record.path)
+            if not pulling:  # a pull under way may have placed its folder and not promoted it yet
+                self._orphans(name, state)
+            return self._first_that_verifies(name, state, trusted)
+
+    def _first_that_verifies(self, name: str, state: ModelRecord, trusted: Sequence[Ed25519PublicKey]) -> Path | None:
+        """The serving version's folder, else the previous one's (which then serves); state.json is written
+        only when that changes it (a flash card is not worn by every start)."""
+        changed = False
+        for version in [v for v in (state.serving, state.previous) if v]:
+            record = state.versions.get(version)
+            try:
+                if record is None or record.path is None:
+                    raise ArtifactError(f"version {version}: no folder recorded")
+                mf.load(Path(record.path), trusted)
+            except ArtifactError as exc:
+                log.error("stored_version_refused", model=name, version=version, why=str(exc))
+                _mark(state, version, "refused", f"failed verification at start-up: {exc}", None)
+                changed = True
+                continue
+            if state.serving != version:  # the serving one failed: the previous serves, on probation's terms
+                state.previous, state.serving = None, version
+                _mark(state, version, "serving", "", record.path)
+            if changed:
                 self._save(name, state)
-                return Path(record.path)
-            state.serving = state.previous = None  # nothing stored verifies: models.yaml's folder serves
+            return Path(record.path)
+        if state.serving or state.previous:  # nothing stored verifies: models.yaml's folder serves
+            state.serving = state.previous = None
             self._save(name, state)
-            return None
+        return None
+
+    def _orphans(self, name: str, state: ModelRecord) -> None:
+        """Version folders no record points at (placed by a pull that stopped before its promote), removed."""
+        kept = {
+            Path(r.path).name for r in state.versions.values() if r.path and Path(r.path).parent == self.folder(name)
+        }
+        for folder in self.folder(name).iterdir():
+            if folder.is_dir() and not folder.name.startswith(".") and folder.name not in kept:
+                log.warning("store_orphan_removed", model=name, folder=folder.name)
+                shutil.rmtree(folder, ignore_errors=True)
 
     def overlay(self, models: ModelsFile) -> ModelsFile:
         """models.yaml with each pulled model's `path` pointing at the version the store serves."""
@@ -193,6 +267,7 @@ class Store:
                 dest = tmp / _safe(entry.path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 source.fetch(f"{base}/{quote(entry.path)}", dest, entry.size, entry.sha256)
+                crashpoints.reached("download")
             with self.lock(manifest.name):  # only the move into place holds the lock
                 return self._place(manifest.name, manifest.version, tmp)
         except OSError as exc:
@@ -208,13 +283,15 @@ class Store:
             raise ArtifactError(f"model {name}: version {version} already serves")
         shutil.rmtree(final, ignore_errors=True)
         rename_durably(tmp, final)
+        crashpoints.reached("rename")
         return final
 
     def sweep(self, name: str) -> None:
         """What a killed pull or state write left behind (its process is gone), removed; the caller holds the lock."""
         for leftover in self.folder(name).glob(".*"):
             pid = leftover.name.rsplit(".", 1)[-1]
-            if leftover.name.startswith((INCOMING, ".state.json.")) and pid.isdigit() and not _alive(int(pid)):
+            gone = pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid)))  # ours: a pid before a reboot
+            if leftover.name.startswith((INCOMING, ".state.json.")) and gone:
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
     def adopt(self, name: str, version: str, folder: Path) -> Path:
@@ -326,6 +403,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's: alive
         return True
     return True
+
+
+def _pull_record(raw: bytes) -> tuple[str, str | None, str] | None:
+    """(version, command, at) of a pull marker; None for one a power cut left empty or torn."""
+    try:
+        data = json.loads(raw)
+        version = mf.check_version(data["version"])
+    except (ValueError, KeyError, TypeError, ArtifactError):
+        return None
+    command = data.get("command")
+    return version, command if isinstance(command, str) else None, str(data.get("at", "?"))
 
 
 def _safe(relpath: str) -> PurePosixPath:

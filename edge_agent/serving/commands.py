@@ -7,15 +7,19 @@ broker's ACL must say so (README, "Operating it safely"), as a pull changes what
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
+
+import structlog
 
 from edge_agent.contract.manifest import NAME, VERSION, VERSION_RULE
 from edge_agent.contract.messages import CommandDone, CommandReply, Envelope, Inbound, message_id, parse_with
-from edge_agent.errors import AgentError, ArtifactError, BadRequest
+from edge_agent.errors import AgentError, ArtifactError, BadRequest, Timeout
 from edge_agent.lifecycle.versions import AlreadyServing
 from edge_agent.serving.replies import Replies
 from edge_agent.transport.outcome import Drop, Reply
 
+log = structlog.get_logger("edge_agent.serving.commands")
 ACTIONS = ("pull", "rollback")
 
 
@@ -26,9 +30,9 @@ class Refused(AgentError):
 
 
 class Operator(Protocol):
-    async def pull(self, name: str, version: str | None = None) -> str: ...
+    async def pull(self, name: str, version: str | None = None, command: str | None = None) -> str: ...
 
-    async def rollback(self, name: str, version: str | None = None) -> str: ...
+    async def rollback(self, name: str, version: str | None = None, command: str | None = None) -> str: ...
 
 
 def validate(data: dict[str, Any]) -> tuple[str, str | None]:
@@ -41,17 +45,35 @@ def validate(data: dict[str, Any]) -> tuple[str, str | None]:
     return model, version
 
 
-async def run(operator: Operator, action: str, model: str, version: str | None) -> CommandDone:
-    """What the command did; raises AgentError (unknown action, refused)."""
+async def run(
+    operator: Operator, action: str, model: str, version: str | None, command: str, deadline_s: float
+) -> CommandDone:
+    """What the command did, within `deadline_s`; raises AgentError (unknown action, refused, still running:
+    the work goes on after the deadline, and the retained status says how it ended)."""
     if action not in ACTIONS:
         raise BadRequest(f"unknown command {action!r}; commands: {', '.join(ACTIONS)}")
+    work = asyncio.ensure_future((operator.pull if action == "pull" else operator.rollback)(model, version, command))
     try:
-        line = await (operator.pull if action == "pull" else operator.rollback)(model, version)
+        line = await asyncio.wait_for(asyncio.shield(work), deadline_s)
     except AlreadyServing as exc:  # an outcome, not a failure: a repeated command changes nothing
         line = str(exc)
     except ArtifactError as exc:
         raise Refused(str(exc)) from None
+    except asyncio.TimeoutError:  # 3.10: not the builtin TimeoutError
+        work.add_done_callback(_finished_late)
+        raise Timeout(
+            f"{action} of {model} still running after {deadline_s:g} s: it goes on; the retained status says when "
+            "it is done (a rollback cancels a pull)"
+        ) from None
     return CommandDone(action, model, line)
+
+
+def _finished_late(work: asyncio.Future[str]) -> None:
+    """A command answered `timeout` ended: its outcome is logged (the status shows what serves)."""
+    if work.cancelled():
+        return
+    exc = work.exception()
+    log.info("command_finished_late", outcome=str(exc) if exc is not None else work.result())
 
 
 class Commands:
@@ -73,7 +95,8 @@ class Commands:
             return self._reply(msg, envelope, topic, parsed)
         outcome: CommandDone | AgentError
         try:
-            outcome = await run(self.operator, action, *parsed)
+            rid = envelope.id if envelope.id is not None else message_id(msg)
+            outcome = await run(self.operator, action, *parsed, str(rid), self.settings.command_deadline_s)
         except AgentError as exc:
             outcome = exc
         return self._reply(msg, envelope, topic, outcome)

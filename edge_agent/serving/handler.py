@@ -97,6 +97,10 @@ class Handler:
             log.exception("internal_error", topic=msg.topic)
             return self.refusal(msg, Internal(f"the agent failed on this message ({type(exc).__name__})"))
 
+    def control(self, topic: str) -> bool:
+        """An operator's command (delivery answers those outside the request slots)."""
+        return self.commands is not None and topic.startswith(self.commands.prefix)
+
     def overloaded(self, msg: Inbound) -> Outcome:
         """The reply for a message we have no room for: cheap, no model run."""
         return self.refusal(msg, Overloaded(f"more than {self.settings.max_inflight} messages in flight; retry later"))

@@ -25,7 +25,16 @@ import structlog
 from edge_agent.config.settings import AgentSettings
 from edge_agent.contract.messages import Inbound, Outbound
 from edge_agent.contract.topics import topic_problem
-from edge_agent.transport.mqtt import Connected, Disconnected, Event, Message, MqttClient, Published, Subscribed
+from edge_agent.transport.mqtt import (
+    CONTROL_SLOTS,
+    Connected,
+    Disconnected,
+    Event,
+    Message,
+    MqttClient,
+    Published,
+    Subscribed,
+)
 from edge_agent.transport.outcome import Outcome, Reply
 from edge_agent.transport.spool import Spool
 
@@ -38,6 +47,11 @@ class Handles(Protocol):
     async def handle(self, msg: Inbound) -> Outcome: ...
 
     def overloaded(self, msg: Inbound) -> Outcome: ...
+
+    def control(self, topic: str) -> bool:
+        """An operator's command: answered outside the request slots, so a flood of requests (or a slow
+        model) never holds up a rollback, and a slow command never holds up a request."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class Delivery:
         self._pending: dict[int, Settle] = {}  # publish mid -> what its PUBACK settles
         self._outbox: set[int] = set()  # spool rows published by this process, not yet acknowledged
         self._inflight: set[asyncio.Task[None]] = set()
+        self._control: set[asyncio.Task[None]] = set()  # operators' commands, in their own few slots
         self._backlog: deque[tuple[Inbound, Receipt]] = deque()  # admitted, waiting for a free slot
         self._backlog_bytes = 0
         self._active: set[tuple[int, int]] = set()  # (session, mid) of QoS 1 messages not yet settled
@@ -130,7 +145,9 @@ class Delivery:
             if key in self._active:
                 return  # the broker resent a message we are still answering (after a reconnect)
             self._active.add(key)
-        if len(self._inflight) < self.settings.max_inflight:
+        if self.handler.control(event.inbound.topic):
+            self._command(event.inbound, receipt)
+        elif len(self._inflight) < self.settings.max_inflight:
             self._start(event.inbound, receipt)
         elif receipt.qos and self.client.v5 and self._room(event.inbound):
             self._backlog.append((event.inbound, receipt))  # waits for a slot: a burst is served, not refused
@@ -147,6 +164,14 @@ class Delivery:
         task = asyncio.create_task(self._process(inbound, receipt))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
+
+    def _command(self, inbound: Inbound, receipt: Receipt) -> None:
+        if len(self._control) >= CONTROL_SLOTS:
+            self._settle(self.handler.overloaded(inbound), receipt)
+            return
+        task = asyncio.create_task(self._process(inbound, receipt))
+        self._control.add(task)
+        task.add_done_callback(self._control.discard)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -262,8 +287,8 @@ class Delivery:
         self._closing = True  # stay subscribed: the persistent session queues what comes next
         self._backlog.clear()  # not acked: the broker redelivers them to our next session
         self._backlog_bytes = 0
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=grace_s)
+        if self._inflight or self._control:
+            await asyncio.wait({*self._inflight, *self._control}, timeout=grace_s)
         if self.client.connected():
             offline = self.publish_status("offline")
             await asyncio.wait({offline}, timeout=2.0)

@@ -28,6 +28,7 @@ from edge_agent.contract.topics import is_shared
 
 log = structlog.get_logger("edge_agent.mqtt")
 
+CONTROL_SLOTS = 8  # operators' commands answered at once beside the request slots: the broker's window has room
 UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK codes: 3.1.1 "unacceptable protocol", 5 "unsupported version"
 
 
@@ -160,7 +161,7 @@ class MqttClient:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = cfg.session_expiry_s
-            props.ReceiveMaximum = min(self.settings.max_inflight, 65535)  # the broker holds back the rest
+            props.ReceiveMaximum = min(self.settings.max_inflight + CONTROL_SLOTS, 65535)  # it holds back the rest
         self._paho.connect_async(
             cfg.host,
             cfg.port,

@@ -27,6 +27,9 @@ class StubHandler:
     def overloaded(self, msg: Inbound) -> Outcome:
         return _outcome(self._refuse(msg))
 
+    def control(self, topic: str) -> bool:
+        return False
+
 
 def _outcome(out: Outbound | None) -> Outcome:
     return Reply(out) if out is not None else Drop("the test's handler sends nothing")

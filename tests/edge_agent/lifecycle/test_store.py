@@ -81,9 +81,15 @@ def test_what_a_killed_pull_left_is_swept_and_a_running_ones_kept(tmp_path: Path
     store = Store(tmp_path)
     dead = subprocess.Popen(["true"])
     dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
     left = store.folder("m") / f".incoming-2.0.0.{dead.pid}"
-    running = store.folder("m") / f".incoming-3.0.0.{os.getpid()}"
-    for folder in (left, running):
+    running = store.folder("m") / f".incoming-3.0.0.{alive.pid}"
+    ours = store.folder("m") / f".incoming-4.0.0.{os.getpid()}"  # a pid before a reboot, now ours: not a pull
+    for folder in (left, running, ours):
         folder.mkdir(parents=True)
-    store.sweep("m")
-    assert not left.exists() and running.is_dir()
+    try:
+        store.sweep("m")
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not left.exists() and running.is_dir() and not ours.exists()
