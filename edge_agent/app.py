@@ -18,7 +18,7 @@ from edge_agent.contract.messages import Outbound
 from edge_agent.errors import ArtifactError
 from edge_agent.lifecycle.rollout import PIDFILE, Rollout
 from edge_agent.lifecycle.store import Store
-from edge_agent.ops import systemd
+from edge_agent.ops import stalls, systemd
 from edge_agent.ops.endpoint import Endpoint
 from edge_agent.ops.metrics import GaugeReader, Metrics
 from edge_agent.ops.pidfile import PidFile
@@ -100,6 +100,8 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     pidfile = PidFile(settings.state_dir / PIDFILE)
     pidfile.hold()
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
+    if settings.loop_stall_ms:  # from here on the loop serves: building the parts above is start-up
+        stalls.watch(loop, settings.loop_stall_ms)
     try:
         await delivery.run(stop)
     finally:

@@ -9,10 +9,20 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import Agent, start_agent
+from tests.support.agent import SPAWNED, Agent, start_agent
 from tests.support.broker import Broker, BrokerConfig, make_broker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_loop_stalls() -> Iterator[None]:
+    """Issue 23: after each test, no agent it started held its event loop longer than LOOP_STALL_MS (asyncio's
+    debug mode times every callback; the agent logs a slow one as `loop_stalled`)."""
+    first = len(SPAWNED)
+    yield
+    stalls = [(agent.log.name, line) for agent in SPAWNED[first:] for line in agent.stalls()]
+    assert not stalls, f"the event loop stalled: {stalls[:5]}"
 
 
 @pytest.fixture()

@@ -204,6 +204,9 @@ class AgentSettings(BaseSettings):
         default=8 << 20, ge=0, description="payload bytes of QoS 1 requests (MQTT 5) that may wait for a free slot"
     )
     deadline_ms: int = Field(default=5000, ge=1, description="default when a request sets none")
+    loop_stall_ms: int = Field(
+        default=0, ge=0, description="log every callback holding the event loop longer than this (0: off; debug)"
+    )
     command_deadline_s: float = Field(
         default=30.0, gt=0, description="an operator's command is answered within this (`timeout`: still running)"
     )

@@ -104,7 +104,7 @@ class Delivery:
             status.cancel()
             await self._drain(grace_s)
             pump.cancel()
-            self.client.close()
+            await asyncio.to_thread(self.client.close)  # joins paho's thread: up to its reconnect wait
 
     async def _pump(self) -> None:
         while True:

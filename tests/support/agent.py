@@ -18,6 +18,8 @@ from edge_agent.config.settings import AgentSettings, MetricsSettings, MqttSetti
 from tests.support.broker import Broker, Client, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+LOOP_STALL_MS = 100  # issue 23: no callback may hold an agent's event loop longer than this
+SPAWNED: list[Agent] = []  # every agent the tests started, for the loop-stall check after each test
 
 
 def write_models(folder: Path, models: list[dict[str, Any]], bindings: list[dict[str, Any]] | None = None) -> Path:
@@ -40,6 +42,10 @@ class Agent:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(20)
         return int(self.proc.returncode)
+
+    def stalls(self) -> list[dict[str, Any]]:
+        """Every `loop_stalled` line: a callback held the event loop longer than LOOP_STALL_MS."""
+        return [line for line in self.logs() if line.get("event") in ("loop_stalled", "asyncio")]
 
     def logs(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
@@ -82,10 +88,13 @@ def spawn_agent(
     state = {
         "EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}"),  # a restart finds its spool again
         "EDGE_AGENT_METRICS__PORT": str(free_port()),  # agents side by side: each its own endpoint
+        "EDGE_AGENT_LOOP_STALL_MS": str(LOOP_STALL_MS),  # every test fails on a stall (tests/conftest.py)
     }
     env = {**os.environ, **state, **(env or {})}
     proc = subprocess.Popen(cmd, stderr=log.open("wb"), env=env, cwd=ROOT)
-    return Agent(proc, f"edge-agent/{device_id}", log, int(env["EDGE_AGENT_METRICS__PORT"]))
+    agent = Agent(proc, f"edge-agent/{device_id}", log, int(env["EDGE_AGENT_METRICS__PORT"]))
+    SPAWNED.append(agent)
+    return agent
 
 
 def start_agent(
