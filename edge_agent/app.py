@@ -7,6 +7,8 @@ import functools
 import json
 import signal
 import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
 
 import structlog
 
@@ -37,14 +39,17 @@ from edge_agent.transport.spool import Spool
 log = structlog.get_logger("edge_agent.app")
 
 
-def load_served(settings: AgentSettings, models: ModelsFile) -> tuple[ModelPool, Missing]:
+def load_served(
+    settings: AgentSettings, models: ModelsFile, verified: Mapping[Path, Manifest] | None = None
+) -> tuple[ModelPool, Missing]:
     """The pool, plus models only the cloud can answer here.
 
     A model none of whose versions loads does not stop the agent (a device that stays up can be mended by a
     pull): with a cloud its route allows, its requests escalate as `model_missing` when its manifest still
     reads; otherwise it is `down` and answers `unavailable`, saying why. The other models serve.
     """
-    pool = ModelPool.load_what_verifies(models, settings.threads, settings.batch_max, settings.trusted())
+    trusted = settings.trusted()
+    pool = ModelPool.load_what_verifies(models, settings.threads, settings.batch_max, trusted, verified=verified)
     missing: Missing = {}
     for name, down in pool.down.items():
         manifest = _manifest_only(down.entry) if settings.cloud is not None else None

@@ -127,11 +127,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
     _writable(settings.state_dir)
     # the store checked against the disk: each model serves the newest version that verifies
-    models = Store(settings.state_dir).recover(load_models(settings.models_file), settings.trusted())
+    store = Store(settings.state_dir)
+    models = store.recover(load_models(settings.models_file), settings.trusted())
     problems = cloud_problems(settings, models) + group_problems(settings, models)
     if problems:
         raise ConfigError(problems)
-    pool, missing = load_served(settings, models)
+    pool, missing = load_served(settings, models, store.verified)
     asyncio.run(serve(settings, models, pool, missing))
     return 0
 

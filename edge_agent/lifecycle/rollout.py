@@ -101,7 +101,7 @@ class Rollout:
     async def rollback(self, name: str, version: str | None = None, command: str | None = None) -> str:
         """Ahead of any order waiting, and a pull of `name` under way is cancelled: going back is what an
         operator does when something is wrong, so it must not wait for a download to end."""
-        for cancel in self._pulling.get(name, ()):
+        for cancel in self._pulling.get(name, ()):  # the download's thread, and the rollout's wait on it
             cancel.set()
         return await self._order(lambda: self._rollback(name, "rolled back by hand", version), first=True)
 
@@ -121,8 +121,8 @@ class Rollout:
             while True:
                 await self._turn()
         finally:  # stopping: a pull's thread ends at its next read instead of holding up the exit
-            for cancel in self._pulling.values():
-                cancel[0].set()
+            for cancelled, _ in self._pulling.values():
+                cancelled.set()
 
     async def _turn(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError

@@ -73,6 +73,7 @@ def _now() -> str:
 class Store:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "models"
+        self.verified: dict[Path, mf.Manifest] = {}  # what `recover` checked (start-up hashes each file once)
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -191,7 +192,7 @@ class Store:
             try:
                 if record is None or record.path is None:
                     raise ArtifactError(f"version {version}: no folder recorded")
-                mf.load(Path(record.path), trusted)
+                self.verified[Path(record.path)] = mf.load(Path(record.path), trusted)
             except ArtifactError as exc:
                 log.error("stored_version_refused", model=name, version=version, why=str(exc))
                 _mark(state, version, "refused", f"failed verification at start-up: {exc}", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,12 +291,15 @@ class ModelPool:
         batch_max: int,
         trusted: Sequence[Ed25519PublicKey] = (),
         loader: Loader = default_loader,
+        verified: Mapping[Path, Manifest] | None = None,
     ) -> ModelPool:
-        """Every model that loads and verifies; the others are `down`, with why (the agent still starts)."""
+        """Every model that loads and verifies; the others are `down`, with why (the agent still starts).
+        `verified`: folders checked a moment ago (the store's start-up check), not hashed a second time."""
         served, down = {}, {}
         for entry in models.models:
             try:
-                manifest = load_manifest(entry.artifact, trusted)
+                known = (verified or {}).get(entry.artifact)
+                manifest = known or load_manifest(entry.artifact, trusted)
                 runtime = loader(entry.artifact, manifest, entry.threads or threads)
             except ArtifactError as exc:
                 down[entry.name] = Down(entry, f"model {entry.name}: {exc}")

@@ -93,3 +93,23 @@ def test_what_a_killed_pull_left_is_swept_and_a_running_ones_kept(tmp_path: Path
         alive.kill()
         alive.wait()
     assert not left.exists() and running.is_dir() and not ours.exists()
+
+
+def test_start_up_hashes_a_stored_version_once(
+    tmp_path: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the store's check and then the pool's load each hashed every file (twice the start on a big model)."""
+    from edge_agent.config.models_file import ModelEntry, ModelsFile
+    from edge_agent.contract import manifest as mf
+    from edge_agent.runtimes.pool import ModelPool
+
+    store = Store(tmp_path)
+    path = store.adopt("m", "1.0.0", tiny_artifact)
+    store.promote("m", "1.0.0", path, None)
+    hashed: list[Path] = []
+    real = mf.sha256_file
+    monkeypatch.setattr(mf, "sha256_file", lambda p: hashed.append(p) or real(p))
+    models = store.recover(ModelsFile(models=[ModelEntry(name="m")]), ())
+    pool = ModelPool.load_what_verifies(models, 1, 1, (), verified=store.verified)
+    pool.close()
+    assert "m" in pool.served and len(hashed) == len(mf.read(path).files) == len(set(hashed))
