@@ -18,12 +18,11 @@ from edge_agent.contract.manifest import Manifest, cloud_only
 from edge_agent.contract.manifest import read as read_manifest
 from edge_agent.contract.messages import Outbound
 from edge_agent.errors import ArtifactError
-from edge_agent.lifecycle.rollout import PIDFILE, Rollout
+from edge_agent.lifecycle.rollout import Rollout
 from edge_agent.lifecycle.store import Store
 from edge_agent.ops import stalls, systemd
 from edge_agent.ops.endpoint import Endpoint
 from edge_agent.ops.metrics import GaugeReader, Metrics
-from edge_agent.ops.pidfile import PidFile
 from edge_agent.ops.supervisor import Supervisor
 from edge_agent.routing.cloud import CloudClient
 from edge_agent.routing.router import Router
@@ -102,15 +101,13 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
     if settings.metrics.publish_s > 0:
         supervisor.start("metrics", lambda: _publish_metrics(settings, metrics, delivery))
-    pidfile = PidFile(settings.state_dir / PIDFILE)
-    pidfile.hold()
+    rollout.reload()  # a CLI pull while we started (its SIGHUP was ignored until now) is served
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     if settings.loop_stall_ms:  # from here on the loop serves: building the parts above is start-up
         stalls.watch(loop, settings.loop_stall_ms)
     try:
         await delivery.run(stop)
     finally:
-        pidfile.release()
         await endpoint.close()
         await supervisor.stop()
         await rollout.candidates.stop()

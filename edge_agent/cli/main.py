@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -19,7 +20,9 @@ from edge_agent.config.settings import AgentSettings, load_settings
 from edge_agent.contract.manifest import load as load_manifest
 from edge_agent.contract.messages import Answer, ModelReply
 from edge_agent.errors import EX_CONFIG, EX_DATAERR, AgentError, ArtifactError, BadRequest, ConfigError
+from edge_agent.lifecycle.rollout import PIDFILE
 from edge_agent.lifecycle.store import Store
+from edge_agent.ops.pidfile import PidFile
 from edge_agent.routing import policy
 from edge_agent.routing.cloud import cloud_problems
 
@@ -126,14 +129,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(settings.log_level)
     _writable(settings.state_dir)
-    # the store checked against the disk: each model serves the newest version that verifies
-    store = Store(settings.state_dir)
-    models = store.recover(load_models(settings.models_file), settings.trusted())
-    problems = cloud_problems(settings, models) + group_problems(settings, models)
-    if problems:
-        raise ConfigError(problems)
-    pool, missing = load_served(settings, models, store.verified)
-    asyncio.run(serve(settings, models, pool, missing))
+    pidfile = PidFile(settings.state_dir / PIDFILE)
+    unclean = pidfile.stale()  # the last run ended without its cleanup: a crash, a kill, a power cut
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a CLI pull's SIGHUP before we serve: picked up once we do
+    pidfile.hold()  # from the start, so a crash while loading leaves it stale too
+    try:
+        # the store checked against the disk: each model serves the newest version that verifies
+        store = Store(settings.state_dir)
+        models = store.recover(load_models(settings.models_file), settings.trusted(), unclean)
+        problems = cloud_problems(settings, models) + group_problems(settings, models)
+        if problems:
+            raise ConfigError(problems)
+        pool, missing = load_served(settings, models, store.verified)
+        asyncio.run(serve(settings, models, pool, missing))
+    finally:
+        pidfile.release()
     return 0
 
 

@@ -40,6 +40,7 @@ log = structlog.get_logger("edge_agent.lifecycle.store")
 VersionStatus = Literal["serving", "previous", "refused", "rolled_back", "retired"]
 INCOMING = ".incoming-"  # a pull's download folder: .incoming-{version}.{pid}
 PULLING = ".pulling."  # a pull under way: .pulling.{pid}, held locked by its process while it runs
+CRASH_LIMIT = 2  # unclean stops on probation that refuse a version: one may be a power cut, two are a pattern
 HEADROOM = 16 << 20  # free space left after a pull: the spool and logs must still write
 
 
@@ -50,6 +51,7 @@ class VersionRecord(BaseModel):
     path: str | None = None  # where it lives: the store, or models.yaml's seed folder
     probation: Literal["watching", "passed"] | None = None
     command: str | None = None  # the command whose pull of it the process did not survive
+    crashes: int = 0  # starts after the agent stopped uncleanly while this version was on probation
 
 
 class ModelRecord(BaseModel):
@@ -154,18 +156,20 @@ class Store:
     def serving(self, name: str) -> Current | None:
         return _current(self.state(name))
 
-    def recover(self, models: ModelsFile, trusted: Sequence[Ed25519PublicKey]) -> ModelsFile:
+    def recover(self, models: ModelsFile, trusted: Sequence[Ed25519PublicKey], unclean: bool = False) -> ModelsFile:
         """At start-up: each model's `path` set to the newest version that verifies, in the order the operator
         chose it: what the store says serves, the previous version, models.yaml's own folder. A stored version
         that fails (a power cut mid-write, a disk error, a hand edit) is recorded `refused` with why; a
-        state.json that cannot be read is moved aside (`state.json.damaged`) and the model starts afresh."""
+        state.json that cannot be read is moved aside (`state.json.damaged`) and the model starts afresh.
+        `unclean`: the last run did not stop cleanly; a version on probation then counts a crash, and at
+        CRASH_LIMIT it is refused (one that kills the agent after its promote must not do so at every start)."""
         entries = []
         for entry in models.models:
-            path = self._recover(entry.name, trusted)
+            path = self._recover(entry.name, trusted, unclean)
             entries.append(entry.model_copy(update={"path": path}) if path else entry)
         return models.model_copy(update={"models": entries})
 
-    def _recover(self, name: str, trusted: Sequence[Ed25519PublicKey]) -> Path | None:
+    def _recover(self, name: str, trusted: Sequence[Ed25519PublicKey], unclean: bool) -> Path | None:
         if not self.folder(name).is_dir():
             return None
         with self.lock(name):
@@ -181,14 +185,33 @@ class Store:
                 return None
             if not pulling:  # a pull under way may have placed its folder and not promoted it yet
                 self._orphans(name, state)
-            return self._first_that_verifies(name, state, trusted)
+            changed = unclean and self._count_crash(name, state)
+            return self._first_that_verifies(name, state, trusted, changed)
 
-    def _first_that_verifies(self, name: str, state: ModelRecord, trusted: Sequence[Ed25519PublicKey]) -> Path | None:
+    def _count_crash(self, name: str, state: ModelRecord) -> bool:
+        """The agent stopped uncleanly while the serving version was on probation: one more crash for it, and
+        at CRASH_LIMIT it is refused (the previous version serves). True when the record changed."""
+        record = state.versions.get(state.serving or "")
+        if record is None or record.probation != "watching":
+            return False
+        record.crashes += 1
+        if record.crashes >= CRASH_LIMIT:
+            why = f"the agent stopped uncleanly {record.crashes} times while it was on probation (a crash loop?)"
+            log.error("version_crash_loop", model=name, version=state.serving, crashes=record.crashes)
+            if record.path and Path(record.path).parent == self.folder(name):
+                shutil.rmtree(record.path, ignore_errors=True)
+            _mark(state, state.serving or "", "refused", why, None)
+        return True
+
+    def _first_that_verifies(
+        self, name: str, state: ModelRecord, trusted: Sequence[Ed25519PublicKey], changed: bool = False
+    ) -> Path | None:
         """The serving version's folder, else the previous one's (which then serves); state.json is written
         only when that changes it (a flash card is not worn by every start)."""
-        changed = False
         for version in [v for v in (state.serving, state.previous) if v]:
             record = state.versions.get(version)
+            if record is not None and record.state == "refused":  # refused just now (a crash loop)
+                continue
             try:
                 if record is None or record.path is None:
                     raise ArtifactError(f"version {version}: no folder recorded")

@@ -37,6 +37,10 @@ class PidFile:
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
 
+    def stale(self) -> bool:
+        """A file no process holds: the run that wrote it did not stop cleanly (a crash, a kill, a power cut)."""
+        return self.path.exists() and running_agent(self.path) is None
+
     def release(self) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)

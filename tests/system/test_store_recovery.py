@@ -89,3 +89,20 @@ def test_a_model_with_no_version_that_verifies_is_unavailable_and_the_others_ser
         reply = ops.get(timeout=60, topic="ops/replies").json()
     assert reply["ok"] and "1.0.0 serves (was unavailable)" in reply["message"], reply
     assert ask(broker, agent)["version"] == "1.0.0"
+
+
+def test_a_version_that_keeps_killing_the_agent_on_probation_is_refused_at_the_second_unclean_stop(
+    tmp_path: Path, tiny_artifact: Path, broker: Broker, agent_factory: Callable[..., Agent]
+) -> None:
+    """Before: a version that crashed the agent after its promote (at load, under traffic) was loaded again at every
+    restart, for ever. A clean stop counts nothing; one unclean stop may be a power cut; the second refuses it."""
+    fleet = make_fleet(tmp_path, None)
+    two_pulled(fleet, tiny_artifact)  # 2.0.0 serves on probation, 1.0.0 is the previous version
+    assert start(fleet, agent_factory).stop() == 0
+    for expected in ("2.0.0", "2.0.0", "1.0.0"):
+        agent = start(fleet, agent_factory)
+        assert ask(broker, agent)["version"] == expected
+        agent.proc.kill()
+        agent.proc.wait(10)
+    state, why = fleet.listing()["2.0.0"]
+    assert state == "refused" and "stopped uncleanly 2 times while it was on probation" in why
