@@ -104,7 +104,7 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     rollout.reload()  # a CLI pull while we started (its SIGHUP was ignored until now) is served
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     if settings.loop_stall_ms:  # from here on the loop serves: building the parts above is start-up
-        stalls.watch(loop, settings.loop_stall_ms)
+        supervisor.start("stalls", stalls.watch(loop, settings.loop_stall_ms).sample)
     try:
         await delivery.run(stop)
     finally:
