@@ -144,6 +144,7 @@ class Received:
     payload: bytes
     correlation: bytes | None
     retain: bool
+    response_topic: str | None = None
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -172,7 +173,8 @@ class Client:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         corr = getattr(props, "CorrelationData", None)
-        self.messages.put(Received(msg.topic, bytes(msg.payload), corr, bool(msg.retain)))
+        response_topic = getattr(props, "ResponseTopic", None)
+        self.messages.put(Received(msg.topic, bytes(msg.payload), corr, bool(msg.retain), response_topic))
 
     def subscribe(self, topic: str) -> None:
         self.client.subscribe(topic, qos=1)
