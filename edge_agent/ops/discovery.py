@@ -24,7 +24,7 @@ from edge_agent.ops.metrics import labels_of
 EXTRACTED = "extracted"  # the event type of a model without labels (an extraction)
 # A binding's event entity reads its model's events and keeps its own: Home Assistant ignores an event
 # whose template renders empty.
-BINDING_TEMPLATE = "{% if value_json.binding == '$key' %}{{ value }}{% endif %}"
+BINDING_TEMPLATE = "{% if value_json.get('binding') == '$key' %}{{ value }}{% endif %}"
 
 
 def slug(text: str) -> str:
