@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from edge_agent.contract.manifest import read
-from tests.support.agent import ROOT, Agent, write_models
+from tests.support.agent import ROOT, Agent, run_cli, write_models
 from tests.support.broker import Broker, Client, client, free_port
+from tests.support.registry import make_keys, publish, settings_file
 
 pytestmark = pytest.mark.slow
 STATES = "ha-states"  # where Home Assistant publishes its entities' states (mqtt_statestream)
@@ -59,6 +60,12 @@ class HomeAssistant:
         except (FileNotFoundError, json.JSONDecodeError):  # not yet, or mid-write
             return []
         return list(data["data"]["devices" if name == "device" else "entities"])
+
+    def complaints(self) -> list[str]:
+        """What Home Assistant's MQTT integration warned about (a config it refused, a template that failed)."""
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if "components.mqtt" in line]
+        assert lines, "Home Assistant's MQTT log (info) should be in its output"
+        return [line for line in lines if "WARNING" in line or "ERROR" in line]
 
     def until(self, what: str, found: Callable[[], Any], timeout: float = 90.0) -> Any:
         """`found()` once it is truthy (polled, bounded); the log when it never is."""
@@ -185,6 +192,44 @@ def test_home_assistant_discovers_the_agent_fires_its_events_and_sees_it_leave(
         assert agent.stop() == 0  # its retained status says offline: every entity becomes unavailable
         gone = ["event.edge_agent_dev1_tiny_event", binding, "sensor.edge_agent_dev1_tiny_requests"]
         assert states(watcher, {entity: lambda s: s == "unavailable" for entity in gone})
+    assert not home_assistant.complaints()
+
+
+def test_a_pulled_version_reaches_home_assistants_device_and_version_sensor(
+    broker: Broker,
+    home_assistant: HomeAssistant,
+    tmp_path: Path,
+    agent_factory: Callable[..., Agent],
+    tiny_artifact: Path,
+) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    keys = make_keys(tmp_path / "keys")
+    publish(registry, tiny_artifact, "1.0.0", keys)
+    config = settings_file(tmp_path, registry.as_uri(), [keys.public], homeassistant={"discovery": True})
+    models = write_models(tmp_path, [{"name": "tiny"}])
+    env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path / "state-dev1")}
+    pulled = run_cli("models", "pull", "tiny", "--config", str(config), "--models", str(models), env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    with client(broker.port) as watcher:
+        watcher.subscribe("homeassistant/status")
+        assert watcher.get(timeout=120).payload == b"online"
+        watcher.subscribe(f"{STATES}/#")
+        agent = agent_factory(models, config=config)
+        version = "sensor.edge_agent_dev1_tiny_version"
+        assert states(watcher, {version: lambda s: s == "1.0.0"})
+        assert home_assistant.until("the device at 1.0.0", lambda: _sw_version(home_assistant) == "tiny 1.0.0")
+        publish(registry, tiny_artifact, "2.0.0", keys)
+        watcher.subscribe("ops/replies")
+        watcher.publish(f"{agent.prefix}/cmd/models/pull", json.dumps({"model": "tiny"}), "ops/replies")
+        assert states(watcher, {version: lambda s: s == "2.0.0"}, timeout=120)
+    assert home_assistant.until("the device at 2.0.0", lambda: _sw_version(home_assistant) == "tiny 2.0.0")
+    assert not home_assistant.complaints()
+
+
+def _sw_version(ha: HomeAssistant) -> str | None:
+    device = _device(ha)
+    return device["sw_version"] if device else None
 
 
 def _attributes(watcher: Client, entity: str, names: set[str]) -> dict[str, Any]:
