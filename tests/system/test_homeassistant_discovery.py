@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,12 @@ def configs(watcher: Client, count: int, timeout: float = 30.0) -> dict[str, dic
     return found
 
 
-def first_on(watcher: Client, *topics: str) -> list[Received]:
+def first_on(watcher: Client, *topics: str, timeout: float = 30.0) -> list[Received]:
     """The first message on each topic, in the order of `topics`, whatever order they come in."""
     seen: dict[str, Received] = {}
+    end = time.monotonic() + timeout
     while len(seen) < len(topics):
-        msg = watcher.get()
+        msg = watcher.get(timeout=max(0.1, end - time.monotonic()))
         if msg.topic in topics:
             seen.setdefault(msg.topic, msg)
     return [seen[t] for t in topics]
@@ -149,7 +151,11 @@ def test_the_operator_sensors_read_requests_escalation_share_and_version(
             c.get(topic="me/replies")
         while (state := c.get(topic=f"{agent.prefix}/ha/tiny/state")).json()["requests"] < 3:
             pass  # each state_s, only when it moved; bounded by get's timeout
-    assert first.retain and first.json()["requests"] == 0
+    assert first.json()["requests"] == 0
+    with client(broker.port) as late:  # what Home Assistant finds when it subscribes later: the last state
+        late.subscribe(f"{agent.prefix}/ha/tiny/state")
+        retained = late.get(topic=f"{agent.prefix}/ha/tiny/state")
+    assert retained.retain and retained.json() == state.json()
     values = {cfg["name"]: render(cfg["value_template"], state.payload) for cfg in sensors.values()}
     assert values["tiny requests"] == "3" and values["tiny version"] == read(tiny_artifact).version
     assert 0 <= float(values["tiny escalation share"]) <= 100  # no cloud here: a share of local answers
@@ -183,9 +189,9 @@ def test_configs_of_what_is_no_longer_served_are_cleared_and_nothing_else_is_pub
     with client(broker.port) as c:
         c.client.publish("homeassistant/event/dev1/gone_event/config", '{"name": "gone"}', qos=1, retain=True)
         c.client.publish("homeassistant/event/dev2/tiny_event/config", '{"name": "other"}', qos=1, retain=True)
+        c.subscribe("homeassistant/#")  # before the agent starts: its removal is seen, whenever it comes
         models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}], BINDINGS)
         agents.append(start_agent(broker, models, tmp_path, env=DISCOVERY))
-        c.subscribe("homeassistant/#")
         before = _settled(c, "homeassistant/event/dev1/gone_event/config")
         assert before["homeassistant/event/dev1/gone_event/config"] is None  # cleared: an empty retained payload
         assert before["homeassistant/event/dev2/tiny_event/config"] == {"name": "other"}
@@ -234,6 +240,7 @@ def test_a_pulled_version_updates_sw_version_and_the_version_sensor(
         publish(registry, tiny_artifact, "2.0.0", keys)
         c.subscribe("ops/replies")
         c.publish(f"{agent.prefix}/cmd/models/pull", json.dumps({"model": "tiny"}), "ops/replies")
-        assert c.get(timeout=120, topic="ops/replies").json()["ok"]
-        assert c.get(topic="homeassistant/event/dev1/tiny_event/config").json()["device"]["sw_version"] == "tiny 2.0.0"
-        assert c.get(topic=f"{agent.prefix}/ha/tiny/state").json()["version"] == "2.0.0"
+        config_topic, state_topic = "homeassistant/event/dev1/tiny_event/config", f"{agent.prefix}/ha/tiny/state"
+        reply, config, state = first_on(c, "ops/replies", config_topic, state_topic, timeout=120)
+    assert reply.json()["ok"]
+    assert config.json()["device"]["sw_version"] == "tiny 2.0.0" and state.json()["version"] == "2.0.0"
