@@ -28,6 +28,7 @@ from edge_agent.routing.cloud import CloudClient
 from edge_agent.routing.router import Router
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.serving.handler import Handler
+from edge_agent.serving.homeassistant import HomeAssistant
 from edge_agent.serving.replies import Missing
 from edge_agent.serving.waitlist import Waitlist
 from edge_agent.status import Status, prices, summary
@@ -78,9 +79,10 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     cloud = CloudClient(settings.cloud) if settings.cloud else None
     spool = Spool(settings.state_dir / "spool.sqlite")
     waitlist = Waitlist(spool, settings.cloud)
-    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=changed.set)
+    ha = HomeAssistant(settings, pool, models.bindings, metrics) if settings.homeassistant.discovery else None
+    rollout = Rollout(settings, pool, Store(settings.state_dir), on_change=functools.partial(_changed, changed, ha))
     router = Router(settings, models, cloud, rollout.candidates, on_change=changed.set, metrics=metrics)
-    handler = Handler(settings, models, pool, router, waitlist, missing, rollout, metrics)
+    handler = Handler(settings, models, pool, router, waitlist, missing, rollout, metrics, ha)
     client = MqttClient(settings, handler.subscriptions(), f"{settings.agent_prefix}/status")
     status = Status(settings, pool, router, spool, missing, rollout)
     delivery = Delivery(settings, client, handler, spool, status.retained, changed)
@@ -101,6 +103,8 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
     supervisor.start("announce", lambda: _announce(delivery, handler.subscriptions()))
     if settings.metrics.publish_s > 0:
         supervisor.start("metrics", lambda: _publish_metrics(settings, metrics, delivery))
+    if ha is not None:
+        supervisor.start("homeassistant", functools.partial(ha.run, delivery))
     rollout.reload()  # a CLI pull while we started (its SIGHUP was ignored until now) is served
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     if settings.loop_stall_ms:  # from here on the loop serves: building the parts above is start-up
@@ -118,6 +122,13 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
         spool.close()
         systemd.notify("STOPPING=1")
         log.info("stopped")
+
+
+def _changed(status: asyncio.Event, ha: HomeAssistant | None) -> None:
+    """The versions served (or a trial) moved: the retained status says so, and Home Assistant's entities."""
+    status.set()
+    if ha is not None:
+        ha.wake()
 
 
 async def _publish_metrics(settings: AgentSettings, metrics: Metrics, delivery: Delivery) -> None:

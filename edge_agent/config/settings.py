@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.contract.signing import load_public
-from edge_agent.contract.topics import check_filter
+from edge_agent.contract.topics import check_filter, topic_problem
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -172,6 +172,35 @@ class MetricsSettings(BaseModel):
         return value
 
 
+class HomeAssistantSettings(BaseModel):
+    """Home Assistant's MQTT discovery: the agent announces itself as a device with event and sensor entities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    discovery: bool = Field(default=False, description="publish retained discovery configs under `prefix`")
+    prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix (one topic level)")
+    state_s: float = Field(
+        default=60.0, ge=0, description="operator sensors (requests, escalation share) this often (>= 1 s); 0: never"
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _one_level(cls, value: str) -> str:
+        problem = topic_problem(value) or ("holds a /" if "/" in value else None)
+        if problem is None and value.startswith("$"):
+            problem = "starts with $ (the broker's own topics)"
+        if problem is not None:
+            raise ValueError(f"must be one topic level, but {value!r} {problem}")
+        return value
+
+    @field_validator("state_s")
+    @classmethod
+    def _not_a_flood(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("must be 0 (never) or at least 1 s: each update is a retained publish")
+        return value
+
+
 def _default_state_dir() -> Path:
     """systemd's StateDirectory= when set (first entry), else ./var."""
     return Path(os.environ.get("STATE_DIRECTORY", "var").split(":")[0])
@@ -232,6 +261,7 @@ class AgentSettings(BaseSettings):
     probation: ProbationSettings = ProbationSettings()
     metrics: MetricsSettings = MetricsSettings()
     cloud: CloudSettings | None = Field(default=None, description="escalation endpoint; none: local only")
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     state_dir: Path = Field(default_factory=_default_state_dir, description="spool and feedback live here")
     feedback_max_rows: int = Field(default=10000, ge=1, description="per model; oldest rows go first")
     feedback_max_bytes: int = Field(

@@ -1,4 +1,5 @@
-"""One message in, one outcome out, per endpoint (requests, sensor bindings, operator commands).
+"""One message in, one outcome out, per endpoint (requests, sensor bindings, operator commands, Home Assistant's
+discovery).
 
 Imports routing and the rooms below it.
 """

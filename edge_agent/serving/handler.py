@@ -1,6 +1,7 @@
 """One message in, one outcome out: a reply (a result or an error), a wait for the cloud, or a logged drop.
 
-The handler picks the message's endpoint once, from its topic (requests, operator commands, sensor bindings),
+The handler picks the message's endpoint once, from its topic (requests, operator commands, Home Assistant,
+sensor bindings),
 and is total: whatever a message holds, and whatever goes wrong below it, it ends in exactly one outcome, so
 the delivery layer can settle (acknowledge) every message exactly once.
 """
@@ -21,6 +22,7 @@ from edge_agent.routing.policy import Reason
 from edge_agent.routing.router import CloudWait, Router
 from edge_agent.runtimes.pool import ModelPool
 from edge_agent.serving.commands import Commands, Operator
+from edge_agent.serving.homeassistant import HomeAssistant
 from edge_agent.serving.replies import Missing, Replies, drop
 from edge_agent.serving.requests import Attempt, Requests
 from edge_agent.serving.sensors import Sensors
@@ -58,18 +60,23 @@ class Handler:
         missing: Missing | None = None,
         operator: Operator | None = None,
         metrics: Metrics | None = None,
+        homeassistant: HomeAssistant | None = None,
     ) -> None:
         self.settings, self.pool, self.parking = settings, pool, parking
         self.replies = Replies(settings, pool, missing or {}, metrics or Metrics())
         self.requests = Requests(self.replies, router)
         self.commands = Commands(self.replies, operator) if operator is not None else None
         self.sensors = Sensors(self.replies, self.requests, models)
+        self.homeassistant = homeassistant
+        if homeassistant is not None:
+            self.replies.answered = homeassistant.fire
 
     def subscriptions(self) -> list[str]:
         operator = [f"{self.commands.prefix}+"] if self.commands is not None else []
         group = self.settings.shared_group
         bindings = [shared(group, b.topic) for b in self.sensors.bindings]
-        return [shared(group, f"{self.requests.prefix}+"), *operator, *bindings]
+        ha = self.homeassistant.subscriptions() if self.homeassistant is not None else []  # each agent its own
+        return [shared(group, f"{self.requests.prefix}+"), *operator, *ha, *bindings]
 
     async def handle(self, msg: Inbound) -> Outcome:
         """The outcome of a new message; never raises."""
@@ -124,6 +131,8 @@ class Handler:
             return self.requests, topic[len(self.requests.prefix) :]
         if self.commands is not None and topic.startswith(self.commands.prefix):
             return self.commands, topic[len(self.commands.prefix) :]
+        if self.homeassistant is not None and self.homeassistant.owns(topic):
+            return self.homeassistant, topic
         if self.sensors.binding(topic) is not None:
             return self.sensors, topic
         return None

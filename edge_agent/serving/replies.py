@@ -4,6 +4,7 @@ becomes an outbound message (checked, counted, logged, serialised)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -28,6 +29,7 @@ class Replies:
     def __init__(self, settings: AgentSettings, pool: ModelPool, missing: Missing, metrics: Metrics) -> None:
         self.settings, self.pool, self.missing, self.metrics = settings, pool, missing, metrics
         self.policy = ReplyPolicy(settings.fleet_filter, settings.reply_topics, settings.reply_to_agent_topics)
+        self.answered: Callable[[ModelReply], None] = lambda _reply: None  # each model reply sent (Home Assistant)
 
     def known(self, model: str) -> Known | None:
         """The model as loaded here, with its entry and manifest; `served` is None for a cloud-only model."""
@@ -72,6 +74,8 @@ class Replies:
         if model is not None:
             self._count(model, result, msg)
             log.debug("replied", model=model, to=topic, outcome=_outcome(result), ms=_ms_since(msg.received))
+        if isinstance(reply, ModelReply):
+            self.answered(reply)
         durable = isinstance(result, Answer) and result.source == "cloud"  # paid for: never asked twice
         return Reply(Outbound(topic, encode(reply), msg.correlation if correlate else None, durable))
 

@@ -264,9 +264,9 @@ class Delivery:
     def backlog(self) -> int:
         return len(self._backlog)
 
-    def announce(self, out: Outbound) -> None:
-        """A retained message of the agent's own (the metrics summary); a refusal is logged."""
-        self._publish(out, lambda refused: self._replied(out, refused), retain=True)
+    def announce(self, out: Outbound, retain: bool = True) -> None:
+        """A message of the agent's own (the metrics summary, Home Assistant's discovery); a refusal is logged."""
+        self._publish(out, lambda refused: self._replied(out, refused), retain=retain)
 
     def publish_status(self, state: str = "online") -> asyncio.Future[None]:
         """The retained status; the future completes when the broker has it."""

@@ -118,3 +118,20 @@ def test_the_daemon_on_310_answers_a_request(py310: str, broker: Broker, tiny_ar
     body, manifest = msg.json(), read(tiny_artifact)
     assert msg.correlation == b"7" and body["id"] == "r1" and body["source"] in ("local", "local-fallback")
     assert body["label"] in manifest.labels and 0 < body["confidence"] <= 1 and body["version"] == manifest.version
+
+
+def test_home_assistant_discovery_on_310_keeps_its_sensors_up_to_date(
+    py310: str, broker: Broker, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """The sensors' state goes out on a timer (asyncio.wait_for timing out, 3.10's own TimeoutError)."""
+    models = write_models(tmp_path, [{"name": "tiny", "path": str(tiny_artifact)}])
+    env = {"EDGE_AGENT_HOMEASSISTANT__DISCOVERY": "true", "EDGE_AGENT_HOMEASSISTANT__STATE_S": "1"}
+    agent = start_agent(broker, models, tmp_path, "py310", python=py310, env=env)
+    try:
+        with client(broker.port) as c:
+            c.subscribe(f"{agent.prefix}/ha/tiny/state")
+            assert c.get(topic=f"{agent.prefix}/ha/tiny/state").json()["requests"] == 0
+            c.publish(f"{agent.prefix}/req/tiny", '{"text": "turn off the lights"}', "me/replies")
+            assert c.get(topic=f"{agent.prefix}/ha/tiny/state").json()["requests"] == 1
+    finally:
+        assert agent.stop() == 0

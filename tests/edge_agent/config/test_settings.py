@@ -195,3 +195,42 @@ def test_a_state_folder_the_agent_cannot_write_is_one_line_and_78(tmp_path: Path
     result = run_cli("run", "--models", str(models), env=env)
     assert result.returncode == EX_CONFIG, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "must be able to write there" in result.stderr
+
+
+def test_home_assistant_discovery_is_off_by_default_and_set_by_file_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().homeassistant.discovery is False
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("homeassistant:\n  discovery: true\n  prefix: ha\n")
+    assert (load_settings(cfg).homeassistant.discovery, load_settings(cfg).homeassistant.prefix) == (True, "ha")
+    monkeypatch.setenv("EDGE_AGENT_HOMEASSISTANT__PREFIX", "hass")
+    assert load_settings(cfg).homeassistant.prefix == "hass"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "problem"),
+    [
+        ("home/assistant", "holds a /"),
+        ("", "is empty"),
+        ("ha+", "wildcard"),
+        ("#", "wildcard"),
+        ("$SYS", "starts with \\$"),
+        ("ha\x00", "U\\+0000"),
+    ],
+)
+def test_a_discovery_prefix_that_is_not_one_topic_level_is_refused(tmp_path: Path, prefix: str, problem: str) -> None:
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({"homeassistant": {"discovery": True, "prefix": prefix}}))
+    cfg = cfg.rename(tmp_path / "agent.yaml")  # JSON is YAML
+    with pytest.raises(ConfigError, match=rf"homeassistant\.prefix: .*{problem}"):
+        load_settings(cfg)
+
+
+def test_home_assistant_settings_refuse_unknown_keys_and_a_state_flood(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("homeassistant:\n  discovery: true\n  discovery_prefix: ha\n  state_s: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert any("homeassistant.discovery_prefix" in p for p in info.value.problems)
+    assert any("homeassistant.state_s" in p and "at least 1 s" in p for p in info.value.problems)
