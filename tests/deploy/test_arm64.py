@@ -3,7 +3,9 @@
 scripts/arm64-root builds an arm64 Debian bookworm root once (cached outside the repository) and installs
 `edge-agent[onnx]` into a venv there from PyPI's aarch64 wheels; qemu-user runs its binaries. An artifact built on
 x86 must get the x86 agent's answers there, from `classify` and from the daemon over MQTT, and a static int8 model
-must answer the same alone and in a batch of 32 on ARM's kernels too.
+must answer the same alone and in a batch of 32 on ARM's kernels too. PyPI has no aarch64 llama-cpp-python wheel:
+scripts/arm64-llama-wheel cross-compiles one here (a board compiles its own, README "Raspberry Pi"), and a second
+venv with `edge-agent[onnx,gguf]` serves a GGUF artifact with it as x86 does.
 
 Neither /proc nor /sys is mounted in the root. With both, qemu-user shows the aarch64 process the host's files, and
 onnxruntime's cpuinfo (pytorch/cpuinfo) finds CPUs in /sys but parses an x86 /proc/cpuinfo (no `CPU implementer`,
@@ -41,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path(os.environ.get("EDGE_AGENT_ARM64_ROOT", "/var/cache/edge-agent-ci/arm64-bookworm"))
-VENV = "/opt/edge-agent/venv"
+VENV, GGUF_VENV = "/opt/edge-agent/venv", "/opt/edge-agent/venv-gguf"
 PI4, PI5 = "cortex-a72", "cortex-a76"
 CLASSIFIED = ["turn off the lights in the kitchen", "will it rain today", "lights on in the living room"]
 
@@ -89,9 +91,9 @@ class ArmRoot:
         clean = ["PATH=/usr/bin:/bin", "HOME=/root", "LANG=C.UTF-8", f"QEMU_CPU={cpu}"]
         return ["chroot", str(self.root), "/usr/bin/env", "-i", *clean, *args]
 
-    def python(self, *args: str, cpu: str = PI4, timeout: float = 300) -> str:
-        done = subprocess.run(self.command(f"{VENV}/bin/python", *args, cpu=cpu), capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+    def python(self, *args: str, cpu: str = PI4, venv: str = VENV) -> str:
+        done = subprocess.run(self.command(f"{venv}/bin/python", *args, cpu=cpu), capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -104,17 +106,23 @@ class ArmRoot:
         return launcher
 
 
+def script(name: str, *args: str) -> str:
+    """A scripts/ builder's last line of output (the path it made), minutes when its cache is cold."""
+    done = subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def arm() -> Iterator[ArmRoot]:
-    """The root, built by scripts/arm64-root when missing or stale (root only: debootstrap, binfmt_misc, chroot)."""
+    """The root with both venvs, built by scripts/arm64-root (and the llama-cpp-python wheel by
+    scripts/arm64-llama-wheel) when missing or stale; root only: debootstrap, binfmt_misc, chroot."""
     if os.geteuid() != 0 or shutil.which("chroot") is None:
         why = "the arm64 root needs root (debootstrap, binfmt_misc, chroot)"
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"CI must test the aarch64 device install: {why}", pytrace=False)
         pytest.skip(why)
-    done = subprocess.run([str(ROOT / "scripts" / "arm64-root"), str(CACHE)], capture_output=True, text=True,
-                          timeout=1500)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert script("arm64-root", str(CACHE), script("arm64-llama-wheel")) == str(CACHE)
     work = CACHE / "tmp" / f"edge-agent-test-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     yield ArmRoot(CACHE, work)
@@ -207,3 +215,30 @@ def test_static_int8_answers_the_same_alone_and_in_a_batch_of_32_on_arm(
         assert inside["label"] == alone["label"] and inside["entities"] == alone["entities"], text
         assert inside["confidence"] == pytest.approx(alone["confidence"], abs=1e-4), text
     np.testing.assert_allclose(found["batch_logits"], found["alone_logits"], rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def causal(arm: ArmRoot, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """models.yaml serving a tiny GGUF classifier built here by `build-causal`'s code: (the host's, the root's)."""
+    from trainer.causal.tiny import build_tiny_artifact
+
+    built = build_tiny_artifact(tmp_path_factory.mktemp("causal") / "tiny-causal")
+    shutil.copytree(built, arm.work / "tiny-causal")
+    host = write_models(built.parent, [{"name": "causal", "path": str(built)}])
+    (arm.work / "causal").mkdir()
+    return host, write_models(arm.work / "causal", [{"name": "causal", "path": arm.inside(arm.work / "tiny-causal")}])
+
+
+def test_gguf_on_aarch64_from_the_cross_built_wheel_answers_as_on_x86(arm: ArmRoot, causal: tuple[Path, Path]) -> None:
+    """llama.cpp compiled for armv8-a (scripts/arm64-llama-wheel), run on an emulated Pi 4 core."""
+    assert arm.python("-c", "import llama_cpp; print(llama_cpp.__version__)", venv=GGUF_VENV).strip() == "0.3.36"
+    host, inside = str(causal[0]), arm.inside(causal[1])
+    for text in CLASSIFIED:
+        x86 = run_cli("classify", "--models", host, "--model", "causal", text)
+        assert x86.returncode == 0, x86.stderr
+        answer = json.loads(arm.python("-m", "edge_agent", "classify", "--models", inside, "--model", "causal", text,
+                                       venv=GGUF_VENV))  # fmt: skip
+        expected = json.loads(x86.stdout)
+        assert_same_answer(answer, expected, text)
+        near = [(t["label"], pytest.approx(t["confidence"], abs=1e-3)) for t in expected["top"]]
+        assert [(t["label"], t["confidence"]) for t in answer["top"]] == near, text
