@@ -7,11 +7,13 @@ must answer the same alone and in a batch of 32 on ARM's kernels too. PyPI has n
 scripts/arm64-llama-wheel cross-compiles one here (a board compiles its own, README "Raspberry Pi"), and a second
 venv with `edge-agent[onnx,gguf]` serves a GGUF artifact with it as x86 does.
 
-Neither /proc nor /sys is mounted in the root. With both, qemu-user shows the aarch64 process the host's files, and
-onnxruntime's cpuinfo (pytorch/cpuinfo) finds CPUs in /sys but parses an x86 /proc/cpuinfo (no `CPU implementer`,
-`CPU part` lines) and crashes (SIGSEGV) at import. With either missing it warns and falls back; with /proc and /sys
-mounted and a Cortex-A72's /proc/cpuinfo bound over the x86 one it imports with no warning at all. A board's kernel
-writes ARM's /proc/cpuinfo, so the crash is the emulator's, not something a Pi or Jetson hits.
+Neither /proc nor /sys is mounted in the root. With both, qemu-user (Debian bookworm's 7.2) shows the aarch64 process
+the host's files, and onnxruntime's cpuinfo (pytorch/cpuinfo) finds CPUs in /sys but parses an x86 /proc/cpuinfo (no
+`CPU implementer`, `CPU part` lines) and crashes (SIGSEGV) at import. With either missing it warns and falls back;
+with both mounted and a Cortex-A72's, A76's or A78AE's /proc/cpuinfo bound over the x86 one it imports with no
+warning at all. A board's kernel writes ARM's /proc/cpuinfo (newer qemu-user fakes one too: its
+linux-user/aarch64/target_proc.h), so the crash is this emulator's, not something a Pi or Jetson hits; the unit
+keeps /proc/cpuinfo visible (no ProcSubset=pid) for the same reader.
 
 QEMU_CPU picks the emulated core, so the int8 kernels chosen are a board's: cortex-a72 (Pi 4: no dot product
 instructions) and cortex-a76 (Pi 5; Jetson Orin's A78AE has the same dot product instructions).
