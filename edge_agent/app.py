@@ -105,7 +105,6 @@ async def serve(settings: AgentSettings, models: ModelsFile, pool: ModelPool, mi
         supervisor.start("metrics", lambda: _publish_metrics(settings, metrics, delivery))
     if ha is not None:
         supervisor.start("homeassistant", functools.partial(ha.run, delivery))
-    rollout.reload()  # a CLI pull while we started (its SIGHUP was ignored until now) is served
     systemd.notify("READY=1")  # serving: requests spooled by the broker come once it is reachable
     if settings.loop_stall_ms:  # from here on the loop serves: building the parts above is start-up
         supervisor.start("stalls", stalls.watch(loop, settings.loop_stall_ms).sample)

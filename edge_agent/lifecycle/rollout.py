@@ -32,6 +32,7 @@ from edge_agent.runtimes.pool import Loader, ModelPool, default_loader
 
 log = structlog.get_logger("edge_agent.lifecycle.rollout")
 STATUS, PIDFILE = "status.json", "agent.pid"
+NOTHING = "nothing changed"
 
 
 @dataclass
@@ -114,8 +115,9 @@ class Rollout:
     async def run(self) -> None:
         """Forever, one change at a time: orders, probation verdicts, the polling interval."""
         self._resume_probation()
-        if await self.candidates.start():
-            self.on_change()  # the status says a trial runs (and, as it goes, its counts)
+        caught_up = await self._catch_up()
+        if await self.candidates.start() or caught_up:
+            self.on_change()  # the status says what changed, or that a trial runs (and, as it goes, its counts)
         await self.write_status()
         try:
             while True:
@@ -205,9 +207,18 @@ class Rollout:
         log.info("model_revived", model=name, version=prepared.version)
         return f"model {name}: {prepared.version} serves (was unavailable)"
 
+    async def _catch_up(self) -> bool:
+        """A CLI pull while the agent started (its SIGHUP was ignored until now) served; True when it changed
+        anything."""
+        try:
+            return await self._reconcile_all() != NOTHING
+        except (ArtifactError, ConfigError) as exc:
+            log.warning("reload_failed", error=str(exc))
+            return True
+
     async def _reconcile_all(self) -> str:
         done = [await self._reconcile(name) for name in [*self.pool.served, *self.pool.down]]
-        return "; ".join(line for line in done if line) or "nothing changed"
+        return "; ".join(line for line in done if line) or NOTHING
 
     async def _reconcile(self, name: str) -> str:
         """Serve what the store says serves `name`, when that is not what is loaded."""
