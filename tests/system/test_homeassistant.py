@@ -24,9 +24,10 @@ import pytest
 import yaml
 
 from edge_agent.contract.manifest import read
-from tests.support.agent import ROOT, Agent, run_cli, write_models
+from tests.support.agent import ROOT, Agent, write_models
 from tests.support.broker import Broker, Client, client, free_port
-from tests.support.registry import make_keys, publish, settings_file
+from tests.support.registry import publish
+from tests.system.test_homeassistant_discovery import pulled_with_discovery
 
 pytestmark = pytest.mark.slow
 STATES = "ha-states"  # where Home Assistant publishes its entities' states (mqtt_statestream)
@@ -202,15 +203,7 @@ def test_a_pulled_version_reaches_home_assistants_device_and_version_sensor(
     agent_factory: Callable[..., Agent],
     tiny_artifact: Path,
 ) -> None:
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    keys = make_keys(tmp_path / "keys")
-    publish(registry, tiny_artifact, "1.0.0", keys)
-    config = settings_file(tmp_path, registry.as_uri(), [keys.public], homeassistant={"discovery": True})
-    models = write_models(tmp_path, [{"name": "tiny"}])
-    env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path / "state-dev1")}
-    pulled = run_cli("models", "pull", "tiny", "--config", str(config), "--models", str(models), env=env)
-    assert pulled.returncode == 0, pulled.stderr
+    config, models, registry, keys = pulled_with_discovery(tmp_path, tiny_artifact)
     with client(broker.port) as watcher:
         watcher.subscribe("homeassistant/status")
         assert watcher.get(timeout=120).payload == b"online"

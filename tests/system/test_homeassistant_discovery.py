@@ -11,14 +11,14 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 
 from edge_agent.contract.manifest import read
 from tests.support.agent import Agent, run_cli, start_agent, write_models
 from tests.support.broker import Broker, Client, Received, client
-from tests.support.registry import make_keys, publish, settings_file
+from tests.support.registry import Keys, make_keys, publish, settings_file
 
 ID = r"[a-zA-Z0-9_-]+"  # node_id and object_id: "must only consist of characters from [a-zA-Z0-9_-]"
 CONFIG_TOPIC = re.compile(rf"^homeassistant/(event|sensor)/({ID})/({ID})/config$")
@@ -219,9 +219,16 @@ def _settled(c: Client, removed: str) -> dict[str, Any]:
     return seen
 
 
-def test_a_pulled_version_updates_sw_version_and_the_version_sensor(
-    broker: Broker, tmp_path: Path, agent_factory: Callable[..., Agent], tiny_artifact: Path
-) -> None:
+class Pulled(NamedTuple):
+    config: Path
+    models: Path
+    registry: Path
+    keys: Keys
+
+
+def pulled_with_discovery(tmp_path: Path, tiny_artifact: Path) -> Pulled:
+    """Device dev1 with discovery on, version 1.0.0 pulled from a signed registry (settings, models.yaml, the
+    registry and its keys, to publish the next version)."""
     registry = tmp_path / "registry"
     registry.mkdir()
     keys = make_keys(tmp_path / "keys")
@@ -231,6 +238,13 @@ def test_a_pulled_version_updates_sw_version_and_the_version_sensor(
     env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path / "state-dev1")}
     pulled = run_cli("models", "pull", "tiny", "--config", str(config), "--models", str(models), env=env)
     assert pulled.returncode == 0, pulled.stderr
+    return Pulled(config, models, registry, keys)
+
+
+def test_a_pulled_version_updates_sw_version_and_the_version_sensor(
+    broker: Broker, tmp_path: Path, agent_factory: Callable[..., Agent], tiny_artifact: Path
+) -> None:
+    config, models, registry, keys = pulled_with_discovery(tmp_path, tiny_artifact)
     agent = agent_factory(models, config=config)
     with client(broker.port) as c:
         c.subscribe("homeassistant/event/dev1/tiny_event/config")
