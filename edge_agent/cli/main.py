@@ -20,6 +20,7 @@ from edge_agent.config.settings import AgentSettings, load_settings
 from edge_agent.contract.manifest import load as load_manifest
 from edge_agent.contract.messages import Answer, ModelReply
 from edge_agent.errors import EX_CONFIG, EX_DATAERR, AgentError, ArtifactError, BadRequest, ConfigError
+from edge_agent.lifecycle.recovery import recover
 from edge_agent.lifecycle.rollout import PIDFILE
 from edge_agent.lifecycle.store import Store
 from edge_agent.ops.pidfile import PidFile
@@ -136,11 +137,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         # the store checked against the disk: each model serves the newest version that verifies
         store = Store(settings.state_dir)
-        models = store.recover(load_models(settings.models_file), settings.trusted(), unclean)
+        models, verified = recover(store, load_models(settings.models_file), settings.trusted(), unclean)
         problems = cloud_problems(settings, models) + group_problems(settings, models)
         if problems:
             raise ConfigError(problems)
-        pool, missing = load_served(settings, models, store.verified)
+        pool, missing = load_served(settings, models, verified)
         asyncio.run(serve(settings, models, pool, missing))
     finally:
         pidfile.release()

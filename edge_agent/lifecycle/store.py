@@ -4,13 +4,13 @@
 retired) and why. Only the serving and the previous version stay on disk. A pull lands in a
 temporary folder and is renamed into place only once its signature and every hash check, so a
 half-downloaded or tampered version never sits where a model is loaded from. Writers (the daemon,
-`edge-agent models pull`) hold the model's lock, so the two never interleave.
+`edge-agent models pull`) hold the model's lock, so the two never interleave. What a crash leaves here is
+found and settled by recovery.py (the record of a pull under way, the start-up check).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("edge_agent.lifecycle.store")
 VersionStatus = Literal["serving", "previous", "refused", "rolled_back", "retired"]
 INCOMING = ".incoming-"  # a pull's download folder: .incoming-{version}.{pid}
-PULLING = ".pulling."  # a pull under way: .pulling.{pid}, held locked by its process while it runs
-CRASH_LIMIT = 2  # unclean stops on probation that refuse a version: one may be a power cut, two are a pattern
 HEADROOM = 16 << 20  # free space left after a pull: the spool and logs must still write
 
 
@@ -68,14 +66,13 @@ class Current:
     path: Path
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class Store:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "models"
-        self.verified: dict[Path, mf.Manifest] = {}  # what `recover` checked (start-up hashes each file once)
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -101,146 +98,12 @@ class Store:
         except ValidationError:
             raise ArtifactError(f"{path}: unreadable; move it away to start this model's history afresh") from None
 
-    def _save(self, name: str, state: ModelRecord) -> None:
+    def save(self, name: str, state: ModelRecord) -> None:
         data = (state.model_dump_json(indent=2) + "\n").encode()
         write_atomic(self.folder(name) / "state.json", data, step="state_write")
 
-    @contextmanager
-    def pulling(self, name: str, version: str, command: str | None) -> Iterator[None]:
-        """A pull of `version` under way, on disk and locked while it runs: if the process dies during it (out
-        of memory on a poisonous artifact, a crash), the next look at the store records the version `refused`
-        and the command that asked for it, so its redelivery is refused instead of crashing the agent again."""
-        marker = self.folder(name) / f"{PULLING}{os.getpid()}"
-        with self.lock(name):
-            self._crashed(name)
-            write_atomic(marker, json.dumps({"version": version, "command": command, "at": _now()}).encode())
-            held = marker.open("rb")
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield
-        finally:
-            marker.unlink(missing_ok=True)
-            held.close()
-
-    def _crashed(self, name: str) -> bool:
-        """Pulls whose process died during them: each version recorded `refused`, naming the crash (the caller
-        holds the model's lock). A marker still locked belongs to a pull that runs: True when there is one."""
-        running = False
-        for marker in self.folder(name).glob(f"{PULLING}*"):
-            with marker.open("rb") as fh:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    running = True
-                    continue
-                pull = _pull_record(fh.read())
-            if pull is not None:
-                self._record_crash(name, *pull)
-            marker.unlink(missing_ok=True)
-        return running
-
-    def _record_crash(self, name: str, version: str, command: str | None, at: str) -> None:
-        state = self.state(name)
-        if state.serving == version:  # promoted before the end: the pull did finish
-            return
-        why = f"the process pulling it stopped at {at} (a crash, out of memory, a power cut?): pull it again to retry"
-        log.error("pull_crashed", model=name, version=version, command=command, at=at)
-        _mark(state, version, "refused", why, None).command = command
-        if version != state.previous:
-            shutil.rmtree(self.version_folder(name, version), ignore_errors=True)
-        self._save(name, state)
-
-    def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file()) if self.root.is_dir() else []
-
     def serving(self, name: str) -> Current | None:
         return _current(self.state(name))
-
-    def recover(self, models: ModelsFile, trusted: Sequence[Ed25519PublicKey], unclean: bool = False) -> ModelsFile:
-        """At start-up: each model's `path` set to the newest version that verifies, in the order the operator
-        chose it: what the store says serves, the previous version, models.yaml's own folder. A stored version
-        that fails (a power cut mid-write, a disk error, a hand edit) is recorded `refused` with why; a
-        state.json that cannot be read is moved aside (`state.json.damaged`) and the model starts afresh.
-        `unclean`: the last run did not stop cleanly; a version on probation then counts a crash, and at
-        CRASH_LIMIT it is refused (one that kills the agent after its promote must not do so at every start)."""
-        entries = []
-        for entry in models.models:
-            path = self._recover(entry.name, trusted, unclean)
-            entries.append(entry.model_copy(update={"path": path}) if path else entry)
-        return models.model_copy(update={"models": entries})
-
-    def _recover(self, name: str, trusted: Sequence[Ed25519PublicKey], unclean: bool) -> Path | None:
-        if not self.folder(name).is_dir():
-            return None
-        with self.lock(name):
-            self.sweep(name)
-            pulling = self._crashed(name)
-            if not (self.folder(name) / "state.json").is_file():
-                return None
-            try:
-                state = self.state(name)
-            except ArtifactError as exc:
-                log.error("store_state_damaged", model=name, why=str(exc))
-                os.replace(self.folder(name) / "state.json", self.folder(name) / "state.json.damaged")
-                return None
-            if not pulling:  # a pull under way may have placed its folder and not promoted it yet
-                self._orphans(name, state)
-            changed = unclean and self._count_crash(name, state)
-            return self._first_that_verifies(name, state, trusted, changed)
-
-    def _count_crash(self, name: str, state: ModelRecord) -> bool:
-        """The agent stopped uncleanly while the serving version was on probation: one more crash for it, and
-        at CRASH_LIMIT it is refused (the previous version serves). True when the record changed."""
-        record = state.versions.get(state.serving or "")
-        if record is None or record.probation != "watching":
-            return False
-        record.crashes += 1
-        if record.crashes >= CRASH_LIMIT:
-            why = f"the agent stopped uncleanly {record.crashes} times while it was on probation (a crash loop?)"
-            log.error("version_crash_loop", model=name, version=state.serving, crashes=record.crashes)
-            if record.path and Path(record.path).parent == self.folder(name):
-                shutil.rmtree(record.path, ignore_errors=True)
-            _mark(state, state.serving or "", "refused", why, None)
-        return True
-
-    def _first_that_verifies(
-        self, name: str, state: ModelRecord, trusted: Sequence[Ed25519PublicKey], changed: bool = False
-    ) -> Path | None:
-        """The serving version's folder, else the previous one's (which then serves); state.json is written
-        only when that changes it (a flash card is not worn by every start)."""
-        for version in [v for v in (state.serving, state.previous) if v]:
-            record = state.versions.get(version)
-            if record is not None and record.state == "refused":  # refused just now (a crash loop)
-                continue
-            try:
-                if record is None or record.path is None:
-                    raise ArtifactError(f"version {version}: no folder recorded")
-                self.verified[Path(record.path)] = mf.load(Path(record.path), trusted)
-            except ArtifactError as exc:
-                log.error("stored_version_refused", model=name, version=version, why=str(exc))
-                _mark(state, version, "refused", f"failed verification at start-up: {exc}", None)
-                changed = True
-                continue
-            if state.serving != version:  # the serving one failed: the previous serves, on probation's terms
-                state.previous, state.serving = None, version
-                _mark(state, version, "serving", "", record.path)
-            if changed:
-                self._save(name, state)
-            return Path(record.path)
-        if state.serving or state.previous:  # nothing stored verifies: models.yaml's folder serves
-            state.serving = state.previous = None
-            self._save(name, state)
-        return None
-
-    def _orphans(self, name: str, state: ModelRecord) -> None:
-        """Version folders no record points at (placed by a pull that stopped before its promote), removed."""
-        kept = {
-            Path(r.path).name for r in state.versions.values() if r.path and Path(r.path).parent == self.folder(name)
-        }
-        for folder in self.folder(name).iterdir():
-            if folder.is_dir() and not folder.name.startswith(".") and folder.name not in kept:
-                log.warning("store_orphan_removed", model=name, folder=folder.name)
-                shutil.rmtree(folder, ignore_errors=True)
 
     def overlay(self, models: ModelsFile) -> ModelsFile:
         """models.yaml with each pulled model's `path` pointing at the version the store serves."""
@@ -310,14 +173,6 @@ class Store:
         crashpoints.reached("rename")
         return final
 
-    def sweep(self, name: str) -> None:
-        """What a killed pull or state write left behind (its process is gone), removed; the caller holds the lock."""
-        for leftover in self.folder(name).glob(".*"):
-            pid = leftover.name.rsplit(".", 1)[-1]
-            gone = pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid)))  # ours: a pid before a reboot
-            if leftover.name.startswith((INCOMING, ".state.json.")) and gone:
-                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-
     def adopt(self, name: str, version: str, folder: Path) -> Path:
         """A copy of a local artifact folder (a candidate that won its trial) as this version's folder in
         the store, verified; returns it. Copied beside its target and renamed: never half there."""
@@ -350,22 +205,34 @@ class Store:
                 current = _current(state)
             _check_order(version, current, allow_older)
             if current is not None and current.version != version:
-                _mark(state, current.version, "previous", "", str(current.path))
+                mark(state, current.version, "previous", "", str(current.path))
                 if state.previous not in (None, current.version, version):
                     self._retire(name, state, state.previous)
                 state.previous = current.version
-            _mark(state, version, "serving", "", str(path)).probation = "watching"
+            mark(state, version, "serving", "", str(path)).probation = "watching"
             state.serving = version
-            self._save(name, state)
+            self.save(name, state)
 
     def refuse(self, name: str, version: str, why: str) -> None:
         """A version that must not serve: recorded with why, its files removed."""
         with self.lock(name):
             state = self.state(name)
-            _mark(state, version, "refused", why, None)
-            if version not in (state.serving, state.previous):
-                shutil.rmtree(self.version_folder(name, version), ignore_errors=True)
-            self._save(name, state)
+            self.refused(name, state, version, why)
+            self.save(name, state)
+
+    def refused(self, name: str, state: ModelRecord, version: str, why: str) -> VersionRecord:
+        """`version` recorded `refused` in `state` (the caller holds the lock and saves), its folder removed
+        unless it serves or is the previous version."""
+        keep = version in (state.serving, state.previous)
+        record = mark(state, version, "refused", why, None)
+        if not keep:
+            shutil.rmtree(self.version_folder(name, version), ignore_errors=True)
+        return record
+
+    def stored(self, name: str, record: VersionRecord) -> Path | None:
+        """The record's folder when it lives in this store (not models.yaml's seed folder)."""
+        path = Path(record.path) if record.path else None
+        return path if path is not None and path.parent == self.folder(name) else None
 
     def rollback(self, name: str, why: str, to: str | None = None) -> Current:
         """Mark what serves `rolled_back` (why) and serve the previous version (or `to`, kept on disk)."""
@@ -378,11 +245,11 @@ class Store:
             if target is None or record is None or record.path is None or not Path(record.path).is_dir():
                 raise ArtifactError(f"model {name}: no previous version on this device to roll back to")
             if state.serving is not None and state.serving != target:
-                _mark(state, state.serving, "rolled_back", why, state.versions[state.serving].path)
+                mark(state, state.serving, "rolled_back", why, state.versions[state.serving].path)
             state.previous = state.serving if state.serving != target else state.previous
             state.serving = target
-            _mark(state, target, "serving", "", record.path).probation = "passed"
-            self._save(name, state)
+            mark(state, target, "serving", "", record.path).probation = "passed"
+            self.save(name, state)
             return Current(target, Path(record.path))
 
     def passed(self, name: str, version: str) -> None:
@@ -390,21 +257,21 @@ class Store:
             state = self.state(name)
             if state.serving == version:
                 state.versions[version].probation = "passed"
-                self._save(name, state)
+                self.save(name, state)
 
     def _retire(self, name: str, state: ModelRecord, version: str | None) -> None:
         if version is None:
             return
         record = state.versions.get(version)
-        if record is not None and record.path and Path(record.path).parent == self.folder(name):
-            shutil.rmtree(record.path, ignore_errors=True)
-            record.path = None
-        _mark(state, version, "retired", "replaced twice since", None)
+        folder = self.stored(name, record) if record is not None else None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        mark(state, version, "retired", "replaced twice since", None)
 
 
-def _mark(state: ModelRecord, version: str, status: VersionStatus, why: str, path: str | None) -> VersionRecord:
+def mark(state: ModelRecord, version: str, status: VersionStatus, why: str, path: str | None) -> VersionRecord:
     record = state.versions.setdefault(version, VersionRecord(state=status))
-    record.state, record.at = status, _now()
+    record.state, record.at = status, now()
     record.why = why
     if path is not None or status in ("refused", "retired"):
         record.path = path
@@ -417,27 +284,6 @@ def _current(state: ModelRecord) -> Current | None:
     """What the record says serves, with its folder."""
     record = state.versions.get(state.serving or "")
     return Current(state.serving, Path(record.path)) if state.serving and record and record.path else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
-
-
-def _pull_record(raw: bytes) -> tuple[str, str | None, str] | None:
-    """(version, command, at) of a pull marker; None for one a power cut left empty or torn."""
-    try:
-        data = json.loads(raw)
-        version = mf.check_version(data["version"])
-    except (ValueError, KeyError, TypeError, ArtifactError):
-        return None
-    command = data.get("command")
-    return version, command if isinstance(command, str) else None, str(data.get("at", "?"))
 
 
 def _safe(relpath: str) -> PurePosixPath:

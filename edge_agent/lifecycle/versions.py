@@ -13,7 +13,7 @@ from pathlib import Path
 from edge_agent.config.settings import AgentSettings
 from edge_agent.contract import manifest as mf
 from edge_agent.errors import ArtifactError
-from edge_agent.lifecycle import crashpoints
+from edge_agent.lifecycle import crashpoints, recovery
 from edge_agent.lifecycle.registry import Pace, Source, latest, open_source
 from edge_agent.lifecycle.store import Current, Store
 from edge_agent.runtimes import Runtime
@@ -68,7 +68,7 @@ def install(
 ) -> Prepared:
     """`prepare`, then `version` is what the store serves (on probation). The pull is on record while it runs
     (`Store.pulling`): a version whose pull the process does not survive is refused after."""
-    with store.pulling(name, version, command):
+    with recovery.pulling(store, name, version, command):
         prepared = prepare(settings, store, name, version, current, allow_older, loader, cancelled)
         try:
             store.promote(name, prepared.version, prepared.path, current, allow_older)

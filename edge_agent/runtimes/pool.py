@@ -346,7 +346,7 @@ class ModelPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for model in self.served.values():
             model.executor.shutdown(wait=True)
-            model.runtime.close()
+        self.close()
 
     def versions(self) -> dict[str, str]:
         return {name: m.manifest.version for name, m in self.served.items()}

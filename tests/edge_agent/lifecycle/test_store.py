@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.contract import signing
 from edge_agent.errors import ArtifactError
+from edge_agent.lifecycle.recovery import recover, sweep
 from edge_agent.lifecycle.registry import FolderSource, latest
 from edge_agent.lifecycle.store import Current, Store
 from tests.support.registry import make_keys, publish
@@ -88,7 +89,7 @@ def test_what_a_killed_pull_left_is_swept_and_a_running_ones_kept(tmp_path: Path
     for folder in (left, running, ours):
         folder.mkdir(parents=True)
     try:
-        store.sweep("m")
+        sweep(store, "m")
     finally:
         alive.kill()
         alive.wait()
@@ -109,7 +110,7 @@ def test_start_up_hashes_a_stored_version_once(
     hashed: list[Path] = []
     real = mf.sha256_file
     monkeypatch.setattr(mf, "sha256_file", lambda p: hashed.append(p) or real(p))
-    models = store.recover(ModelsFile(models=[ModelEntry(name="m")]), ())
-    pool = ModelPool.load_what_verifies(models, 1, 1, (), verified=store.verified)
+    models, verified = recover(store, ModelsFile(models=[ModelEntry(name="m")]), ())
+    pool = ModelPool.load_what_verifies(models, 1, 1, (), verified=verified)
     pool.close()
     assert "m" in pool.served and len(hashed) == len(mf.read(path).files) == len(set(hashed))
