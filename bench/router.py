@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.teacher import teacher  # noqa: E402  (run as a script)
 from edge_agent.config.models_file import ModelsFile  # noqa: E402
-from edge_agent.config.settings import AgentSettings, CloudSettings  # noqa: E402
+from edge_agent.config.sections import CloudSettings  # noqa: E402
+from edge_agent.config.settings import AgentSettings  # noqa: E402
 from edge_agent.contract.manifest import load  # noqa: E402
 from edge_agent.contract.messages import Inbound  # noqa: E402
 from edge_agent.ops import logs  # noqa: E402

@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config.settings import AgentSettings, CloudSettings
+from edge_agent.config.sections import CloudSettings
+from edge_agent.config.settings import AgentSettings
 from edge_agent.contract.manifest import Manifest
 from edge_agent.lifecycle.rollout import Rollout
 from edge_agent.ops.metrics import BudgetGauge, Gauges, Metrics, ModelGauge, Prices, TrialGauge

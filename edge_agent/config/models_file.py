@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge_agent.config.settings import AgentSettings, Budget, problems_of, read_mapping
+from edge_agent.config.sections import Budget
+from edge_agent.config.settings import AgentSettings, problems_of, read_mapping
 from edge_agent.contract.manifest import NAME_PATTERN, Manifest
 from edge_agent.contract.messages import Route
 from edge_agent.contract.topics import check_filter, matches

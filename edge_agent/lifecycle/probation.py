@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edge_agent.config.settings import ProbationSettings
+from edge_agent.config.sections import ProbationSettings
 from edge_agent.lifecycle.latency import p99
 
 PASSED = "passed"

@@ -23,7 +23,8 @@ import httpx
 import structlog
 
 from edge_agent.config.models_file import ModelsFile
-from edge_agent.config.settings import AgentSettings, CloudSettings
+from edge_agent.config.sections import CloudSettings
+from edge_agent.config.settings import AgentSettings
 from edge_agent.contract import schema
 from edge_agent.contract.manifest import Manifest
 from edge_agent.contract.prediction import Entity, Prediction

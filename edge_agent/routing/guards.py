@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from edge_agent.config.settings import Budget, CloudSettings
+from edge_agent.config.sections import Budget, CloudSettings
 
 Clock = Callable[[], float]
 HOUR, DAY = 3600.0, 86400.0

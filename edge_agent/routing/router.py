@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 
 from edge_agent.config.models_file import ModelEntry, ModelsFile
-from edge_agent.config.settings import AgentSettings, Budget
+from edge_agent.config.sections import Budget
+from edge_agent.config.settings import AgentSettings
 from edge_agent.contract import schema
 from edge_agent.contract.manifest import Manifest
 from edge_agent.contract.messages import Answer, Request

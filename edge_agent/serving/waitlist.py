@@ -16,7 +16,7 @@ from typing import Protocol
 
 import structlog
 
-from edge_agent.config.settings import CloudSettings
+from edge_agent.config.sections import CloudSettings
 from edge_agent.contract.messages import Inbound, Outbound
 from edge_agent.routing.router import CloudWait
 from edge_agent.serving.requests import Attempt

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from edge_agent.config.settings import AgentSettings, MetricsSettings, MqttSettings
+from edge_agent.config.sections import MetricsSettings, MqttSettings
+from edge_agent.config.settings import AgentSettings
 from tests.support.broker import Broker, Client, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent

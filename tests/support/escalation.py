@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config.models_file import ModelsFile
-from edge_agent.config.settings import AgentSettings, CloudSettings
+from edge_agent.config.sections import CloudSettings
+from edge_agent.config.settings import AgentSettings
 from edge_agent.contract.manifest import Manifest, file_entry, write
 from edge_agent.contract.messages import Inbound
 from edge_agent.contract.prediction import Prediction

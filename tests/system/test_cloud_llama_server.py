@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_agent.config.settings import CloudSettings
+from edge_agent.config.sections import CloudSettings
 from edge_agent.contract.prediction import Prediction
 from edge_agent.routing.cloud import CloudClient
 from tests.support.broker import free_port, wait_port

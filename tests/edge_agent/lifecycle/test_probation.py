@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_agent.config.settings import ProbationSettings
+from edge_agent.config.sections import ProbationSettings
 from edge_agent.lifecycle.probation import PASSED, Probation
 
 

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from edge_agent.config.models_file import Binding
-from edge_agent.config.settings import AgentSettings, HomeAssistantSettings
+from edge_agent.config.sections import HomeAssistantSettings
+from edge_agent.config.settings import AgentSettings
 from edge_agent.contract.manifest import cloud_only
 from edge_agent.contract.messages import Answer
 from edge_agent.contract.prediction import Entity, Prediction

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config.settings import CloudSettings
+from edge_agent.config.sections import CloudSettings
 from edge_agent.contract.manifest import Manifest
 from edge_agent.contract.prediction import Prediction
 from edge_agent.routing.cloud import (

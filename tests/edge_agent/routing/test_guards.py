@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_agent.config.settings import Budget
+from edge_agent.config.sections import Budget
 from edge_agent.routing.guards import DAY, HOUR, Allowance, Allowances, Breaker, Trend
 
 

@@ -333,7 +333,7 @@ def test_a_paid_reply_the_disk_cannot_keep_is_still_published_and_its_request_ac
 
 
 def test_a_request_that_cannot_be_parked_is_refused_not_lost(tmp_path: Path) -> None:
-    from edge_agent.config.settings import CloudSettings
+    from edge_agent.config.sections import CloudSettings
     from edge_agent.serving.waitlist import Waitlist
 
     waitlist = Waitlist(FullDisk(tmp_path / "s.sqlite"), CloudSettings(base_url="http://127.0.0.1:1/v1", model="m"))
