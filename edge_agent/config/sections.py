@@ -150,9 +150,7 @@ class MetricsSettings(BaseModel):
     @field_validator("publish_s")
     @classmethod
     def _not_a_flood(cls, value: float) -> float:
-        if 0 < value < 0.1:
-            raise ValueError("must be 0 (never) or at least 0.1 s: each summary is a retained publish")
-        return value
+        return _period(value, 0.1, "summary")
 
 
 class HomeAssistantSettings(BaseModel):
@@ -179,6 +177,11 @@ class HomeAssistantSettings(BaseModel):
     @field_validator("state_s")
     @classmethod
     def _not_a_flood(cls, value: float) -> float:
-        if 0 < value < 1:
-            raise ValueError("must be 0 (never) or at least 1 s: each update is a retained publish")
-        return value
+        return _period(value, 1, "update")
+
+
+def _period(value: float, least: float, what: str) -> float:
+    """A retained publish's period: 0 (never) or at least `least` seconds, so a typo cannot flood the broker."""
+    if 0 < value < least:
+        raise ValueError(f"must be 0 (never) or at least {least:g} s: each {what} is a retained publish")
+    return value
